@@ -1,0 +1,1740 @@
+//! Resolve and compile: typed manifests -> Gateway API status + [`RouteTable`].
+//!
+//! One pass, in the order the spec's dependencies impose: Gateways and their listeners
+//! (addresses, protocols, TLS refs, conflicts), BackendTLSPolicies (conflicts, CA refs),
+//! then routes (attachment, hostname intersection, backend refs) compiled into the table,
+//! and last the statuses, which need the attachment counts and policy ancestors.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use gateway_api::backendtlspolicies::{
+    BackendTlsPolicy, BackendTlsPolicyStatus, BackendTlsPolicyStatusAncestors,
+    BackendTlsPolicyStatusAncestorsAncestorRef, BackendTlsPolicyValidationSubjectAltNamesType,
+};
+use gateway_api::experimental::gateways::{
+    Gateway, GatewayListenersAllowedRoutesNamespacesFrom as From_, GatewayListenersTlsMode,
+    GatewayStatus, GatewayStatusAddresses, GatewayStatusListeners,
+    GatewayStatusListenersSupportedKinds, GatewayTlsFrontendDefaultValidationMode,
+};
+use gateway_api::experimental::grpcroutes::{
+    GrpcRoute, GrpcRouteRulesMatchesHeadersType, GrpcRouteRulesMatchesMethodType,
+    GrpcRouteStatus, GrpcRouteStatusParents, GrpcRouteStatusParentsParentRef,
+};
+use gateway_api::experimental::httproutes::{
+    HttpRoute, HttpRouteRulesFilters, HttpRouteRulesFiltersRequestRedirectPathType as RedirectPathType,
+    HttpRouteRulesFiltersRequestRedirectScheme, HttpRouteRulesFiltersType,
+    HttpRouteRulesFiltersUrlRewritePathType as RewritePathType, HttpRouteRulesMatches,
+    HttpRouteRulesMatchesHeadersType, HttpRouteRulesMatchesMethod, HttpRouteRulesMatchesPathType,
+    HttpRouteRulesMatchesQueryParamsType, HttpRouteStatus, HttpRouteStatusParents,
+    HttpRouteStatusParentsParentRef,
+};
+use gateway_api::experimental::tlsroutes::{
+    TlsRouteStatus, TlsRouteStatusParents, TlsRouteStatusParentsParentRef,
+};
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use k8s_openapi::jiff::Timestamp;
+
+use crate::cert::{self, CertifiedKeyDer};
+use crate::hostname::{self, HostKey};
+use crate::manifest::Manifests;
+use crate::status::{conditions, Cond, ObjectStatus, StatusItem, StatusMetadata, StatusReport};
+use crate::table::*;
+use crate::CompileOptions;
+
+const GROUP: &str = "gateway.networking.k8s.io";
+const API_VERSION: &str = "gateway.networking.k8s.io/v1";
+
+fn ns_of(m: &ObjectMeta) -> &str {
+    m.namespace.as_deref().filter(|s| !s.is_empty()).unwrap_or("default")
+}
+fn name_of(m: &ObjectMeta) -> &str {
+    m.name.as_deref().unwrap_or("")
+}
+fn gen_of(m: &ObjectMeta) -> i64 {
+    m.generation.unwrap_or(1)
+}
+fn created_of(m: &ObjectMeta) -> Option<Timestamp> {
+    m.creation_timestamp.as_ref().map(|t| t.0)
+}
+fn oref(ns: &str, name: &str) -> ObjectRef {
+    ObjectRef {
+        namespace: ns.into(),
+        name: name.into(),
+    }
+}
+/// Age order: older `creationTimestamp` first (absent sorts last), then `namespace/name`.
+fn age_key(m: &ObjectMeta) -> (bool, Option<Timestamp>, String, String) {
+    let c = created_of(m);
+    (c.is_none(), c, ns_of(m).to_string(), name_of(m).to_string())
+}
+fn is_core(group: Option<&str>) -> bool {
+    matches!(group, None | Some("") | Some("core"))
+}
+
+/// A route kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum RouteKind {
+    Http,
+    Grpc,
+    Tls,
+}
+
+impl RouteKind {
+    fn name(self) -> &'static str {
+        match self {
+            RouteKind::Http => "HTTPRoute",
+            RouteKind::Grpc => "GRPCRoute",
+            RouteKind::Tls => "TLSRoute",
+        }
+    }
+}
+
+/// Index of the core objects by namespace/name.
+struct Index<'m> {
+    m: &'m Manifests,
+    namespaces: HashMap<&'m str, BTreeMap<String, String>>,
+    services: HashMap<(&'m str, &'m str), &'m Service>,
+    slices: HashMap<(&'m str, &'m str), Vec<usize>>,
+    secrets: HashMap<(&'m str, &'m str), usize>,
+    config_maps: HashMap<(&'m str, &'m str), usize>,
+}
+
+impl<'m> Index<'m> {
+    fn new(m: &'m Manifests) -> Self {
+        let mut namespaces = HashMap::new();
+        for n in &m.namespaces {
+            let mut labels = n.obj.metadata.labels.clone().unwrap_or_default();
+            let name = name_of(&n.obj.metadata);
+            labels
+                .entry("kubernetes.io/metadata.name".to_string())
+                .or_insert_with(|| name.to_string());
+            namespaces.insert(name, labels);
+        }
+        let services = m
+            .services
+            .iter()
+            .map(|s| ((ns_of(&s.obj.metadata), name_of(&s.obj.metadata)), &s.obj))
+            .collect();
+        let mut slices: HashMap<(&str, &str), Vec<usize>> = HashMap::new();
+        for (i, s) in m.endpoint_slices.iter().enumerate() {
+            let svc = s
+                .obj
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get("kubernetes.io/service-name"));
+            if let Some(svc) = svc {
+                slices
+                    .entry((ns_of(&s.obj.metadata), svc.as_str()))
+                    .or_default()
+                    .push(i);
+            }
+        }
+        let secrets = m
+            .secrets
+            .iter()
+            .enumerate()
+            .map(|(i, s)| ((ns_of(&s.obj.metadata), name_of(&s.obj.metadata)), i))
+            .collect();
+        let config_maps = m
+            .config_maps
+            .iter()
+            .enumerate()
+            .map(|(i, s)| ((ns_of(&s.obj.metadata), name_of(&s.obj.metadata)), i))
+            .collect();
+        Index {
+            m,
+            namespaces,
+            services,
+            slices,
+            secrets,
+            config_maps,
+        }
+    }
+
+    /// ReferenceGrant check for a reference from (`from_group`, `from_kind`, `from_ns`) to
+    /// (`to_group`, `to_kind`, `to_ns`/`to_name`).
+    fn permitted(
+        &self,
+        from: (&str, &str, &str),
+        to: (&str, &str, &str, &str),
+    ) -> bool {
+        let (fg, fk, fns) = from;
+        let (tg, tk, tns, tname) = to;
+        if fns == tns {
+            return true;
+        }
+        fn core(g: &str) -> &str {
+            if g == "core" {
+                ""
+            } else {
+                g
+            }
+        }
+        self.m.reference_grants.iter().any(|g| {
+            ns_of(&g.obj.metadata) == tns
+                && g.obj.spec.from.iter().any(|f| {
+                    core(&f.group) == core(fg) && f.kind == fk && f.namespace == fns
+                })
+                && g.obj.spec.to.iter().any(|t| {
+                    core(&t.group) == core(tg)
+                        && t.kind == tk
+                        && t.name.as_deref().is_none_or(|n| n.is_empty() || n == tname)
+                })
+        })
+    }
+
+    fn secret_bytes(&self, ns: &str, name: &str, key: &str) -> Option<Option<Vec<u8>>> {
+        let s = &self.m.secrets.get(*self.secrets.get(&(ns, name))?)?.obj;
+        let v = s
+            .data
+            .as_ref()
+            .and_then(|d| d.get(key))
+            .map(|b| b.0.clone())
+            .or_else(|| {
+                s.string_data
+                    .as_ref()
+                    .and_then(|d| d.get(key))
+                    .map(|v| v.as_bytes().to_vec())
+            });
+        Some(v)
+    }
+
+    fn config_map_bytes(&self, ns: &str, name: &str, key: &str) -> Option<Option<Vec<u8>>> {
+        let c = &self.m.config_maps.get(*self.config_maps.get(&(ns, name))?)?.obj;
+        let v = c
+            .data
+            .as_ref()
+            .and_then(|d| d.get(key))
+            .map(|v| v.as_bytes().to_vec())
+            .or_else(|| {
+                c.binary_data
+                    .as_ref()
+                    .and_then(|d| d.get(key))
+                    .map(|b| b.0.clone())
+            });
+        Some(v)
+    }
+
+    /// A Secret as a TLS certificate and key.
+    fn tls_secret(&self, ns: &str, name: &str) -> Result<CertifiedKeyDer, String> {
+        let crt = self
+            .secret_bytes(ns, name, "tls.crt")
+            .ok_or_else(|| format!("Secret {ns}/{name} not found"))?
+            .ok_or_else(|| format!("Secret {ns}/{name} has no tls.crt"))?;
+        let key = self
+            .secret_bytes(ns, name, "tls.key")
+            .flatten()
+            .ok_or_else(|| format!("Secret {ns}/{name} has no tls.key"))?;
+        cert::parse_key_pair(&crt, &key, format!("{ns}/{name}"))
+            .map_err(|e| format!("Secret {ns}/{name}: {e}"))
+    }
+
+    fn ns_labels(&self, ns: &str) -> BTreeMap<String, String> {
+        self.namespaces.get(ns).cloned().unwrap_or_else(|| {
+            BTreeMap::from([("kubernetes.io/metadata.name".to_string(), ns.to_string())])
+        })
+    }
+}
+
+/// Label selector (matchLabels + matchExpressions).
+#[derive(Clone, Debug, Default)]
+struct Selector {
+    labels: BTreeMap<String, String>,
+    exprs: Vec<(String, String, Vec<String>)>,
+}
+
+impl Selector {
+    fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.labels.iter().all(|(k, v)| labels.get(k) == Some(v))
+            && self.exprs.iter().all(|(k, op, vals)| match op.as_str() {
+                "In" => labels.get(k).is_some_and(|v| vals.contains(v)),
+                "NotIn" => labels.get(k).is_none_or(|v| !vals.contains(v)),
+                "Exists" => labels.contains_key(k),
+                "DoesNotExist" => !labels.contains_key(k),
+                _ => false,
+            })
+    }
+}
+
+#[derive(Clone, Debug)]
+enum AllowedNs {
+    Same,
+    All,
+    Selector(Selector),
+}
+
+/// A listener being resolved.
+struct LState {
+    name: String,
+    port: u16,
+    protocol: Option<ListenerProtocol>,
+    hostname: Option<String>,
+    kinds: Vec<RouteKind>,
+    allowed_ns: AllowedNs,
+    accepted: Cond,
+    resolved: Cond,
+    conflicted: Cond,
+    certs: Vec<Arc<CertifiedKeyDer>>,
+    frontend: Option<Arc<FrontendValidation>>,
+    attached: BTreeSet<(RouteKind, usize)>,
+    id: Option<ListenerId>,
+}
+
+impl LState {
+    fn programmed(&self) -> bool {
+        self.accepted.ok && !self.conflicted.ok && self.protocol.is_some() && {
+            // An invalid certificate ref on a terminating listener with no valid
+            // certificate leaves it unable to serve.
+            !matches!(
+                self.protocol,
+                Some(ListenerProtocol::Https | ListenerProtocol::TlsTerminate)
+            ) || !self.certs.is_empty()
+        }
+    }
+}
+
+struct GState<'m> {
+    gw: &'m Gateway,
+    ns: &'m str,
+    name: &'m str,
+    generation: i64,
+    addrs: Vec<IpAddr>,
+    accepted: Cond,
+    resolved: Option<Cond>,
+    client_cert: Option<Arc<CertifiedKeyDer>>,
+    listeners: Vec<LState>,
+}
+
+/// Outcome of BackendTLSPolicies for one Service port.
+#[derive(Clone, Debug)]
+enum PolicyUse {
+    Valid(usize),
+    Invalid(usize),
+}
+
+struct PState {
+    accepted: Cond,
+    resolved: Cond,
+    roots: Option<Arc<Vec<rustls_pki_types::CertificateDer<'static>>>>,
+    system: bool,
+    ancestors: BTreeSet<usize>,
+}
+
+/// Everything a route kind has in common for attachment.
+struct RouteIn<'m> {
+    kind: RouteKind,
+    idx: usize,
+    meta: &'m ObjectMeta,
+    hostnames: Vec<String>,
+    parents: Vec<ParentIn>,
+}
+
+#[derive(Clone, Debug)]
+struct ParentIn {
+    group: Option<String>,
+    kind: Option<String>,
+    namespace: Option<String>,
+    name: String,
+    section_name: Option<String>,
+    port: Option<i32>,
+}
+
+macro_rules! parent_in {
+    ($p:expr) => {
+        ParentIn {
+            group: $p.group.clone(),
+            kind: $p.kind.clone(),
+            namespace: $p.namespace.clone(),
+            name: $p.name.clone(),
+            section_name: $p.section_name.clone(),
+            port: $p.port,
+        }
+    };
+}
+
+/// A backendRef in any route kind.
+struct BackendRefIn<'a> {
+    group: Option<&'a str>,
+    kind: Option<&'a str>,
+    name: &'a str,
+    namespace: Option<&'a str>,
+    port: Option<i32>,
+    weight: Option<i32>,
+}
+
+pub(crate) struct Output {
+    pub(crate) table: RouteTable,
+    pub(crate) status: StatusReport,
+    pub(crate) warnings: Vec<String>,
+}
+
+struct Compiler<'m> {
+    opts: &'m CompileOptions,
+    ix: Index<'m>,
+    gws: Vec<GState<'m>>,
+    policies: Vec<PState>,
+    /// (service ns, service name, port name or "") -> policy use; "" key = whole service.
+    policy_by_target: HashMap<(String, String, Option<String>), PolicyUse>,
+    /// (service ns, service name) -> every policy targeting it, with its sectionName.
+    policies_of_service: HashMap<(String, String), Vec<(usize, Option<String>)>>,
+    service_ports: HashMap<(String, String, u16), Arc<ServicePort>>,
+    profiles: HashMap<(usize, usize), Arc<BackendTlsProfile>>,
+    /// (kind, route index, gateway index) -> compiled rule range.
+    compiled: HashMap<(RouteKind, usize, usize), std::ops::Range<usize>>,
+    /// Route precedence rank (oldest first, then namespace/name).
+    route_rank: HashMap<(&'static str, ObjectRef), usize>,
+    table: RouteTable,
+    warnings: Vec<String>,
+}
+
+/// Resolve and compile.
+pub(crate) fn compile(m: &Manifests, opts: &CompileOptions, now: Timestamp) -> Output {
+    let now = Time(now);
+    let mut c = Compiler {
+        opts,
+        ix: Index::new(m),
+        gws: Vec::new(),
+        policies: Vec::new(),
+        policy_by_target: HashMap::new(),
+        policies_of_service: HashMap::new(),
+        service_ports: HashMap::new(),
+        profiles: HashMap::new(),
+        compiled: HashMap::new(),
+        route_rank: HashMap::new(),
+        table: RouteTable::default(),
+        warnings: Vec::new(),
+    };
+    c.gateways();
+    c.assign_binds();
+    c.backend_tls_policies();
+    let routes = c.routes();
+    c.finish_table();
+    let status = c.status(&routes, &now);
+    Output {
+        table: c.table,
+        status,
+        warnings: c.warnings,
+    }
+}
+
+impl<'m> Compiler<'m> {
+    // ---------------------------------------------------------------- gateways
+
+    fn gateways(&mut self) {
+        let m = self.ix.m;
+        let classes: HashMap<&str, &str> = m
+            .gateway_classes
+            .iter()
+            .map(|c| (name_of(&c.obj.metadata), c.obj.spec.controller_name.as_str()))
+            .collect();
+        let mut gws: Vec<&Gateway> = m.gateways.iter().map(|g| &g.obj).collect();
+        gws.sort_by_key(|g| age_key(&g.metadata));
+        for gw in gws {
+            let class = gw.spec.gateway_class_name.as_str();
+            if let Some(ctrl) = classes.get(class) {
+                if *ctrl != self.opts.controller_name {
+                    continue;
+                }
+            }
+            let st = self.gateway(gw);
+            self.gws.push(st);
+        }
+    }
+
+    fn gateway(&self, gw: &'m Gateway) -> GState<'m> {
+        let ns = ns_of(&gw.metadata);
+        let name = name_of(&gw.metadata);
+        let mut accepted = Cond::new("Accepted", true, "Accepted", "Gateway accepted");
+        let mut addrs = Vec::new();
+        for a in gw.spec.addresses.iter().flatten() {
+            let ty = a.r#type.as_deref().unwrap_or("IPAddress");
+            match (ty, a.value.as_deref().map(IpAddr::from_str)) {
+                ("IPAddress", Some(Ok(ip))) => addrs.push(ip),
+                ("IPAddress", None) => {}
+                (ty, _) => {
+                    let v = a.value.clone().unwrap_or_default();
+                    let why = if matches!(v.as_str(), "") || ty != "IPAddress" {
+                        format!("address type {ty} is not supported")
+                    } else {
+                        format!("{v:?} is not an IP address")
+                    };
+                    let _ = v;
+                    accepted = Cond::new("Accepted", false, "UnsupportedAddress", why);
+                }
+            }
+        }
+        if addrs.is_empty() {
+            addrs = vec![IpAddr::V4(Ipv4Addr::UNSPECIFIED), IpAddr::V6(Ipv6Addr::UNSPECIFIED)];
+        }
+
+        // spec.tls.backend.clientCertificateRef
+        let mut resolved = None;
+        let mut client_cert = None;
+        if let Some(r) = gw
+            .spec
+            .tls
+            .as_ref()
+            .and_then(|t| t.backend.as_ref())
+            .and_then(|b| b.client_certificate_ref.as_ref())
+        {
+            let rns = r.namespace.as_deref().unwrap_or(ns);
+            let cond = if !is_core(r.group.as_deref()) || r.kind.as_deref().unwrap_or("Secret") != "Secret" {
+                Cond::new("ResolvedRefs", false, "InvalidClientCertificateRef", "clientCertificateRef must be a core Secret")
+            } else if !self.ix.permitted((GROUP, "Gateway", ns), ("", "Secret", rns, &r.name)) {
+                Cond::new("ResolvedRefs", false, "RefNotPermitted", format!("Secret {rns}/{} in another namespace without a ReferenceGrant", r.name))
+            } else {
+                match self.ix.tls_secret(rns, &r.name) {
+                    Ok(k) => {
+                        client_cert = Some(Arc::new(k));
+                        Cond::new("ResolvedRefs", true, "ResolvedRefs", "references resolved")
+                    }
+                    Err(e) => Cond::new("ResolvedRefs", false, "InvalidClientCertificateRef", e),
+                }
+            };
+            resolved = Some(cond);
+        }
+
+        let mut listeners: Vec<LState> = gw.spec.listeners.iter().map(|l| self.listener(gw, l)).collect();
+        conflicts(&mut listeners);
+        if listeners.iter().any(|l| !l.accepted.ok || l.conflicted.ok) && accepted.ok {
+            accepted = Cond::new("Accepted", true, "ListenersNotValid", "some listeners are not valid");
+        }
+        GState {
+            gw,
+            ns,
+            name,
+            generation: gen_of(&gw.metadata),
+            addrs,
+            accepted,
+            resolved,
+            client_cert,
+            listeners,
+        }
+    }
+
+    fn listener(
+        &self,
+        gw: &'m Gateway,
+        l: &gateway_api::experimental::gateways::GatewayListeners,
+    ) -> LState {
+        let ns = ns_of(&gw.metadata);
+        let mode = l.tls.as_ref().and_then(|t| t.mode.clone());
+        let protocol = match (l.protocol.as_str(), mode) {
+            ("HTTP", _) => Some(ListenerProtocol::Http),
+            ("HTTPS", None | Some(GatewayListenersTlsMode::Terminate)) => Some(ListenerProtocol::Https),
+            ("TLS", Some(GatewayListenersTlsMode::Passthrough)) => Some(ListenerProtocol::TlsPassthrough),
+            ("TLS", None | Some(GatewayListenersTlsMode::Terminate)) => Some(ListenerProtocol::TlsTerminate),
+            _ => None,
+        };
+        let port = u16::try_from(l.port).unwrap_or(0);
+        let mut accepted = Cond::new("Accepted", true, "Accepted", "listener accepted");
+        let mut resolved = Cond::new("ResolvedRefs", true, "ResolvedRefs", "references resolved");
+        if protocol.is_none() {
+            accepted = Cond::new("Accepted", false, "UnsupportedProtocol", format!("protocol {} (TLS mode {:?}) is not supported", l.protocol, l.tls.as_ref().and_then(|t| t.mode.clone())));
+        } else if port == 0 {
+            accepted = Cond::new("Accepted", false, "PortUnavailable", format!("port {} is not usable", l.port));
+        }
+        let valid_kinds: &[RouteKind] = match protocol {
+            Some(ListenerProtocol::Http | ListenerProtocol::Https) => &[RouteKind::Http, RouteKind::Grpc],
+            Some(ListenerProtocol::TlsPassthrough | ListenerProtocol::TlsTerminate) => &[RouteKind::Tls],
+            None => &[],
+        };
+        let mut kinds = Vec::new();
+        match l.allowed_routes.as_ref().and_then(|a| a.kinds.as_ref()) {
+            Some(requested) if !requested.is_empty() => {
+                for k in requested {
+                    let group_ok = k.group.as_deref().is_none_or(|g| g == GROUP);
+                    let found = valid_kinds.iter().find(|v| v.name() == k.kind);
+                    match (group_ok, found) {
+                        (true, Some(v)) => {
+                            if !kinds.contains(v) {
+                                kinds.push(*v)
+                            }
+                        }
+                        _ => {
+                            resolved = Cond::new("ResolvedRefs", false, "InvalidRouteKinds", format!("route kind {}/{} is not supported on this listener", k.group.as_deref().unwrap_or(GROUP), k.kind));
+                        }
+                    }
+                }
+            }
+            _ => kinds.extend_from_slice(valid_kinds),
+        }
+        let allowed_ns = match l.allowed_routes.as_ref().and_then(|a| a.namespaces.as_ref()) {
+            None => AllowedNs::Same,
+            Some(n) => match n.from.as_ref() {
+                None | Some(From_::Same) => AllowedNs::Same,
+                Some(From_::All) => AllowedNs::All,
+                Some(From_::Selector) => {
+                    let s = n.selector.as_ref();
+                    AllowedNs::Selector(Selector {
+                        labels: s.and_then(|s| s.match_labels.clone()).unwrap_or_default(),
+                        exprs: s
+                            .and_then(|s| s.match_expressions.as_ref())
+                            .map(|e| e.iter().map(|e| (e.key.clone(), e.operator.clone(), e.values.clone().unwrap_or_default())).collect())
+                            .unwrap_or_default(),
+                    })
+                }
+            },
+        };
+
+        // Certificates.
+        let mut certs = Vec::new();
+        let terminates = matches!(protocol, Some(ListenerProtocol::Https | ListenerProtocol::TlsTerminate));
+        if terminates {
+            let refs = l.tls.as_ref().and_then(|t| t.certificate_refs.clone()).unwrap_or_default();
+            if refs.is_empty() {
+                resolved = Cond::new("ResolvedRefs", false, "InvalidCertificateRef", "a terminating listener needs certificateRefs");
+            }
+            for r in refs {
+                let rns = r.namespace.as_deref().unwrap_or(ns);
+                let bad = if !is_core(r.group.as_deref()) || r.kind.as_deref().unwrap_or("Secret") != "Secret" {
+                    Some(("InvalidCertificateRef", format!("certificateRef {}/{} {} is not a core Secret", r.group.as_deref().unwrap_or(""), r.kind.as_deref().unwrap_or(""), r.name)))
+                } else if !self.ix.permitted((GROUP, "Gateway", ns), ("", "Secret", rns, &r.name)) {
+                    Some(("RefNotPermitted", format!("Secret {rns}/{} in another namespace without a ReferenceGrant", r.name)))
+                } else {
+                    match self.ix.tls_secret(rns, &r.name) {
+                        Ok(k) => {
+                            certs.push(Arc::new(k));
+                            None
+                        }
+                        Err(e) => Some(("InvalidCertificateRef", e)),
+                    }
+                };
+                if let Some((reason, msg)) = bad {
+                    if resolved.ok {
+                        resolved = Cond::new("ResolvedRefs", false, reason, msg);
+                    }
+                }
+            }
+        }
+
+        // Frontend client certificate validation (default, overridden per port).
+        let mut frontend = None;
+        if terminates {
+            if let Some(f) = gw.spec.tls.as_ref().and_then(|t| t.frontend.as_ref()) {
+                let per_port = f.per_port.iter().flatten().find(|p| p.port == l.port);
+                let v = match per_port {
+                    Some(p) => p.tls.validation.as_ref().map(|v| {
+                        (
+                            v.ca_certificate_refs.iter().map(|r| (r.group.clone(), r.kind.clone(), r.name.clone(), r.namespace.clone())).collect::<Vec<_>>(),
+                            v.mode.as_ref().is_some_and(|m| format!("{m:?}") == "AllowInsecureFallback"),
+                        )
+                    }),
+                    None => f.default.validation.as_ref().map(|v| {
+                        (
+                            v.ca_certificate_refs.iter().map(|r| (r.group.clone(), r.kind.clone(), r.name.clone(), r.namespace.clone())).collect::<Vec<_>>(),
+                            matches!(v.mode, Some(GatewayTlsFrontendDefaultValidationMode::AllowInsecureFallback)),
+                        )
+                    }),
+                };
+                if let Some((refs, insecure)) = v {
+                    let mut cas = Vec::new();
+                    let mut first_bad: Option<(&'static str, String)> = None;
+                    for (g, k, n, rns) in refs {
+                        let rns = rns.as_deref().unwrap_or(ns);
+                        let kind_ok = is_core(Some(&g)) && (k == "ConfigMap" || k == "Secret");
+                        let res: Result<Vec<_>, (&'static str, String)> = if !kind_ok {
+                            Err(("InvalidCACertificateKind", format!("{g}/{k} is not a ConfigMap or Secret")))
+                        } else if !self.ix.permitted((GROUP, "Gateway", ns), ("", &k, rns, &n)) {
+                            Err(("RefNotPermitted", format!("{k} {rns}/{n} in another namespace without a ReferenceGrant")))
+                        } else {
+                            self.ca_bundle(&k, rns, &n).map_err(|e| ("InvalidCACertificateRef", e))
+                        };
+                        match res {
+                            Ok(c) => cas.extend(c),
+                            Err(b) => {
+                                first_bad.get_or_insert(b);
+                            }
+                        }
+                    }
+                    if let Some((reason, msg)) = first_bad {
+                        if resolved.ok {
+                            resolved = Cond::new("ResolvedRefs", false, reason, msg);
+                        }
+                    }
+                    if cas.is_empty() {
+                        accepted = Cond::new("Accepted", false, "NoValidCACertificate", "no valid CA certificate for client validation");
+                    } else {
+                        frontend = Some(Arc::new(FrontendValidation {
+                            ca_certificates: cas,
+                            allow_insecure_fallback: insecure,
+                        }));
+                    }
+                }
+            }
+        }
+
+        LState {
+            name: l.name.clone(),
+            port,
+            protocol,
+            hostname: l.hostname.clone().filter(|h| !h.is_empty()).map(|h| h.to_ascii_lowercase()),
+            kinds,
+            allowed_ns,
+            accepted,
+            resolved,
+            conflicted: Cond::new("Conflicted", false, "NoConflicts", "no conflicts"),
+            certs,
+            frontend,
+            attached: BTreeSet::new(),
+            id: None,
+        }
+    }
+
+    /// CA certificates of a ConfigMap (or Secret, as an extension) `ca.crt`.
+    fn ca_bundle(&self, kind: &str, ns: &str, name: &str) -> Result<Vec<rustls_pki_types::CertificateDer<'static>>, String> {
+        let bytes = if kind == "Secret" {
+            self.ix.secret_bytes(ns, name, "ca.crt")
+        } else {
+            self.ix.config_map_bytes(ns, name, "ca.crt")
+        };
+        let bytes = bytes
+            .ok_or_else(|| format!("{kind} {ns}/{name} not found"))?
+            .ok_or_else(|| format!("{kind} {ns}/{name} has no ca.crt"))?;
+        cert::parse_certificates(&bytes, "ca.crt").map_err(|e| format!("{kind} {ns}/{name}: {e}"))
+    }
+
+    /// Listeners of all accepted Gateways -> ids and binds. Cross-Gateway protocol clashes
+    /// on one address:port make the younger listener `PortUnavailable`.
+    fn assign_binds(&mut self) {
+        let mut binds: BTreeMap<SocketAddr, (bool, Vec<ListenerId>, HostIndex<ListenerId>)> = BTreeMap::new();
+        let mut order: Vec<SocketAddr> = Vec::new();
+        for gi in 0..self.gws.len() {
+            if !self.gws[gi].accepted.ok {
+                continue;
+            }
+            let addrs = self.gws[gi].addrs.clone();
+            for li in 0..self.gws[gi].listeners.len() {
+                let l = &self.gws[gi].listeners[li];
+                if !l.programmed() {
+                    continue;
+                }
+                let Some(proto) = l.protocol else { continue };
+                let clash = addrs.iter().any(|a| {
+                    let sa = SocketAddr::new(*a, l.port);
+                    binds.get(&sa).is_some_and(|(tls, _, _)| *tls != proto.is_tls())
+                });
+                if clash {
+                    self.gws[gi].listeners[li].accepted = Cond::new("Accepted", false, "PortUnavailable", format!("port {} is used with another protocol by another Gateway", l.port));
+                    continue;
+                }
+                let id = ListenerId(u32::try_from(self.table.listeners.len()).unwrap_or(u32::MAX));
+                let g = &self.gws[gi];
+                self.table.listeners.push(Listener {
+                    id,
+                    gateway: oref(g.ns, g.name),
+                    name: l.name.as_str().into(),
+                    port: l.port,
+                    protocol: proto,
+                    hostname: l.hostname.as_deref().map(Into::into),
+                    certificates: l.certs.clone(),
+                    frontend_validation: l.frontend.clone(),
+                    http: HostIndex::default(),
+                    grpc: HostIndex::default(),
+                    tls: HostIndex::default(),
+                });
+                let key = HostKey::of(l.hostname.as_deref());
+                for a in &addrs {
+                    let sa = SocketAddr::new(*a, l.port);
+                    let entry = binds.entry(sa).or_insert_with(|| {
+                        order.push(sa);
+                        (proto.is_tls(), Vec::new(), HostIndex::default())
+                    });
+                    entry.1.push(id);
+                    // The oldest Gateway keeps a hostname shared across Gateways.
+                    entry.2.get_or_insert_with(&key, || id);
+                }
+                self.gws[gi].listeners[li].id = Some(id);
+            }
+        }
+        for (i, sa) in order.iter().enumerate() {
+            if let Some((tls, ids, selector)) = binds.remove(sa) {
+                let protocol = ids
+                    .first()
+                    .and_then(|id| self.table.listeners.get(id.0 as usize))
+                    .map_or(ListenerProtocol::Http, |l| l.protocol);
+                self.table.ebpf.push(EbpfListenerEntry {
+                    addr: sa.ip(),
+                    port: sa.port(),
+                    protocol,
+                    tls,
+                    bind_index: u32::try_from(i).unwrap_or(u32::MAX),
+                });
+                self.table.binds.push(Bind {
+                    addr: *sa,
+                    tls,
+                    listeners: ids.into_boxed_slice(),
+                    selector,
+                });
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------- policies
+
+    fn backend_tls_policies(&mut self) {
+        let m = self.ix.m;
+        let mut order: Vec<usize> = (0..m.backend_tls_policies.len()).collect();
+        order.sort_by_key(|i| age_key(&m.backend_tls_policies[*i].obj.metadata));
+        self.policies = (0..m.backend_tls_policies.len())
+            .map(|_| PState {
+                accepted: Cond::new("Accepted", true, "Accepted", "policy accepted"),
+                resolved: Cond::new("ResolvedRefs", true, "ResolvedRefs", "references resolved"),
+                roots: None,
+                system: false,
+                ancestors: BTreeSet::new(),
+            })
+            .collect();
+        for &pi in &order {
+            let p = &m.backend_tls_policies[pi].obj;
+            let ns = ns_of(&p.metadata);
+            let st = self.policy_state(p, ns);
+            self.policies[pi] = st;
+            // Targets: oldest policy wins a (service, section) target.
+            let mut any_target = false;
+            let mut conflicted = false;
+            for t in &p.spec.target_refs {
+                if !is_core(Some(&t.group)) || t.kind != "Service" {
+                    continue;
+                }
+                let Some(svc) = self.ix.services.get(&(ns, t.name.as_str())) else {
+                    continue;
+                };
+                if let Some(sec) = &t.section_name {
+                    let has = svc.spec.as_ref().and_then(|s| s.ports.as_ref()).is_some_and(|ps| ps.iter().any(|p| p.name.as_deref() == Some(sec.as_str())));
+                    if !has {
+                        continue;
+                    }
+                }
+                any_target = true;
+                self.policies_of_service
+                    .entry((ns.to_string(), t.name.clone()))
+                    .or_default()
+                    .push((pi, t.section_name.clone()));
+                let key = (ns.to_string(), t.name.clone(), t.section_name.clone());
+                if self.policy_by_target.contains_key(&key) {
+                    conflicted = true;
+                    continue;
+                }
+                let usage = if self.policies[pi].accepted.ok {
+                    PolicyUse::Valid(pi)
+                } else {
+                    PolicyUse::Invalid(pi)
+                };
+                self.policy_by_target.insert(key, usage);
+            }
+            let st = &mut self.policies[pi];
+            if !any_target {
+                st.accepted = Cond::new("Accepted", false, "TargetNotFound", "no targetRef names an existing Service (port)");
+            } else if conflicted && st.accepted.ok {
+                st.accepted = Cond::new("Accepted", false, "Conflicted", "an older BackendTLSPolicy targets the same Service (port)");
+            }
+        }
+    }
+
+    fn policy_state(&self, p: &BackendTlsPolicy, ns: &str) -> PState {
+        let v = &p.spec.validation;
+        let refs = v.ca_certificate_refs.clone().unwrap_or_default();
+        let mut st = PState {
+            accepted: Cond::new("Accepted", true, "Accepted", "policy accepted"),
+            resolved: Cond::new("ResolvedRefs", true, "ResolvedRefs", "references resolved"),
+            roots: None,
+            system: false,
+            ancestors: BTreeSet::new(),
+        };
+        match (&v.well_known_ca_certificates, refs.is_empty()) {
+            (Some(w), true) if w == "System" => {
+                st.system = true;
+                return st;
+            }
+            (Some(w), true) => {
+                st.accepted = Cond::new("Accepted", false, "Invalid", format!("wellKnownCACertificates {w:?} is not supported"));
+                return st;
+            }
+            (Some(_), false) => {
+                st.accepted = Cond::new("Accepted", false, "Invalid", "caCertificateRefs and wellKnownCACertificates are exclusive");
+                return st;
+            }
+            (None, true) => {
+                st.accepted = Cond::new("Accepted", false, "Invalid", "caCertificateRefs or wellKnownCACertificates is required");
+                return st;
+            }
+            (None, false) => {}
+        }
+        let mut cas = Vec::new();
+        for r in &refs {
+            let res = if !is_core(Some(&r.group)) || !(r.kind == "ConfigMap" || r.kind == "Secret") {
+                Err(("InvalidKind", format!("{}/{} is not a ConfigMap or Secret", r.group, r.kind)))
+            } else {
+                self.ca_bundle(&r.kind, ns, &r.name).map_err(|e| ("InvalidCACertificateRef", e))
+            };
+            match res {
+                Ok(c) => cas.extend(c),
+                Err((reason, msg)) => {
+                    if st.resolved.ok {
+                        st.resolved = Cond::new("ResolvedRefs", false, reason, msg);
+                    }
+                }
+            }
+        }
+        if cas.is_empty() {
+            st.accepted = Cond::new("Accepted", false, "NoValidCACertificate", "no valid CA certificate");
+        } else {
+            st.roots = Some(Arc::new(cas));
+        }
+        st
+    }
+
+    /// The policy governing a Service port: a section-specific policy, else a whole-Service one.
+    fn policy_for(&self, ns: &str, svc: &str, port_name: Option<&str>) -> Option<PolicyUse> {
+        if let Some(pn) = port_name {
+            if let Some(u) = self.policy_by_target.get(&(ns.to_string(), svc.to_string(), Some(pn.to_string()))) {
+                return Some(u.clone());
+            }
+        }
+        self.policy_by_target.get(&(ns.to_string(), svc.to_string(), None)).cloned()
+    }
+
+    // ---------------------------------------------------------------- routes
+
+    fn route_inputs(&self) -> Vec<RouteIn<'m>> {
+        let m = self.ix.m;
+        let mut v = Vec::new();
+        for (idx, r) in m.http_routes.iter().enumerate() {
+            v.push(RouteIn {
+                kind: RouteKind::Http,
+                idx,
+                meta: &r.obj.metadata,
+                hostnames: r.obj.spec.hostnames.clone().unwrap_or_default(),
+                parents: r.obj.spec.parent_refs.iter().flatten().map(|p| parent_in!(p)).collect(),
+            });
+        }
+        for (idx, r) in m.grpc_routes.iter().enumerate() {
+            v.push(RouteIn {
+                kind: RouteKind::Grpc,
+                idx,
+                meta: &r.obj.metadata,
+                hostnames: r.obj.spec.hostnames.clone().unwrap_or_default(),
+                parents: r.obj.spec.parent_refs.iter().flatten().map(|p| parent_in!(p)).collect(),
+            });
+        }
+        for (idx, r) in m.tls_routes.iter().enumerate() {
+            v.push(RouteIn {
+                kind: RouteKind::Tls,
+                idx,
+                meta: &r.obj.metadata,
+                hostnames: r.obj.spec.hostnames.clone(),
+                parents: r.obj.spec.parent_refs.iter().flatten().map(|p| parent_in!(p)).collect(),
+            });
+        }
+        // Precedence among routes: oldest first, then namespace/name.
+        v.sort_by_key(|r| age_key(r.meta));
+        v
+    }
+
+    fn backend_refs(&self, r: &RouteIn<'m>) -> Vec<BackendRefIn<'m>> {
+        let m = self.ix.m;
+        let mut out = Vec::new();
+        match r.kind {
+            RouteKind::Http => {
+                for rule in m.http_routes[r.idx].obj.spec.rules.iter().flatten() {
+                    for b in rule.backend_refs.iter().flatten() {
+                        out.push(BackendRefIn { group: b.group.as_deref(), kind: b.kind.as_deref(), name: &b.name, namespace: b.namespace.as_deref(), port: b.port, weight: b.weight });
+                    }
+                }
+            }
+            RouteKind::Grpc => {
+                for rule in m.grpc_routes[r.idx].obj.spec.rules.iter().flatten() {
+                    for b in rule.backend_refs.iter().flatten() {
+                        out.push(BackendRefIn { group: b.group.as_deref(), kind: b.kind.as_deref(), name: &b.name, namespace: b.namespace.as_deref(), port: b.port, weight: b.weight });
+                    }
+                }
+            }
+            RouteKind::Tls => {
+                for rule in &m.tls_routes[r.idx].obj.spec.rules {
+                    for b in &rule.backend_refs {
+                        out.push(BackendRefIn { group: b.group.as_deref(), kind: b.kind.as_deref(), name: &b.name, namespace: b.namespace.as_deref(), port: b.port, weight: b.weight });
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Resolve a backendRef to a Service port.
+    fn service_port(
+        &mut self,
+        from: (RouteKind, &str),
+        b: &BackendRefIn<'_>,
+    ) -> Result<(Arc<ServicePort>, Option<PolicyUse>), (UnresolvedBackend, &'static str, String)> {
+        let (kind, from_ns) = from;
+        if !is_core(b.group) || b.kind.unwrap_or("Service") != "Service" {
+            return Err((UnresolvedBackend::InvalidKind, "InvalidKind", format!("backendRef {}/{} {} is not a core Service", b.group.unwrap_or(""), b.kind.unwrap_or(""), b.name)));
+        }
+        let ns = b.namespace.unwrap_or(from_ns);
+        if !self.ix.permitted((GROUP, kind.name(), from_ns), ("", "Service", ns, b.name)) {
+            return Err((UnresolvedBackend::RefNotPermitted, "RefNotPermitted", format!("Service {ns}/{} in another namespace without a ReferenceGrant", b.name)));
+        }
+        let Some(svc) = self.ix.services.get(&(ns, b.name)).copied() else {
+            return Err((UnresolvedBackend::NotFound, "BackendNotFound", format!("Service {ns}/{} not found", b.name)));
+        };
+        let Some(port) = b.port.and_then(|p| u16::try_from(p).ok()) else {
+            return Err((UnresolvedBackend::NotFound, "BackendNotFound", format!("backendRef to Service {ns}/{} needs a port", b.name)));
+        };
+        let Some(sp) = svc.spec.as_ref().and_then(|s| s.ports.as_ref()).and_then(|ps| ps.iter().find(|p| p.port == i32::from(port))) else {
+            return Err((UnresolvedBackend::NotFound, "BackendNotFound", format!("Service {ns}/{} has no port {port}", b.name)));
+        };
+        let policy = self.policy_for(ns, b.name, sp.name.as_deref());
+        let key = (ns.to_string(), b.name.to_string(), port);
+        if let Some(p) = self.service_ports.get(&key) {
+            return Ok((p.clone(), policy));
+        }
+        let mut eps = Vec::new();
+        for &si in self.ix.slices.get(&(ns, b.name)).into_iter().flatten() {
+            let s = &self.ix.m.endpoint_slices[si].obj;
+            if !matches!(s.address_type.as_str(), "IPv4" | "IPv6") {
+                continue;
+            }
+            let want = sp.name.as_deref().unwrap_or("");
+            let Some(p) = s.ports.iter().flatten().find(|p| p.name.as_deref().unwrap_or("") == want).and_then(|p| p.port).and_then(|p| u16::try_from(p).ok()) else {
+                continue;
+            };
+            for e in s.endpoints.iter().flatten() {
+                if e.conditions.as_ref().and_then(|c| c.ready) == Some(false) {
+                    continue;
+                }
+                for a in &e.addresses {
+                    if let Ok(ip) = IpAddr::from_str(a) {
+                        let sa = SocketAddr::new(ip, p);
+                        if !eps.contains(&sa) {
+                            eps.push(sa);
+                        }
+                    }
+                }
+            }
+        }
+        let sp = Arc::new(ServicePort {
+            service: oref(ns, b.name),
+            port,
+            port_name: sp.name.as_deref().map(Into::into),
+            app_protocol: sp.app_protocol.as_deref().map(Into::into),
+            endpoints: eps.into_boxed_slice(),
+        });
+        self.service_ports.insert(key, sp.clone());
+        Ok((sp, policy))
+    }
+
+    /// A backendRef compiled for a Gateway (its client certificate joins the TLS profile).
+    fn backend(&mut self, from: (RouteKind, &str), gi: usize, b: &BackendRefIn<'_>, filters: Box<[HttpFilter]>) -> Backend {
+        let ns = b.namespace.unwrap_or(from.1);
+        let weight = u32::try_from(b.weight.unwrap_or(1)).unwrap_or(0);
+        match self.service_port(from, b) {
+            Ok((sp, policy)) => {
+                // Every policy targeting this Service port reports this Gateway as an
+                // ancestor, including those that lost a conflict.
+                let key = (sp.service.namespace.to_string(), sp.service.name.to_string());
+                if let Some(ps) = self.policies_of_service.get(&key) {
+                    for (pi, section) in ps {
+                        if section.is_none() || section.as_deref() == sp.port_name.as_deref() {
+                            self.policies[*pi].ancestors.insert(gi);
+                        }
+                    }
+                }
+                let tls = match policy {
+                    None => BackendTls::None,
+                    Some(PolicyUse::Invalid(pi)) => {
+                        self.policies[pi].ancestors.insert(gi);
+                        BackendTls::Invalid
+                    }
+                    Some(PolicyUse::Valid(pi)) => {
+                        self.policies[pi].ancestors.insert(gi);
+                        BackendTls::Profile(self.profile(pi, gi))
+                    }
+                };
+                Backend { name: oref(ns, b.name), weight, target: Ok(sp), tls, filters }
+            }
+            Err((e, _, _)) => Backend { name: oref(ns, b.name), weight, target: Err(e), tls: BackendTls::None, filters },
+        }
+    }
+
+    fn profile(&mut self, pi: usize, gi: usize) -> Arc<BackendTlsProfile> {
+        if let Some(p) = self.profiles.get(&(pi, gi)) {
+            return p.clone();
+        }
+        let p = &self.ix.m.backend_tls_policies[pi].obj;
+        let st = &self.policies[pi];
+        let roots = match &st.roots {
+            Some(r) if !st.system => TrustRoots::Certificates(r.as_ref().clone()),
+            _ => TrustRoots::System,
+        };
+        let sans = p
+            .spec
+            .validation
+            .subject_alt_names
+            .iter()
+            .flatten()
+            .filter_map(|s| match s.r#type {
+                BackendTlsPolicyValidationSubjectAltNamesType::Hostname => s.hostname.as_deref().map(|h| SubjectAltName::Hostname(h.into())),
+                BackendTlsPolicyValidationSubjectAltNamesType::Uri => s.uri.as_deref().map(|u| SubjectAltName::Uri(u.into())),
+            })
+            .collect();
+        let prof = Arc::new(BackendTlsProfile {
+            id: u32::try_from(self.table.profiles.len()).unwrap_or(u32::MAX),
+            policy: oref(ns_of(&p.metadata), name_of(&p.metadata)),
+            roots,
+            hostname: p.spec.validation.hostname.as_str().into(),
+            subject_alt_names: sans,
+            client_certificate: self.gws[gi].client_cert.clone(),
+        });
+        self.table.profiles.push(prof.clone());
+        self.profiles.insert((pi, gi), prof.clone());
+        prof
+    }
+
+    /// Attach every route, compile the attached ones, and return per-route parent statuses.
+    fn routes(&mut self) -> Vec<(RouteIn<'m>, Vec<(ParentIn, Vec<Cond>)>)> {
+        let inputs = self.route_inputs();
+        for (rank, r) in inputs.iter().enumerate() {
+            self.route_rank.insert((r.kind.name(), oref(ns_of(r.meta), name_of(r.meta))), rank);
+        }
+        let mut out = Vec::new();
+        for r in inputs {
+            let ns = ns_of(r.meta);
+            let refs = self.backend_refs(&r);
+            // ResolvedRefs: first failing backendRef.
+            let mut resolved = Cond::new("ResolvedRefs", true, "ResolvedRefs", "references resolved");
+            for b in &refs {
+                if let Err((_, reason, msg)) = self.service_port((r.kind, ns), b) {
+                    resolved = Cond::new("ResolvedRefs", false, reason, msg);
+                    break;
+                }
+            }
+            let unsupported = self.unsupported(&r);
+            let mut parents = Vec::new();
+            for p in &r.parents {
+                let group_ok = p.group.as_deref().is_none_or(|g| g == GROUP);
+                let kind_ok = p.kind.as_deref().is_none_or(|k| k == "Gateway");
+                if !group_ok || !kind_ok {
+                    continue; // not a parent this controller serves
+                }
+                let gns = p.namespace.as_deref().unwrap_or(ns);
+                let gi = self.gws.iter().position(|g| g.ns == gns && g.name == p.name);
+                let Some(gi) = gi else {
+                    let exists = self.ix.m.gateways.iter().any(|g| ns_of(&g.obj.metadata) == gns && name_of(&g.obj.metadata) == p.name);
+                    if exists {
+                        continue; // another controller's Gateway
+                    }
+                    parents.push((p.clone(), vec![
+                        Cond::new("Accepted", false, "NoMatchingParent", format!("Gateway {gns}/{} not found", p.name)),
+                        resolved.clone(),
+                    ]));
+                    continue;
+                };
+                let accepted = self.attach(&r, p, gi, unsupported.as_deref());
+                parents.push((p.clone(), vec![accepted, resolved.clone()]));
+            }
+            out.push((r, parents));
+        }
+        out
+    }
+
+    /// Why a route can't be accepted regardless of parent (unsupported filters, bad regex).
+    fn unsupported(&self, r: &RouteIn<'m>) -> Option<String> {
+        if r.kind != RouteKind::Http {
+            return None;
+        }
+        let route = &self.ix.m.http_routes[r.idx].obj;
+        for rule in route.spec.rules.iter().flatten() {
+            for m in rule.matches.iter().flatten() {
+                if let Err(e) = compile_match(m) {
+                    return Some(e);
+                }
+            }
+            for f in rule.filters.iter().flatten() {
+                if !matches!(
+                    f.r#type,
+                    HttpRouteRulesFiltersType::RequestHeaderModifier
+                        | HttpRouteRulesFiltersType::ResponseHeaderModifier
+                        | HttpRouteRulesFiltersType::RequestRedirect
+                        | HttpRouteRulesFiltersType::UrlRewrite
+                        | HttpRouteRulesFiltersType::RequestMirror
+                ) {
+                    return Some(format!("filter {:?} is not supported", f.r#type));
+                }
+            }
+            if let Some(t) = &rule.timeouts {
+                for d in [&t.request, &t.backend_request].into_iter().flatten() {
+                    if parse_duration(d).is_err() {
+                        return Some(format!("invalid duration {d:?}"));
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    /// Attach a route to a Gateway parentRef: pick listeners, check kinds, namespaces and
+    /// hostnames, compile into each accepting listener. Returns the Accepted condition.
+    fn attach(&mut self, r: &RouteIn<'m>, p: &ParentIn, gi: usize, unsupported: Option<&str>) -> Cond {
+        let ns = ns_of(r.meta);
+        let g = &self.gws[gi];
+        let candidates: Vec<usize> = (0..g.listeners.len())
+            .filter(|&li| {
+                let l = &g.listeners[li];
+                p.section_name.as_deref().is_none_or(|s| s == l.name)
+                    && p.port.is_none_or(|port| port == i32::from(l.port))
+            })
+            .collect();
+        if candidates.is_empty() {
+            return Cond::new("Accepted", false, "NoMatchingParent", "no listener matches the parentRef sectionName/port");
+        }
+        if !g.accepted.ok {
+            return Cond::new("Accepted", false, "NotAllowedByListeners", "the Gateway is not accepted");
+        }
+        let route_ns_labels = self.ix.ns_labels(ns);
+        let mut allowed = Vec::new();
+        for &li in &candidates {
+            let l = &g.listeners[li];
+            let ns_ok = match &l.allowed_ns {
+                AllowedNs::Same => ns == g.ns,
+                AllowedNs::All => true,
+                AllowedNs::Selector(s) => s.matches(&route_ns_labels),
+            };
+            if ns_ok && l.kinds.contains(&r.kind) {
+                allowed.push(li);
+            }
+        }
+        if allowed.is_empty() {
+            return Cond::new("Accepted", false, "NotAllowedByListeners", format!("no listener allows {} from namespace {ns}", r.kind.name()));
+        }
+        let mut attached = Vec::new();
+        for li in allowed {
+            let l = &g.listeners[li];
+            let hosts: Vec<Option<String>> = if r.hostnames.is_empty() {
+                vec![l.hostname.clone()]
+            } else {
+                r.hostnames.iter().filter_map(|h| hostname::intersect(l.hostname.as_deref(), h)).map(Some).collect()
+            };
+            if !hosts.is_empty() {
+                attached.push((li, hosts));
+            }
+        }
+        if attached.is_empty() {
+            return Cond::new("Accepted", false, "NoMatchingListenerHostname", "no listener hostname intersects the route's hostnames");
+        }
+        if let Some(why) = unsupported {
+            for (li, _) in &attached {
+                self.gws[gi].listeners[*li].attached.insert((r.kind, r.idx));
+            }
+            return Cond::new("Accepted", false, "UnsupportedValue", why.to_string());
+        }
+        for (li, hosts) in attached {
+            self.gws[gi].listeners[li].attached.insert((r.kind, r.idx));
+            if let Some(id) = self.gws[gi].listeners[li].id {
+                self.index_route(r, gi, id, &hosts);
+            }
+        }
+        Cond::new("Accepted", true, "Accepted", "route accepted")
+    }
+
+    /// Compile a route's rules for a Gateway (once) and index them under a listener's hosts.
+    fn index_route(&mut self, r: &RouteIn<'m>, gi: usize, id: ListenerId, hosts: &[Option<String>]) {
+        let ns = ns_of(r.meta);
+        let name = name_of(r.meta);
+        match r.kind {
+            RouteKind::Http => {
+                let range = self.compiled_http(r, gi);
+                let listener = &mut self.table.listeners[id.0 as usize];
+                for h in hosts {
+                    let key = HostKey::of(h.as_deref());
+                    let bucket = listener.http.get_or_insert_with(&key, HttpBucket::default);
+                    for ri in range.clone() {
+                        let rule = &self.table.http_rules[ri];
+                        for (mi, m) in rule.matches.iter().enumerate() {
+                            let e = Entry { rule: ri as u32, matched: mi as u32 };
+                            match &m.path {
+                                PathMatch::Exact(p) => bucket.exact.entry(p.clone()).or_default().push(e),
+                                PathMatch::Prefix(p) => bucket.prefix.entry(p.clone()).or_default().push(e),
+                                PathMatch::Regex(_) => bucket.regex.push(e),
+                            }
+                        }
+                    }
+                }
+            }
+            RouteKind::Grpc => {
+                let range = self.compiled_grpc(r, gi);
+                let listener = &mut self.table.listeners[id.0 as usize];
+                for h in hosts {
+                    let key = HostKey::of(h.as_deref());
+                    let v = listener.grpc.get_or_insert_with(&key, Vec::new);
+                    for ri in range.clone() {
+                        let n = self.table.grpc_rules[ri].matches.len();
+                        if n == 0 {
+                            v.push(GrpcEntry { rule: ri as u32, matched: u32::MAX });
+                        }
+                        for mi in 0..n {
+                            v.push(GrpcEntry { rule: ri as u32, matched: mi as u32 });
+                        }
+                    }
+                }
+            }
+            RouteKind::Tls => {
+                let route = &self.ix.m.tls_routes[r.idx].obj;
+                let mut backends = Vec::new();
+                for rule in &route.spec.rules {
+                    for b in &rule.backend_refs {
+                        let bi = BackendRefIn { group: b.group.as_deref(), kind: b.kind.as_deref(), name: &b.name, namespace: b.namespace.as_deref(), port: b.port, weight: b.weight };
+                        backends.push(self.backend((RouteKind::Tls, ns), gi, &bi, Box::new([])));
+                    }
+                }
+                let total_weight = backends.iter().map(|b| b.weight).sum();
+                let target = Arc::new(TlsTarget {
+                    source: RouteRef { kind: "TLSRoute", route: oref(ns, name), rule_index: 0, rule_name: route.spec.rules.first().and_then(|r| r.name.as_deref()).map(Into::into) },
+                    backends: backends.into_boxed_slice(),
+                    total_weight,
+                });
+                let listener = &mut self.table.listeners[id.0 as usize];
+                for h in hosts {
+                    // Routes are processed oldest first: the oldest keeps a hostname.
+                    listener.tls.get_or_insert_with(&HostKey::of(h.as_deref()), || target.clone());
+                }
+            }
+        }
+    }
+
+    fn compiled_http(&mut self, r: &RouteIn<'m>, gi: usize) -> std::ops::Range<usize> {
+        let key = (RouteKind::Http, r.idx, gi);
+        if let Some(range) = self.compiled.get(&key) {
+            return range.clone();
+        }
+        let route: &'m HttpRoute = &self.ix.m.http_routes[r.idx].obj;
+        let ns = ns_of(r.meta);
+        let name = name_of(r.meta);
+        let start = self.table.http_rules.len();
+        let default_rule = gateway_api::experimental::httproutes::HttpRouteRules::default();
+        let rules: Vec<&gateway_api::experimental::httproutes::HttpRouteRules> = match &route.spec.rules {
+            Some(rs) if !rs.is_empty() => rs.iter().collect(),
+            _ => vec![&default_rule],
+        };
+        for (ri, rule) in rules.into_iter().enumerate() {
+            let matches: Vec<HttpMatch> = match &rule.matches {
+                Some(ms) if !ms.is_empty() => ms.iter().filter_map(|m| compile_match(m).ok()).collect(),
+                _ => vec![HttpMatch { path: PathMatch::Prefix("".into()), method: None, headers: Box::new([]), query: Box::new([]) }],
+            };
+            let mut invalid = None;
+            let filters = self.http_filters(rule.filters.as_deref().unwrap_or(&[]), (RouteKind::Http, ns), gi, &mut invalid);
+            let mut backends = Vec::new();
+            for b in rule.backend_refs.iter().flatten() {
+                let bf = b.filters.as_ref().map(|fs| {
+                    let fs: Vec<HttpRouteRulesFilters> = fs.iter().filter_map(|f| serde_json::to_value(f).ok().and_then(|v| serde_json::from_value(v).ok())).collect();
+                    self.http_filters(&fs, (RouteKind::Http, ns), gi, &mut invalid)
+                });
+                let bi = BackendRefIn { group: b.group.as_deref(), kind: b.kind.as_deref(), name: &b.name, namespace: b.namespace.as_deref(), port: b.port, weight: b.weight };
+                backends.push(self.backend((RouteKind::Http, ns), gi, &bi, bf.unwrap_or_default()));
+            }
+            let timeouts = rule.timeouts.as_ref().map(|t| Timeouts {
+                request: t.request.as_deref().and_then(|d| parse_duration(d).ok()).flatten(),
+                backend_request: t.backend_request.as_deref().and_then(|d| parse_duration(d).ok()).flatten(),
+            });
+            let retry = rule.retry.as_ref().map(|rt| Retry {
+                codes: rt.codes.iter().flatten().filter_map(|c| u16::try_from(*c).ok()).collect(),
+                attempts: rt.attempts.and_then(|a| u32::try_from(a).ok()).unwrap_or(1),
+                backoff: rt.backoff.as_deref().and_then(|d| parse_duration(d).ok()).flatten(),
+            });
+            let total_weight = backends.iter().map(|b| b.weight).sum();
+            self.table.http_rules.push(HttpRule {
+                source: RouteRef { kind: "HTTPRoute", route: oref(ns, name), rule_index: ri as u32, rule_name: rule.name.as_deref().map(Into::into) },
+                matches: matches.into_boxed_slice(),
+                filters,
+                backends: backends.into_boxed_slice(),
+                total_weight,
+                timeouts: timeouts.unwrap_or_default(),
+                retry,
+                invalid: invalid.map(|s: String| s.into()),
+            });
+        }
+        let range = start..self.table.http_rules.len();
+        self.compiled.insert(key, range.clone());
+        range
+    }
+
+    fn http_filters(&mut self, fs: &[HttpRouteRulesFilters], from: (RouteKind, &str), gi: usize, invalid: &mut Option<String>) -> Box<[HttpFilter]> {
+        let mut out = Vec::new();
+        for f in fs {
+            match f.r#type {
+                HttpRouteRulesFiltersType::RequestHeaderModifier => {
+                    if let Some(h) = &f.request_header_modifier {
+                        out.push(HttpFilter::RequestHeaderModifier(header_mod(
+                            h.set.iter().flatten().map(|x| (x.name.as_str(), x.value.as_str())),
+                            h.add.iter().flatten().map(|x| (x.name.as_str(), x.value.as_str())),
+                            h.remove.iter().flatten(),
+                        )));
+                    }
+                }
+                HttpRouteRulesFiltersType::ResponseHeaderModifier => {
+                    if let Some(h) = &f.response_header_modifier {
+                        out.push(HttpFilter::ResponseHeaderModifier(header_mod(
+                            h.set.iter().flatten().map(|x| (x.name.as_str(), x.value.as_str())),
+                            h.add.iter().flatten().map(|x| (x.name.as_str(), x.value.as_str())),
+                            h.remove.iter().flatten(),
+                        )));
+                    }
+                }
+                HttpRouteRulesFiltersType::RequestRedirect => {
+                    if let Some(rd) = &f.request_redirect {
+                        out.push(HttpFilter::RequestRedirect(RequestRedirect {
+                            scheme: rd.scheme.as_ref().map(|s| match s {
+                                HttpRouteRulesFiltersRequestRedirectScheme::Http => "http".into(),
+                                HttpRouteRulesFiltersRequestRedirectScheme::Https => "https".into(),
+                            }),
+                            hostname: rd.hostname.as_deref().map(Into::into),
+                            port: rd.port.and_then(|p| u16::try_from(p).ok()),
+                            path: rd.path.as_ref().and_then(|p| match p.r#type {
+                                RedirectPathType::ReplaceFullPath => p.replace_full_path.as_deref().map(|s| PathModifier::ReplaceFullPath(s.into())),
+                                RedirectPathType::ReplacePrefixMatch => p.replace_prefix_match.as_deref().map(|s| PathModifier::ReplacePrefixMatch(s.into())),
+                            }),
+                            status_code: rd.status_code.and_then(|c| u16::try_from(c).ok()).unwrap_or(302),
+                        }));
+                    }
+                }
+                HttpRouteRulesFiltersType::UrlRewrite => {
+                    if let Some(rw) = &f.url_rewrite {
+                        out.push(HttpFilter::UrlRewrite(UrlRewrite {
+                            hostname: rw.hostname.as_deref().map(Into::into),
+                            path: rw.path.as_ref().and_then(|p| match p.r#type {
+                                RewritePathType::ReplaceFullPath => p.replace_full_path.as_deref().map(|s| PathModifier::ReplaceFullPath(s.into())),
+                                RewritePathType::ReplacePrefixMatch => p.replace_prefix_match.as_deref().map(|s| PathModifier::ReplacePrefixMatch(s.into())),
+                            }),
+                        }));
+                    }
+                }
+                HttpRouteRulesFiltersType::RequestMirror => {
+                    if let Some(mr) = &f.request_mirror {
+                        let b = &mr.backend_ref;
+                        let bi = BackendRefIn { group: b.group.as_deref(), kind: b.kind.as_deref(), name: &b.name, namespace: b.namespace.as_deref(), port: b.port, weight: Some(1) };
+                        let backend = self.backend(from, gi, &bi, Box::new([]));
+                        let (numerator, denominator) = match (&mr.fraction, mr.percent) {
+                            (Some(fr), _) => (u32::try_from(fr.numerator).unwrap_or(0), fr.denominator.and_then(|d| u32::try_from(d).ok()).unwrap_or(100)),
+                            (None, Some(p)) => (u32::try_from(p).unwrap_or(0), 100),
+                            (None, None) => (100, 100),
+                        };
+                        out.push(HttpFilter::RequestMirror(RequestMirror { backend, numerator, denominator }));
+                    }
+                }
+                ref other => {
+                    invalid.get_or_insert_with(|| format!("filter {other:?} is not supported"));
+                }
+            }
+        }
+        out.into_boxed_slice()
+    }
+
+    fn compiled_grpc(&mut self, r: &RouteIn<'m>, gi: usize) -> std::ops::Range<usize> {
+        let key = (RouteKind::Grpc, r.idx, gi);
+        if let Some(range) = self.compiled.get(&key) {
+            return range.clone();
+        }
+        let route: &'m GrpcRoute = &self.ix.m.grpc_routes[r.idx].obj;
+        let ns = ns_of(r.meta);
+        let name = name_of(r.meta);
+        let start = self.table.grpc_rules.len();
+        for (ri, rule) in route.spec.rules.iter().flatten().enumerate() {
+            let sm = |v: &Option<String>, re: bool| v.as_deref().filter(|s| !s.is_empty()).and_then(|s| string_match(s, re).ok());
+            let matches: Vec<GrpcMatch> = rule
+                .matches
+                .iter()
+                .flatten()
+                .map(|m| {
+                    let re = m.method.as_ref().and_then(|mm| mm.r#type.as_ref()).is_some_and(|t| matches!(t, GrpcRouteRulesMatchesMethodType::RegularExpression));
+                    GrpcMatch {
+                        service: m.method.as_ref().and_then(|mm| sm(&mm.service, re)),
+                        method: m.method.as_ref().and_then(|mm| sm(&mm.method, re)),
+                        headers: m.headers.iter().flatten().filter_map(|h| {
+                            let re = matches!(h.r#type, Some(GrpcRouteRulesMatchesHeadersType::RegularExpression));
+                            string_match(&h.value, re).ok().map(|v| (h.name.to_ascii_lowercase().into(), v))
+                        }).collect(),
+                    }
+                })
+                .collect();
+            let mut invalid = None;
+            let fs: Vec<HttpRouteRulesFilters> = rule.filters.iter().flatten().filter_map(|f| serde_json::to_value(f).ok().and_then(|v| serde_json::from_value(v).ok())).collect();
+            let filters = self.http_filters(&fs, (RouteKind::Grpc, ns), gi, &mut invalid);
+            let mut backends = Vec::new();
+            for b in rule.backend_refs.iter().flatten() {
+                let bi = BackendRefIn { group: b.group.as_deref(), kind: b.kind.as_deref(), name: &b.name, namespace: b.namespace.as_deref(), port: b.port, weight: b.weight };
+                backends.push(self.backend((RouteKind::Grpc, ns), gi, &bi, Box::new([])));
+            }
+            let total_weight = backends.iter().map(|b| b.weight).sum();
+            self.table.grpc_rules.push(GrpcRule {
+                source: RouteRef { kind: "GRPCRoute", route: oref(ns, name), rule_index: ri as u32, rule_name: rule.name.as_deref().map(Into::into) },
+                matches: matches.into_boxed_slice(),
+                filters,
+                backends: backends.into_boxed_slice(),
+                total_weight,
+            });
+        }
+        let range = start..self.table.grpc_rules.len();
+        self.compiled.insert(key, range.clone());
+        range
+    }
+
+    /// Sort every bucket by Gateway API precedence.
+    fn finish_table(&mut self) {
+        let t = &mut self.table;
+        let http_rules = &t.http_rules;
+        let route_rank = &self.route_rank;
+        let http_key = |e: &Entry| {
+            let rule = &http_rules[e.rule as usize];
+            let m = &rule.matches[e.matched as usize];
+            let regex_len = match &m.path {
+                PathMatch::Regex(r) => r.as_str().len(),
+                _ => 0,
+            };
+            (
+                std::cmp::Reverse(regex_len),
+                m.method.is_none(),
+                std::cmp::Reverse(m.headers.len()),
+                std::cmp::Reverse(m.query.len()),
+                route_rank.get(&("HTTPRoute", rule.source.route.clone())).copied().unwrap_or(usize::MAX),
+                rule.source.rule_index,
+                e.matched,
+            )
+        };
+        let grpc_rules = &t.grpc_rules;
+        let grpc_key = |e: &GrpcEntry| {
+            let rule = &grpc_rules[e.rule as usize];
+            let m = rule.matches.get(e.matched as usize);
+            let len = |s: Option<&StringMatch>| match s {
+                Some(StringMatch::Exact(x)) => x.len(),
+                Some(StringMatch::Regex(r)) => r.as_str().len(),
+                None => 0,
+            };
+            (
+                std::cmp::Reverse(m.map_or(0, |m| len(m.service.as_ref()))),
+                std::cmp::Reverse(m.map_or(0, |m| len(m.method.as_ref()))),
+                std::cmp::Reverse(m.map_or(0, |m| m.headers.len())),
+                route_rank.get(&("GRPCRoute", rule.source.route.clone())).copied().unwrap_or(usize::MAX),
+                rule.source.rule_index,
+                e.matched,
+            )
+        };
+        for l in &mut t.listeners {
+            for b in l.http.values_mut() {
+                for v in b.exact.values_mut().chain(b.prefix.values_mut()).chain(std::iter::once(&mut b.regex)) {
+                    v.sort_by_cached_key(http_key);
+                    v.dedup();
+                }
+            }
+            for v in l.grpc.values_mut() {
+                v.sort_by_cached_key(grpc_key);
+                v.dedup();
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------- status
+
+    fn status(&self, routes: &[(RouteIn<'m>, Vec<(ParentIn, Vec<Cond>)>)], now: &Time) -> StatusReport {
+        let mut items = Vec::new();
+        for g in &self.gws {
+            let gen = g.generation;
+            let programmed_any = g.listeners.iter().any(|l| l.id.is_some());
+            let mut gconds = vec![g.accepted.clone()];
+            gconds.push(if g.accepted.ok && programmed_any {
+                Cond::new("Programmed", true, "Programmed", "Gateway programmed")
+            } else {
+                Cond::new("Programmed", false, "Invalid", "no listener could be programmed")
+            });
+            if let Some(r) = &g.resolved {
+                gconds.push(r.clone());
+            }
+            let listeners = g
+                .listeners
+                .iter()
+                .map(|l| {
+                    let programmed = if l.id.is_some() {
+                        Cond::new("Programmed", true, "Programmed", "listener programmed")
+                    } else {
+                        Cond::new("Programmed", false, "Invalid", "listener not programmed")
+                    };
+                    GatewayStatusListeners {
+                        attached_routes: i32::try_from(l.attached.len()).unwrap_or(i32::MAX),
+                        conditions: conditions(&[l.accepted.clone(), programmed, l.resolved.clone(), l.conflicted.clone()], gen, now),
+                        name: l.name.clone(),
+                        supported_kinds: Some(l.kinds.iter().map(|k| GatewayStatusListenersSupportedKinds { group: Some(GROUP.to_string()), kind: k.name().to_string() }).collect()),
+                    }
+                })
+                .collect();
+            let addresses = g.gw.spec.addresses.as_ref().map(|_| g.addrs.iter().map(|a| GatewayStatusAddresses { r#type: Some("IPAddress".to_string()), value: a.to_string() }).collect());
+            items.push(item("Gateway", g.gw.metadata.clone(), ObjectStatus::Gateway(GatewayStatus {
+                addresses,
+                attached_listener_sets: None,
+                conditions: Some(conditions(&gconds, gen, now)),
+                listeners: Some(listeners),
+            })));
+        }
+        let ctrl = &self.opts.controller_name;
+        for (r, parents) in routes {
+            let gen = gen_of(r.meta);
+            let status = match r.kind {
+                RouteKind::Http => ObjectStatus::HttpRoute(HttpRouteStatus {
+                    parents: parents.iter().map(|(p, c)| HttpRouteStatusParents {
+                        conditions: conditions(c, gen, now),
+                        controller_name: ctrl.clone(),
+                        parent_ref: HttpRouteStatusParentsParentRef { group: p.group.clone(), kind: p.kind.clone(), name: p.name.clone(), namespace: p.namespace.clone(), port: p.port, section_name: p.section_name.clone() },
+                    }).collect(),
+                }),
+                RouteKind::Grpc => ObjectStatus::GrpcRoute(GrpcRouteStatus {
+                    parents: parents.iter().map(|(p, c)| GrpcRouteStatusParents {
+                        conditions: conditions(c, gen, now),
+                        controller_name: ctrl.clone(),
+                        parent_ref: GrpcRouteStatusParentsParentRef { group: p.group.clone(), kind: p.kind.clone(), name: p.name.clone(), namespace: p.namespace.clone(), port: p.port, section_name: p.section_name.clone() },
+                    }).collect(),
+                }),
+                RouteKind::Tls => ObjectStatus::TlsRoute(TlsRouteStatus {
+                    parents: parents.iter().map(|(p, c)| TlsRouteStatusParents {
+                        conditions: conditions(c, gen, now),
+                        controller_name: ctrl.clone(),
+                        parent_ref: TlsRouteStatusParentsParentRef { group: p.group.clone(), kind: p.kind.clone(), name: p.name.clone(), namespace: p.namespace.clone(), port: p.port, section_name: p.section_name.clone() },
+                    }).collect(),
+                }),
+            };
+            items.push(item(r.kind.name(), r.meta.clone(), status));
+        }
+        for (pi, p) in self.ix.m.backend_tls_policies.iter().enumerate() {
+            let st = &self.policies[pi];
+            let gen = gen_of(&p.obj.metadata);
+            let ancestors = st
+                .ancestors
+                .iter()
+                .map(|&gi| {
+                    let g = &self.gws[gi];
+                    BackendTlsPolicyStatusAncestors {
+                        ancestor_ref: BackendTlsPolicyStatusAncestorsAncestorRef { group: Some(GROUP.to_string()), kind: Some("Gateway".to_string()), name: g.name.to_string(), namespace: Some(g.ns.to_string()), port: None, section_name: None },
+                        conditions: conditions(&[st.accepted.clone(), st.resolved.clone()], gen, now),
+                        controller_name: ctrl.clone(),
+                    }
+                })
+                .collect();
+            items.push(item("BackendTLSPolicy", p.obj.metadata.clone(), ObjectStatus::BackendTlsPolicy(BackendTlsPolicyStatus { ancestors })));
+        }
+        StatusReport { items }
+    }
+}
+
+fn item(kind: &str, meta: ObjectMeta, status: ObjectStatus) -> StatusItem {
+    StatusItem {
+        api_version: API_VERSION.to_string(),
+        kind: kind.to_string(),
+        metadata: StatusMetadata {
+            name: name_of(&meta).to_string(),
+            namespace: ns_of(&meta).to_string(),
+            generation: gen_of(&meta),
+        },
+        status,
+    }
+}
+
+/// Listener conflicts within one Gateway on a shared port.
+fn conflicts(ls: &mut [LState]) {
+    let n = ls.len();
+    for i in 0..n {
+        for j in 0..n {
+            if i == j || ls[i].port != ls[j].port {
+                continue;
+            }
+            let (Some(a), Some(b)) = (ls[i].protocol, ls[j].protocol) else { continue };
+            if a.is_tls() != b.is_tls() {
+                ls[i].conflicted = Cond::new("Conflicted", true, "ProtocolConflict", format!("port {} is used with another protocol", ls[i].port));
+            } else if ls[i].hostname == ls[j].hostname && ls[i].conflicted.reason == "NoConflicts" {
+                ls[i].conflicted = Cond::new("Conflicted", true, "HostnameConflict", format!("another listener on port {} has the same hostname", ls[i].port));
+            }
+        }
+    }
+}
+
+fn header_mod<'a>(
+    set: impl Iterator<Item = (&'a str, &'a str)>,
+    add: impl Iterator<Item = (&'a str, &'a str)>,
+    remove: impl Iterator<Item = &'a String>,
+) -> HeaderModifier {
+    HeaderModifier {
+        set: set.map(|(n, v)| (n.to_ascii_lowercase().into(), v.into())).collect(),
+        add: add.map(|(n, v)| (n.to_ascii_lowercase().into(), v.into())).collect(),
+        remove: remove.map(|n| n.to_ascii_lowercase().into()).collect(),
+    }
+}
+
+fn string_match(v: &str, regex: bool) -> Result<StringMatch, String> {
+    if regex {
+        regex::Regex::new(&format!("^(?:{v})$")).map(StringMatch::Regex).map_err(|e| format!("invalid regular expression {v:?}: {e}"))
+    } else {
+        Ok(StringMatch::Exact(v.into()))
+    }
+}
+
+fn compile_match(m: &HttpRouteRulesMatches) -> Result<HttpMatch, String> {
+    let path = match &m.path {
+        None => PathMatch::Prefix("".into()),
+        Some(p) => {
+            let v = p.value.as_deref().unwrap_or("/");
+            match p.r#type.as_ref().unwrap_or(&HttpRouteRulesMatchesPathType::PathPrefix) {
+                HttpRouteRulesMatchesPathType::Exact => PathMatch::Exact(v.into()),
+                HttpRouteRulesMatchesPathType::PathPrefix => PathMatch::Prefix(v.trim_end_matches('/').into()),
+                HttpRouteRulesMatchesPathType::RegularExpression => match string_match(v, true)? {
+                    StringMatch::Regex(r) => PathMatch::Regex(r),
+                    StringMatch::Exact(e) => PathMatch::Exact(e),
+                },
+            }
+        }
+    };
+    let method = m.method.as_ref().map(|x| {
+        match x {
+            HttpRouteRulesMatchesMethod::Get => "GET",
+            HttpRouteRulesMatchesMethod::Head => "HEAD",
+            HttpRouteRulesMatchesMethod::Post => "POST",
+            HttpRouteRulesMatchesMethod::Put => "PUT",
+            HttpRouteRulesMatchesMethod::Delete => "DELETE",
+            HttpRouteRulesMatchesMethod::Connect => "CONNECT",
+            HttpRouteRulesMatchesMethod::Options => "OPTIONS",
+            HttpRouteRulesMatchesMethod::Trace => "TRACE",
+            HttpRouteRulesMatchesMethod::Patch => "PATCH",
+        }
+        .into()
+    });
+    // Only the first entry for a header/parameter name counts (spec).
+    let mut headers: Vec<(Box<str>, StringMatch)> = Vec::new();
+    for h in m.headers.iter().flatten() {
+        let name: Box<str> = h.name.to_ascii_lowercase().into();
+        if headers.iter().any(|(n, _)| *n == name) {
+            continue;
+        }
+        let re = matches!(h.r#type, Some(HttpRouteRulesMatchesHeadersType::RegularExpression));
+        headers.push((name, string_match(&h.value, re)?));
+    }
+    let mut query: Vec<(Box<str>, StringMatch)> = Vec::new();
+    for q in m.query_params.iter().flatten() {
+        let name: Box<str> = q.name.as_str().into();
+        if query.iter().any(|(n, _)| *n == name) {
+            continue;
+        }
+        let re = matches!(q.r#type, Some(HttpRouteRulesMatchesQueryParamsType::RegularExpression));
+        query.push((name, string_match(&q.value, re)?));
+    }
+    Ok(HttpMatch { path, method, headers: headers.into_boxed_slice(), query: query.into_boxed_slice() })
+}
+
+/// GEP-2257 duration; `Ok(None)` for zero (disabled).
+fn parse_duration(s: &str) -> Result<Option<Duration>, String> {
+    let d = gateway_api::Duration::from_str(s)?;
+    if d.is_zero() {
+        return Ok(None);
+    }
+    Ok(Some(Duration::new(d.as_secs(), d.subsec_nanos())))
+}

@@ -1,0 +1,579 @@
+//! Table-driven scenarios mirroring the Gateway API conformance tests: every status
+//! reason, hostname intersection, listener isolation and match precedence.
+
+use gateway_config::{compile, parse_str, Bind, BackendTls, CompileOptions, Compiled, TrustRoots};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+
+fn pem(name: &str) -> String {
+    std::fs::read_to_string(format!("{}/testdata/{name}", env!("CARGO_MANIFEST_DIR")))
+        .expect("test data")
+}
+
+fn indent(s: &str, n: usize) -> String {
+    let pad = " ".repeat(n);
+    s.lines().map(|l| format!("{pad}{l}\n")).collect()
+}
+
+fn tls_secret(ns: &str, name: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: {ns}}}\ntype: kubernetes.io/tls\nstringData:\n  tls.crt: |\n{}  tls.key: |\n{}",
+        indent(&pem("ec.crt"), 4),
+        indent(&pem("ec.sec1.key"), 4)
+    )
+}
+
+fn ca_config_map(ns: &str, name: &str, body: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {name}, namespace: {ns}}}\ndata:\n  ca.crt: |\n{}",
+        indent(body, 4)
+    )
+}
+
+const INFRA: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: infra, labels: {shared: "yes"}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: apps, labels: {shared: "yes"}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: other}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: infra}
+spec:
+  ports: [{name: http, port: 8080}, {name: https, port: 8443}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-1, namespace: infra, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{name: http, port: 9080}, {name: https, port: 9443}]
+endpoints:
+- addresses: [10.0.0.1]
+- addresses: [10.0.0.2]
+  conditions: {ready: false}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web2, namespace: infra}
+spec:
+  ports: [{name: http, port: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: apps}
+spec:
+  ports: [{port: 8080}]
+"#;
+
+const GW: &str = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: infra, generation: 3}
+spec:
+  gatewayClassName: gatewayd
+  addresses: [{type: IPAddress, value: 127.0.0.1}]
+  listeners:
+  - name: http
+    protocol: HTTP
+    port: 80
+    allowedRoutes: {namespaces: {from: Same}}
+  - name: wild
+    protocol: HTTP
+    port: 8000
+    hostname: "*.example.com"
+    allowedRoutes: {namespaces: {from: Selector, selector: {matchLabels: {shared: "yes"}}}}
+"#;
+
+fn build(docs: &[&str]) -> Compiled {
+    let text = docs.join("\n---\n");
+    let (m, warnings) = parse_str("test.yaml", &text).unwrap_or_else(|e| panic!("{e}"));
+    assert!(warnings.is_empty(), "{warnings:?}");
+    compile(&m, &CompileOptions::default())
+}
+
+fn cond<'a>(conds: &'a [Condition], type_: &str) -> &'a Condition {
+    conds
+        .iter()
+        .find(|c| c.type_ == type_)
+        .unwrap_or_else(|| panic!("no {type_} in {conds:?}"))
+}
+
+fn route(c: &Compiled, kind: &str, name: &str, gw: &str) -> Vec<Condition> {
+    let (ns, name) = name.split_once('/').expect("ns/name");
+    c.status
+        .route_parent_conditions(kind, ns, name, gw)
+        .unwrap_or_else(|| panic!("no parent status for {kind} {ns}/{name} -> {gw}: {:#?}", c.status))
+        .to_vec()
+}
+
+fn listener_conds(c: &Compiled, gw: &str, listener: &str) -> (Vec<Condition>, i32, Vec<String>) {
+    let (ns, name) = gw.split_once('/').expect("ns/name");
+    let s = c.status.gateway(ns, name).expect("gateway status");
+    let l = s
+        .listeners
+        .iter()
+        .flatten()
+        .find(|l| l.name == listener)
+        .expect("listener status");
+    let kinds = l.supported_kinds.iter().flatten().map(|k| k.kind.clone()).collect();
+    (l.conditions.clone(), l.attached_routes, kinds)
+}
+
+fn assert_cond(conds: &[Condition], type_: &str, status: &str, reason: &str, generation: i64) {
+    let c = cond(conds, type_);
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str(), c.observed_generation),
+        (status, reason, Some(generation)),
+        "{type_}: {c:?}"
+    );
+}
+
+fn http_route(ns: &str, name: &str, parent: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  parentRefs: [{parent}]\n{extra}"
+    )
+}
+
+fn bind(c: &Compiled, port: u16) -> &Bind {
+    c.table
+        .bind_for(format!("127.0.0.1:{port}").parse().expect("addr"))
+        .expect("bind")
+}
+
+#[test]
+fn route_parent_reasons_mirror_the_conformance_scenarios() {
+    // (scenario, route yaml, expected Accepted, expected ResolvedRefs)
+    let grant = r#"apiVersion: gateway.networking.k8s.io/v1beta1
+kind: ReferenceGrant
+metadata: {name: g, namespace: apps}
+spec:
+  from: [{group: gateway.networking.k8s.io, kind: HTTPRoute, namespace: infra}]
+  to: [{group: "", kind: Service}]"#;
+    let cases: &[(&str, String, (&str, &str), (&str, &str), bool)] = &[
+        ("HTTPRouteSimpleSameNamespace", http_route("infra", "r", "{name: gw}", "  rules: [{backendRefs: [{name: web, port: 8080}]}]\n"), ("True", "Accepted"), ("True", "ResolvedRefs"), false),
+        ("HTTPRouteInvalidCrossNamespaceBackendRef", http_route("infra", "r", "{name: gw}", "  rules: [{backendRefs: [{name: web, namespace: apps, port: 8080}]}]\n"), ("True", "Accepted"), ("False", "RefNotPermitted"), false),
+        ("HTTPRouteCrossNamespace backend with ReferenceGrant", http_route("infra", "r", "{name: gw}", "  rules: [{backendRefs: [{name: web, namespace: apps, port: 8080}]}]\n"), ("True", "Accepted"), ("True", "ResolvedRefs"), true),
+        ("HTTPRouteInvalidNonExistentBackendRef", http_route("infra", "r", "{name: gw}", "  rules: [{backendRefs: [{name: nope, port: 8080}]}]\n"), ("True", "Accepted"), ("False", "BackendNotFound"), false),
+        ("HTTPRouteInvalidBackendRefUnknownKind", http_route("infra", "r", "{name: gw}", "  rules: [{backendRefs: [{group: unknown.io, kind: Thing, name: web, port: 8080}]}]\n"), ("True", "Accepted"), ("False", "InvalidKind"), false),
+        ("backendRef to a port the Service lacks", http_route("infra", "r", "{name: gw}", "  rules: [{backendRefs: [{name: web, port: 1}]}]\n"), ("True", "Accepted"), ("False", "BackendNotFound"), false),
+        ("HTTPRouteInvalidCrossNamespaceParentRef", http_route("other", "r", "{name: gw, namespace: infra}", ""), ("False", "NotAllowedByListeners"), ("True", "ResolvedRefs"), false),
+        ("HTTPRouteInvalidParentRefNotMatchingSectionName", http_route("infra", "r", "{name: gw, sectionName: nope}", ""), ("False", "NoMatchingParent"), ("True", "ResolvedRefs"), false),
+        ("HTTPRouteInvalidParentRefNotMatchingListenerPort", http_route("infra", "r", "{name: gw, port: 81}", ""), ("False", "NoMatchingParent"), ("True", "ResolvedRefs"), false),
+        ("parentRef to a Gateway that does not exist", http_route("infra", "r", "{name: gw, sectionName: http}", "").replace("name: gw,", "name: missing,"), ("False", "NoMatchingParent"), ("True", "ResolvedRefs"), false),
+        ("HTTPRouteHostnameIntersection without a match", http_route("apps", "r", "{name: gw, namespace: infra, sectionName: wild}", "  hostnames: [foo.example.net]\n"), ("False", "NoMatchingListenerHostname"), ("True", "ResolvedRefs"), false),
+        ("listener namespace Selector admits a labelled namespace", http_route("apps", "r", "{name: gw, namespace: infra, sectionName: wild}", "  hostnames: ['*.com']\n"), ("True", "Accepted"), ("True", "ResolvedRefs"), false),
+        ("listener namespace Selector refuses an unlabelled namespace", http_route("other", "r", "{name: gw, namespace: infra, sectionName: wild}", ""), ("False", "NotAllowedByListeners"), ("True", "ResolvedRefs"), false),
+        ("ExtensionRef filter is unsupported", http_route("infra", "r", "{name: gw}", "  rules: [{filters: [{type: ExtensionRef, extensionRef: {group: x.io, kind: F, name: f}}], backendRefs: [{name: web, port: 8080}]}]\n"), ("False", "UnsupportedValue"), ("True", "ResolvedRefs"), false),
+    ];
+    for (scenario, r, accepted, resolved, with_grant) in cases {
+        let mut docs = vec![INFRA, GW, r.as_str()];
+        if *with_grant {
+            docs.push(grant);
+        }
+        let c = build(&docs);
+        let (ns, _) = if r.contains("namespace: apps}") {
+            ("apps", ())
+        } else if r.contains("namespace: other}") {
+            ("other", ())
+        } else {
+            ("infra", ())
+        };
+        let gw = if r.contains("name: missing") { "missing" } else { "gw" };
+        let conds = route(&c, "HTTPRoute", &format!("{ns}/r"), gw);
+        let a = cond(&conds, "Accepted");
+        assert_eq!((a.status.as_str(), a.reason.as_str()), *accepted, "{scenario}: {a:?}");
+        assert_eq!(a.observed_generation, Some(1), "{scenario}");
+        let rr = cond(&conds, "ResolvedRefs");
+        assert_eq!((rr.status.as_str(), rr.reason.as_str()), *resolved, "{scenario}: {rr:?}");
+    }
+}
+
+#[test]
+fn gateway_and_listener_conditions_carry_the_gateway_generation() {
+    let c = build(&[INFRA, GW, &http_route("infra", "r", "{name: gw}", "")]);
+    let s = c.status.gateway("infra", "gw").expect("gw");
+    let conds = s.conditions.clone().expect("conditions");
+    assert_cond(&conds, "Accepted", "True", "Accepted", 3);
+    assert_cond(&conds, "Programmed", "True", "Programmed", 3);
+    let (l, attached, kinds) = listener_conds(&c, "infra/gw", "http");
+    assert_cond(&l, "Accepted", "True", "Accepted", 3);
+    assert_cond(&l, "Programmed", "True", "Programmed", 3);
+    assert_cond(&l, "ResolvedRefs", "True", "ResolvedRefs", 3);
+    assert_cond(&l, "Conflicted", "False", "NoConflicts", 3);
+    assert_eq!(attached, 1);
+    assert_eq!(kinds, vec!["HTTPRoute", "GRPCRoute"]);
+    let (_, attached, _) = listener_conds(&c, "infra/gw", "wild");
+    // No sectionName: the route also attaches to `wild`, whose Selector admits the
+    // labelled namespace `infra`.
+    assert_eq!(attached, 1);
+}
+
+#[test]
+fn listener_reasons_mirror_the_conformance_scenarios() {
+    let secret_ok = tls_secret("infra", "cert");
+    let secret_other_ns = tls_secret("apps", "cert");
+    let malformed = "apiVersion: v1\nkind: Secret\nmetadata: {name: bad, namespace: infra}\ntype: kubernetes.io/tls\nstringData: {tls.crt: nope, tls.key: nope}";
+    let grant = "apiVersion: gateway.networking.k8s.io/v1beta1\nkind: ReferenceGrant\nmetadata: {name: g, namespace: apps}\nspec:\n  from: [{group: gateway.networking.k8s.io, kind: Gateway, namespace: infra}]\n  to: [{group: \"\", kind: Secret, name: cert}]";
+    let gw = |listener: &str| {
+        format!("apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: t, namespace: infra}}\nspec:\n  gatewayClassName: x\n  addresses: [{{value: 127.0.0.1}}]\n  listeners:\n{listener}")
+    };
+    let https = |refs: &str| format!("  - {{name: l, protocol: HTTPS, port: 443, tls: {{certificateRefs: [{refs}]}}}}\n");
+    // (scenario, gateway listeners, extra docs, listener name, [(type, status, reason)])
+    let cases: Vec<(&str, String, Vec<&str>, &str, Vec<(&str, &str, &str)>)> = vec![
+        ("HTTPS listener with a valid Secret", gw(&https("{name: cert}")), vec![&secret_ok], "l", vec![("Accepted", "True", "Accepted"), ("ResolvedRefs", "True", "ResolvedRefs"), ("Programmed", "True", "Programmed")]),
+        ("GatewayInvalidTLSConfiguration nonexistent secret", gw(&https("{name: nope}")), vec![], "l", vec![("ResolvedRefs", "False", "InvalidCertificateRef"), ("Programmed", "False", "Invalid")]),
+        ("GatewayInvalidTLSConfiguration unsupported group", gw(&https("{group: wrong.io, kind: Secret, name: cert}")), vec![&secret_ok], "l", vec![("ResolvedRefs", "False", "InvalidCertificateRef")]),
+        ("GatewayInvalidTLSConfiguration unsupported kind", gw(&https("{kind: WrongKind, name: cert}")), vec![&secret_ok], "l", vec![("ResolvedRefs", "False", "InvalidCertificateRef")]),
+        ("GatewayInvalidTLSConfiguration malformed secret", gw(&https("{name: bad}")), vec![malformed], "l", vec![("ResolvedRefs", "False", "InvalidCertificateRef"), ("Programmed", "False", "Invalid")]),
+        ("GatewaySecretMissingReferenceGrant", gw(&https("{name: cert, namespace: apps}")), vec![&secret_other_ns], "l", vec![("ResolvedRefs", "False", "RefNotPermitted")]),
+        ("GatewaySecretReferenceGrantSpecific", gw(&https("{name: cert, namespace: apps}")), vec![&secret_other_ns, grant], "l", vec![("ResolvedRefs", "True", "ResolvedRefs"), ("Programmed", "True", "Programmed")]),
+        ("GatewayInvalidRouteKind", gw("  - {name: l, protocol: HTTP, port: 80, allowedRoutes: {kinds: [{kind: FooRoute}]}}\n"), vec![], "l", vec![("ResolvedRefs", "False", "InvalidRouteKinds")]),
+        ("unsupported protocol", gw("  - {name: l, protocol: UDP, port: 53}\n"), vec![], "l", vec![("Accepted", "False", "UnsupportedProtocol"), ("Programmed", "False", "Invalid")]),
+        ("HostnameConflict on a shared port", gw("  - {name: l, protocol: HTTP, port: 80, hostname: a.com}\n  - {name: m, protocol: HTTP, port: 80, hostname: a.com}\n"), vec![], "l", vec![("Conflicted", "True", "HostnameConflict"), ("Programmed", "False", "Invalid")]),
+        ("ProtocolConflict on a shared port", gw(&format!("  - {{name: l, protocol: HTTP, port: 443}}\n{}", https("{name: cert}").replace("name: l", "name: m"))), vec![&secret_ok], "l", vec![("Conflicted", "True", "ProtocolConflict")]),
+        ("TLS passthrough needs no certificate", gw("  - {name: l, protocol: TLS, port: 443, tls: {mode: Passthrough}}\n"), vec![], "l", vec![("Accepted", "True", "Accepted"), ("Programmed", "True", "Programmed")]),
+    ];
+    for (scenario, g, extra, lname, want) in cases {
+        let mut docs = vec![INFRA, g.as_str()];
+        docs.extend(extra);
+        let c = build(&docs);
+        let (conds, _, _) = listener_conds(&c, "infra/t", lname);
+        for (t, s, r) in want {
+            let got = cond(&conds, t);
+            assert_eq!((got.status.as_str(), got.reason.as_str()), (s, r), "{scenario}: {t}: {got:?}");
+        }
+    }
+}
+
+#[test]
+fn gateway_level_reasons_cover_addresses_backend_client_certificate_and_frontend_validation() {
+    let base = |spec_extra: &str, listeners: &str| {
+        format!("apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: t, namespace: infra}}\nspec:\n  gatewayClassName: x\n{spec_extra}  listeners:\n{listeners}")
+    };
+    let http = "  - {name: l, protocol: HTTP, port: 80}\n";
+    let secret = tls_secret("infra", "cert");
+    let secret_apps = tls_secret("apps", "client");
+    let c = build(&[INFRA, &base("  addresses: [{type: Hostname, value: foo.com}]\n", http)]);
+    let g = c.status.gateway("infra", "t").expect("gw").conditions.clone().expect("c");
+    assert_cond(&g, "Accepted", "False", "UnsupportedAddress", 1);
+
+    for (scenario, tls, docs, reason) in [
+        ("GatewayInvalidTLSBackendConfiguration nonexistent secret", "  tls: {backend: {clientCertificateRef: {name: nope}}}\n", vec![], ("False", "InvalidClientCertificateRef")),
+        ("GatewayInvalidTLSBackendConfiguration unsupported kind", "  tls: {backend: {clientCertificateRef: {kind: ConfigMap, name: cert}}}\n", vec![secret.as_str()], ("False", "InvalidClientCertificateRef")),
+        ("GatewayInvalidTLSBackendConfiguration missing grant", "  tls: {backend: {clientCertificateRef: {name: client, namespace: apps}}}\n", vec![secret_apps.as_str()], ("False", "RefNotPermitted")),
+        ("GatewayTLSBackendClientCertificate", "  tls: {backend: {clientCertificateRef: {name: cert}}}\n", vec![secret.as_str()], ("True", "ResolvedRefs")),
+    ] {
+        let g = base(tls, http);
+        let mut all = vec![INFRA, g.as_str()];
+        all.extend(docs);
+        let c = build(&all);
+        let conds = c.status.gateway("infra", "t").expect("gw").conditions.clone().expect("c");
+        let r = cond(&conds, "ResolvedRefs");
+        assert_eq!((r.status.as_str(), r.reason.as_str()), reason, "{scenario}");
+        assert_cond(&conds, "Accepted", "True", "Accepted", 1);
+    }
+
+    // GatewayWithInvalidClientCertificateValidation: wrong CA kind on the default.
+    let g = base(
+        "  tls: {frontend: {default: {validation: {caCertificateRefs: [{group: '', kind: Service, name: x}]}}}}\n",
+        "  - {name: l, protocol: HTTPS, port: 443, tls: {certificateRefs: [{name: cert}]}}\n",
+    );
+    let c = build(&[INFRA, &g, &secret]);
+    let (l, _, _) = listener_conds(&c, "infra/t", "l");
+    assert_cond(&l, "ResolvedRefs", "False", "InvalidCACertificateKind", 1);
+    assert_cond(&l, "Accepted", "False", "NoValidCACertificate", 1);
+    assert_cond(&l, "Programmed", "False", "Invalid", 1);
+}
+
+#[test]
+fn gateways_of_another_controller_are_ignored_and_without_classes_all_are_served() {
+    let class = "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata: {name: gatewayd}\nspec: {controllerName: someone.else/controller}";
+    let c = build(&[INFRA, GW, class, &http_route("infra", "r", "{name: gw}", "")]);
+    assert!(c.status.gateway("infra", "gw").is_none());
+    assert!(c.table.binds().is_empty());
+    let r = c.status.find("HTTPRoute", "infra", "r").expect("route item");
+    let json = serde_json::to_value(&r.status).expect("json");
+    assert_eq!(json["parents"], serde_json::json!([]));
+    let c = build(&[INFRA, GW]);
+    assert!(c.status.gateway("infra", "gw").is_some());
+}
+
+#[test]
+fn hostname_intersection_and_listener_isolation_select_the_right_rules() {
+    let gw = r#"apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: iso, namespace: infra}
+spec:
+  gatewayClassName: x
+  addresses: [{value: 127.0.0.1}]
+  listeners:
+  - {name: empty, protocol: HTTP, port: 80}
+  - {name: wild, protocol: HTTP, port: 80, hostname: "*.example.com"}
+  - {name: abc, protocol: HTTP, port: 80, hostname: abc.example.com}"#;
+    let r_wild = http_route("infra", "wild", "{name: iso, sectionName: wild}", "  hostnames: ['*.com']\n  rules: [{matches: [{path: {type: PathPrefix, value: /wild}}], backendRefs: [{name: web, port: 8080}]}]\n");
+    let r_abc = http_route("infra", "abc", "{name: iso, sectionName: abc}", "  rules: [{matches: [{path: {type: PathPrefix, value: /abc}}], backendRefs: [{name: web2, port: 8080}]}]\n");
+    let r_empty = http_route("infra", "empty", "{name: iso, sectionName: empty}", "  hostnames: [very.specific.com]\n  rules: [{backendRefs: [{name: web, port: 8080}]}]\n");
+    let c = build(&[INFRA, gw, &r_wild, &r_abc, &r_empty]);
+    let b = bind(&c, 80);
+    let hit = |host: &str, path: &str| {
+        c.table
+            .route_http(b, host, "GET", path, "", |_| None)
+            .map(|m| (m.listener.name.to_string(), m.rule.source.route.name.to_string()))
+    };
+    // *.example.com ∩ *.com = *.example.com
+    assert_eq!(hit("foo.example.com", "/wild/x"), Some(("wild".into(), "wild".into())));
+    assert_eq!(hit("a.b.example.com", "/wild"), Some(("wild".into(), "wild".into())));
+    // GatewayHTTPListenerIsolation: abc.example.com is served by the abc listener only.
+    assert_eq!(hit("abc.example.com", "/abc"), Some(("abc".into(), "abc".into())));
+    assert_eq!(hit("abc.example.com", "/wild"), None);
+    assert_eq!(hit("ABC.example.com:8080", "/abc/d"), Some(("abc".into(), "abc".into())));
+    // very.specific.com:1234 matches very.specific.com on the catch-all listener.
+    assert_eq!(hit("very.specific.com:1234", "/"), Some(("empty".into(), "empty".into())));
+    assert_eq!(hit("example.com", "/wild"), None);
+    assert_eq!(hit("nothing.net", "/"), None);
+}
+
+#[test]
+fn rules_follow_gateway_api_precedence() {
+    let older = r#"apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: z-older, namespace: infra, creationTimestamp: "2020-01-01T00:00:00Z"}
+spec:
+  parentRefs: [{name: gw, sectionName: http}]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /same}}]
+    backendRefs: [{name: web, port: 8080}]"#;
+    let newer = r#"apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: a-newer, namespace: infra, creationTimestamp: "2024-01-01T00:00:00Z"}
+spec:
+  parentRefs: [{name: gw, sectionName: http}]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /same}}]
+    backendRefs: [{name: web, port: 8080}]
+  - name: exact
+    matches: [{path: {type: Exact, value: /foo/bar}}]
+    backendRefs: [{name: web, port: 8080}]
+  - name: long-prefix
+    matches: [{path: {type: PathPrefix, value: /foo/}}]
+    backendRefs: [{name: web, port: 8080}]
+  - name: short-prefix
+    matches: [{path: {type: PathPrefix, value: /}}]
+    backendRefs: [{name: web, port: 8080}]
+  - name: method
+    matches: [{path: {type: PathPrefix, value: /foo}, method: POST}]
+    backendRefs: [{name: web, port: 8080}]
+  - name: one-header
+    matches: [{path: {type: PathPrefix, value: /h}, headers: [{name: X-A, value: a}]}]
+    backendRefs: [{name: web, port: 8080}]
+  - name: two-headers
+    matches: [{path: {type: PathPrefix, value: /h}, headers: [{name: x-a, value: a}, {name: x-b, type: RegularExpression, value: "b+"}]}]
+    backendRefs: [{name: web, port: 8080}]
+  - name: query
+    matches: [{path: {type: PathPrefix, value: /h}, queryParams: [{name: q, value: "1"}]}]
+    backendRefs: [{name: web, port: 8080}]
+  - name: regex
+    matches: [{path: {type: RegularExpression, value: "/re/[0-9]+"}}]
+    backendRefs: [{name: web, port: 8080}]"#;
+    let c = build(&[INFRA, GW, older, newer]);
+    let b = bind(&c, 80);
+    let headers = |pairs: &'static [(&'static str, &'static str)]| {
+        move |n: &str| pairs.iter().find(|(k, _)| *k == n).map(|(_, v)| *v)
+    };
+    let cases: &[(&str, &str, &str, &str, &'static [(&'static str, &'static str)], &str)] = &[
+        ("exact path beats longer prefix", "GET", "/foo/bar", "", &[], "exact"),
+        ("longest prefix wins", "GET", "/foo/baz", "", &[], "long-prefix"),
+        ("prefix matches whole segments only", "GET", "/foobar", "", &[], "short-prefix"),
+        ("trailing slash prefix matches the bare segment", "GET", "/foo", "", &[], "long-prefix"),
+        ("more header matches win", "GET", "/h", "", &[("x-a", "a"), ("x-b", "bbb")], "two-headers"),
+        ("header regex is a full match", "GET", "/h", "", &[("x-a", "a"), ("x-b", "bbc")], "one-header"),
+        ("query param match", "GET", "/h", "q=1&q=2", &[], "query"),
+        ("only the first query value counts", "GET", "/h", "q=2&q=1", &[], "short-prefix"),
+        ("regex path", "GET", "/re/123", "", &[], "regex"),
+        ("oldest route wins a tie", "GET", "/same", "", &[], "z-older"),
+    ];
+    for (scenario, method, path, query, hs, want) in cases {
+        let m = c
+            .table
+            .route_http(b, "any.host", method, path, query, headers(hs))
+            .unwrap_or_else(|| panic!("{scenario}: no match"));
+        let got = m
+            .rule
+            .source
+            .rule_name
+            .as_deref()
+            .map_or_else(|| m.rule.source.route.name.to_string(), str::to_string);
+        assert_eq!(&got, want, "{scenario}");
+    }
+    // `/foo/` and `/foo` are the same prefix (trailing slash ignored): the method match
+    // breaks the tie for POST, GET falls back to the plain prefix.
+    let m = c.table.route_http(b, "h", "POST", "/foo/x", "", |_| None).expect("match");
+    assert_eq!(m.rule.source.rule_name.as_deref(), Some("method"));
+    let m = c.table.route_http(b, "h", "GET", "/foo/x", "", |_| None).expect("match");
+    assert_eq!(m.rule.source.rule_name.as_deref(), Some("long-prefix"));
+}
+
+#[test]
+fn backends_carry_endpoints_weights_and_unresolved_reasons() {
+    let r = http_route("infra", "r", "{name: gw}", "  rules:\n  - backendRefs: [{name: web, port: 8080, weight: 70}, {name: web2, port: 8080, weight: 30}, {name: nope, port: 1, weight: 0}]\n    timeouts: {request: 10s, backendRequest: 0s}\n    retry: {codes: [503], attempts: 2, backoff: 100ms}\n");
+    let c = build(&[INFRA, GW, &r]);
+    let m = c.table.route_http(bind(&c, 80), "h", "GET", "/", "", |_| None).expect("match");
+    let rule = m.rule;
+    assert_eq!(rule.total_weight, 100);
+    let web = rule.backends[0].target.as_ref().expect("web resolved");
+    assert_eq!(&web.endpoints[..], &["10.0.0.1:9080".parse().expect("addr")]);
+    assert_eq!(web.port_name.as_deref(), Some("http"));
+    let web2 = rule.backends[1].target.as_ref().expect("web2 resolved");
+    assert!(web2.endpoints.is_empty(), "no slices: 503");
+    assert_eq!(
+        rule.backends[2].target.as_ref().err(),
+        Some(&gateway_config::UnresolvedBackend::NotFound)
+    );
+    assert_eq!(rule.timeouts.request, Some(std::time::Duration::from_secs(10)));
+    assert_eq!(rule.timeouts.backend_request, None);
+    let retry = rule.retry.as_ref().expect("retry");
+    assert_eq!((&retry.codes[..], retry.attempts), (&[503u16][..], 2));
+}
+
+fn policy(name: &str, created: &str, target: &str, validation: &str) -> String {
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: BackendTLSPolicy\nmetadata: {{name: {name}, namespace: infra, creationTimestamp: \"{created}\"}}\nspec:\n  targetRefs: [{target}]\n  validation: {validation}"
+    )
+}
+
+#[test]
+fn backend_tls_policy_reasons_conflicts_and_profiles() {
+    let ca = ca_config_map("infra", "ca", &pem("ec.crt"));
+    let bad_ca = ca_config_map("infra", "bad-ca", "not a certificate");
+    let route = http_route("infra", "r", "{name: gw}", "  rules: [{backendRefs: [{name: web, port: 8443}]}, {matches: [{path: {value: /two}}], backendRefs: [{name: web2, port: 8080}]}]\n");
+    let svc = "{group: '', kind: Service, name: web}";
+    let cases: Vec<(&str, Vec<String>, &str, (&str, &str), (&str, &str))> = vec![
+        ("BackendTLSPolicy valid ConfigMap CA", vec![policy("p", "2020-01-01T00:00:00Z", svc, "{caCertificateRefs: [{group: '', kind: ConfigMap, name: ca}], hostname: abc.example.com}")], "p", ("True", "Accepted"), ("True", "ResolvedRefs")),
+        ("BackendTLSPolicyInvalidCACertificateRef nonexistent", vec![policy("p", "2020-01-01T00:00:00Z", svc, "{caCertificateRefs: [{group: '', kind: ConfigMap, name: nope}], hostname: abc.example.com}")], "p", ("False", "NoValidCACertificate"), ("False", "InvalidCACertificateRef")),
+        ("BackendTLSPolicyInvalidCACertificateRef malformed", vec![policy("p", "2020-01-01T00:00:00Z", svc, "{caCertificateRefs: [{group: '', kind: ConfigMap, name: bad-ca}], hostname: abc.example.com}")], "p", ("False", "NoValidCACertificate"), ("False", "InvalidCACertificateRef")),
+        ("BackendTLSPolicyInvalidKind", vec![policy("p", "2020-01-01T00:00:00Z", svc, "{caCertificateRefs: [{group: '', kind: Service, name: ca}], hostname: abc.example.com}")], "p", ("False", "NoValidCACertificate"), ("False", "InvalidKind")),
+        ("BackendTLSPolicyConflictResolution older wins", vec![policy("old", "2020-01-01T00:00:00Z", svc, "{wellKnownCACertificates: System, hostname: a.com}"), policy("new", "2021-01-01T00:00:00Z", svc, "{wellKnownCACertificates: System, hostname: b.com}")], "new", ("False", "Conflicted"), ("True", "ResolvedRefs")),
+        ("BackendTLSPolicyConflictResolution name breaks a tie", vec![policy("a", "2020-01-01T00:00:00Z", svc, "{wellKnownCACertificates: System, hostname: a.com}"), policy("b", "2020-01-01T00:00:00Z", svc, "{wellKnownCACertificates: System, hostname: b.com}")], "b", ("False", "Conflicted"), ("True", "ResolvedRefs")),
+        ("section-specific and whole-Service policies do not conflict", vec![policy("whole", "2020-01-01T00:00:00Z", svc, "{wellKnownCACertificates: System, hostname: a.com}"), policy("port", "2021-01-01T00:00:00Z", "{group: '', kind: Service, name: web, sectionName: https}", "{wellKnownCACertificates: System, hostname: b.com}")], "port", ("True", "Accepted"), ("True", "ResolvedRefs")),
+    ];
+    for (scenario, policies, which, accepted, resolved) in cases {
+        let mut docs: Vec<&str> = vec![INFRA, GW, &route, &ca, &bad_ca];
+        docs.extend(policies.iter().map(String::as_str));
+        let c = build(&docs);
+        let item = c.status.find("BackendTLSPolicy", "infra", which).expect("policy item");
+        let json = serde_json::to_value(&item.status).expect("json");
+        let anc = &json["ancestors"][0];
+        assert_eq!(anc["ancestorRef"]["name"], "gw", "{scenario}: {json}");
+        let get = |t: &str| {
+            let c = anc["conditions"].as_array().expect("conds").iter().find(|c| c["type"] == t).expect("cond").clone();
+            (c["status"].as_str().unwrap_or("").to_string(), c["reason"].as_str().unwrap_or("").to_string())
+        };
+        assert_eq!(get("Accepted"), (accepted.0.to_string(), accepted.1.to_string()), "{scenario}");
+        assert_eq!(get("ResolvedRefs"), (resolved.0.to_string(), resolved.1.to_string()), "{scenario}");
+        // The backend's TLS follows the governing policy; invalid ones fail closed.
+        let m = c.table.route_http(bind(&c, 80), "h", "GET", "/", "", |_| None).expect("match");
+        match (&m.rule.backends[0].tls, accepted.0, scenario) {
+            (BackendTls::Profile(p), _, s) if s.starts_with("section") => assert_eq!(&*p.hostname, "b.com"),
+            (BackendTls::Profile(p), _, s) if s.contains("Conflict") => assert_eq!(&*p.hostname, "a.com"),
+            (BackendTls::Profile(p), "True", _) => {
+                assert_eq!(&*p.hostname, "abc.example.com");
+                assert!(matches!(&p.roots, TrustRoots::Certificates(c) if c.len() == 1));
+            }
+            (BackendTls::Invalid, "False", _) => {}
+            (other, _, _) => panic!("{scenario}: unexpected backend TLS {other:?}"),
+        }
+    }
+    // A policy whose target does not exist.
+    let p = policy("p", "2020-01-01T00:00:00Z", "{group: '', kind: Service, name: gone}", "{wellKnownCACertificates: System, hostname: a.com}");
+    let c = build(&[INFRA, GW, &route, &p]);
+    let item = c.status.find("BackendTLSPolicy", "infra", "p").expect("item");
+    let json = serde_json::to_value(&item.status).expect("json");
+    assert_eq!(json["ancestors"], serde_json::json!([]), "no Gateway uses a missing Service");
+}
+
+#[test]
+fn tls_routes_attach_to_tls_listeners_only_and_route_by_sni() {
+    let gw = r#"apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: tls, namespace: infra}
+spec:
+  gatewayClassName: x
+  addresses: [{value: 127.0.0.1}]
+  listeners:
+  - {name: pass, protocol: TLS, port: 443, tls: {mode: Passthrough}}
+  - {name: http, protocol: HTTP, port: 80}"#;
+    let tls_route = |name: &str, host: &str, svc: &str, section: &str| {
+        format!("apiVersion: gateway.networking.k8s.io/v1alpha2\nkind: TLSRoute\nmetadata: {{name: {name}, namespace: infra}}\nspec:\n  parentRefs: [{{name: tls, sectionName: {section}}}]\n  hostnames: ['{host}']\n  rules: [{{backendRefs: [{{name: {svc}, port: 8443}}]}}]")
+    };
+    let exact = tls_route("exact", "abc.example.com", "web", "pass");
+    let wild = tls_route("wild", "*.example.com", "web", "pass");
+    let wrong = tls_route("wrong", "abc.example.com", "web", "http");
+    let c = build(&[INFRA, gw, &exact, &wild, &wrong]);
+    assert_cond(&route(&c, "TLSRoute", "infra/exact", "tls"), "Accepted", "True", "Accepted", 1);
+    assert_cond(&route(&c, "TLSRoute", "infra/wrong", "tls"), "Accepted", "False", "NotAllowedByListeners", 1);
+    let b = bind(&c, 443);
+    assert!(b.tls);
+    let l = c.table.select_listener(b, Some("abc.example.com")).expect("listener");
+    assert_eq!(&*l.name, "pass");
+    assert_eq!(c.table.route_tls(l, "abc.example.com").expect("exact").source.route.name.as_ref(), "exact");
+    assert_eq!(c.table.route_tls(l, "x.example.com").expect("wild").source.route.name.as_ref(), "wild");
+    assert!(c.table.route_tls(l, "example.org").is_none());
+    let (_, attached, kinds) = listener_conds(&c, "infra/tls", "pass");
+    assert_eq!((attached, kinds), (2, vec!["TLSRoute".to_string()]));
+}
+
+#[test]
+fn certificates_are_chosen_by_sni_across_listeners_of_a_port() {
+    let secret = tls_secret("infra", "cert");
+    let gw = r#"apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: s, namespace: infra}
+spec:
+  gatewayClassName: x
+  addresses: [{value: 127.0.0.1}]
+  listeners:
+  - {name: any, protocol: HTTPS, port: 443, tls: {certificateRefs: [{name: cert}]}}
+  - {name: foo, protocol: HTTPS, port: 443, hostname: foo.example.com, tls: {certificateRefs: [{name: cert}]}}
+  - {name: pass, protocol: TLS, port: 443, hostname: pass.example.com, tls: {mode: Passthrough}}"#;
+    let c = build(&[INFRA, gw, &secret]);
+    let b = bind(&c, 443);
+    let name = |sni: Option<&str>| c.table.select_listener(b, sni).map(|l| l.name.to_string());
+    assert_eq!(name(Some("foo.example.com")).as_deref(), Some("foo"));
+    assert_eq!(name(Some("bar.example.com")).as_deref(), Some("any"));
+    assert_eq!(name(None).as_deref(), Some("any"));
+    assert_eq!(name(Some("pass.example.com")).as_deref(), Some("pass"));
+    let certs = c.table.certificates_for(b, Some("foo.example.com")).expect("certs");
+    assert_eq!(certs[0].source, "infra/cert");
+    assert!(c.table.certificates_for(b, Some("pass.example.com")).is_none());
+    assert_eq!(c.table.ebpf_plan().len(), 1);
+    assert!(c.table.ebpf_plan()[0].tls);
+}
+
+#[test]
+fn grpc_routes_match_service_and_method() {
+    let r = r#"apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {name: g, namespace: infra}
+spec:
+  parentRefs: [{name: gw, sectionName: http}]
+  rules:
+  - name: any-in-service
+    matches: [{method: {service: echo.Echo}}]
+    backendRefs: [{name: web, port: 8080}]
+  - name: exact
+    matches: [{method: {service: echo.Echo, method: Ping}}]
+    backendRefs: [{name: web, port: 8080}]"#;
+    let c = build(&[INFRA, GW, r]);
+    assert_cond(&route(&c, "GRPCRoute", "infra/g", "gw"), "Accepted", "True", "Accepted", 1);
+    let b = bind(&c, 80);
+    let hit = |s: &str, m: &str| c.table.route_grpc(b, "h", s, m, |_| None).and_then(|x| x.rule.source.rule_name.as_deref().map(str::to_string));
+    assert_eq!(hit("echo.Echo", "Ping").as_deref(), Some("exact"));
+    assert_eq!(hit("echo.Echo", "Other").as_deref(), Some("any-in-service"));
+    assert_eq!(hit("other.Svc", "Ping"), None);
+}

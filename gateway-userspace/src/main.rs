@@ -1,0 +1,148 @@
+//! `gatewayd run` / `gatewayd check`. Process lifecycle only: parse the command line, load
+//! the configuration, start the eBPF dataplane and the admin server, reload on change and
+//! SIGHUP, and detach everything on SIGINT/SIGTERM.
+
+use std::{process::ExitCode, sync::Arc};
+
+use anyhow::Context as _;
+use clap::Parser as _;
+use gateway_config::CompileOptions;
+use gateway_userspace::{
+    admin,
+    cli::{CheckArgs, Cli, Command, ConfigArgs, RunArgs},
+    ebpf::{Dataplane, EbpfMode},
+    reload::{self, Trigger},
+    state::State,
+};
+use tokio::signal::unix::{signal, SignalKind};
+use tracing::{error, info, warn};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let result = match cli.command {
+        Command::Check(args) => check(&args),
+        Command::Run(args) => run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("gatewayd: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn compile_options(args: &ConfigArgs) -> CompileOptions {
+    CompileOptions {
+        controller_name: args.controller_name.clone(),
+    }
+}
+
+fn check(args: &CheckArgs) -> anyhow::Result<ExitCode> {
+    match gateway_config::load(&args.config.config, &compile_options(&args.config)) {
+        Ok(compiled) => {
+            for warning in &compiled.warnings {
+                eprintln!("warning: {warning}");
+            }
+            let yaml =
+                serde_yaml_ng::to_string(&compiled.status).context("rendering status as YAML")?;
+            print!("{yaml}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(err) => {
+            eprintln!("gatewayd check: the configuration is not valid:\n{err}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let workers = args
+        .workers
+        .map(usize::from)
+        .or_else(|| std::thread::available_parallelism().ok().map(usize::from))
+        .unwrap_or(1);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .thread_name("gatewayd-worker")
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(serve(args, workers))
+}
+
+async fn serve(args: RunArgs, workers: usize) -> anyhow::Result<ExitCode> {
+    let state = State::new(args.config.config.clone(), compile_options(&args.config));
+
+    // Refuse to start on an ill-formed configuration.
+    if let Err(err) = state.reload() {
+        eprintln!("gatewayd: refusing to start, the configuration is not valid:\n{err}");
+        return Ok(ExitCode::FAILURE);
+    }
+
+    // Signals first, so that a TERM arriving during start-up still detaches cleanly.
+    let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    let mut sighup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
+
+    if args.ebpf == EbpfMode::Off && !args.xdp_iface.is_empty() {
+        warn!("--xdp-iface ignored: --ebpf off");
+    }
+    let ifaces = if args.ebpf == EbpfMode::Off {
+        Vec::new()
+    } else {
+        args.xdp_iface.clone()
+    };
+    let dataplane =
+        match tokio::task::spawn_blocking(move || Dataplane::start_with_mode(args.ebpf, &ifaces))
+            .await
+            .context("eBPF start-up task")?
+        {
+            Ok(dataplane) => dataplane,
+            Err(err) => {
+                eprintln!("gatewayd: eBPF is required (--ebpf required) but unavailable: {err}");
+                return Ok(ExitCode::FAILURE);
+            }
+        };
+    state.set_dataplane(dataplane);
+
+    let listener = admin::bind(args.admin)
+        .await
+        .with_context(|| format!("binding the admin server on {}", args.admin))?;
+    info!(admin = %args.admin, workers, ebpf = %args.ebpf, "gatewayd started");
+    let admin_task = tokio::spawn(admin::serve(listener, state.clone()));
+
+    let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(4);
+    let reload_task = tokio::spawn(reload::run(state.clone(), reload_rx));
+
+    loop {
+        tokio::select! {
+            _ = sigterm.recv() => { info!("SIGTERM: shutting down"); break; }
+            _ = sigint.recv() => { info!("SIGINT: shutting down"); break; }
+            _ = sighup.recv() => {
+                info!("SIGHUP: reloading");
+                if reload_tx.try_send(Trigger::Signal).is_err() {
+                    warn!("a reload is already queued");
+                }
+            }
+        }
+    }
+
+    admin_task.abort();
+    reload_task.abort();
+    let state_for_detach = Arc::clone(&state);
+    if let Err(err) =
+        tokio::task::spawn_blocking(move || state_for_detach.shutdown_dataplane()).await
+    {
+        error!(error = %err, "detaching eBPF programs failed");
+    }
+    info!("stopped");
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,179 @@
+//! What the running daemon shares between its tasks: the current configuration snapshot
+//! (swapped whole on reload), reload counters, and the eBPF dataplane.
+
+use std::{
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc, Mutex, MutexGuard,
+    },
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use arc_swap::ArcSwapOption;
+use gateway_config::{CompileOptions, Compiled};
+
+use crate::ebpf::{Attachment, Dataplane, Flow, StatsTotal};
+
+/// One loaded configuration. Immutable; replaced whole on reload.
+pub struct Snapshot {
+    pub compiled: Compiled,
+    /// `compiled.status` as JSON, rendered once per load for `/status`.
+    pub status_json: serde_json::Value,
+}
+
+impl Snapshot {
+    pub fn new(compiled: Compiled) -> Self {
+        let status_json = serde_json::to_value(&compiled.status)
+            .unwrap_or_else(|err| serde_json::json!({ "items": [], "error": err.to_string() }));
+        Self {
+            compiled,
+            status_json,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ConfigCounters {
+    pub reloads: u64,
+    pub errors: u64,
+    pub last_ok: bool,
+}
+
+/// What `/metrics` shows of the dataplane.
+pub struct EbpfSnapshot {
+    pub attachments: Vec<Attachment>,
+    pub stats: StatsTotal,
+    pub flow_count: usize,
+}
+
+pub struct State {
+    started: SystemTime,
+    pub config_paths: Vec<PathBuf>,
+    pub compile_options: CompileOptions,
+    config: ArcSwapOption<Snapshot>,
+    reloads: AtomicU64,
+    reload_errors: AtomicU64,
+    last_ok: AtomicBool,
+    last_error: Mutex<Option<String>>,
+    dataplane: Mutex<Option<Dataplane>>,
+}
+
+impl State {
+    pub fn new(config_paths: Vec<PathBuf>, compile_options: CompileOptions) -> Arc<Self> {
+        Arc::new(Self {
+            started: SystemTime::now(),
+            config_paths,
+            compile_options,
+            config: ArcSwapOption::empty(),
+            reloads: AtomicU64::new(0),
+            reload_errors: AtomicU64::new(0),
+            last_ok: AtomicBool::new(false),
+            last_error: Mutex::new(None),
+            dataplane: Mutex::new(None),
+        })
+    }
+
+    pub fn start_time_unix(&self) -> f64 {
+        self.started
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or_default()
+    }
+
+    /// The current configuration, if one has loaded.
+    pub fn snapshot(&self) -> Option<Arc<Snapshot>> {
+        self.config.load_full()
+    }
+
+    /// Loads the configuration from `config_paths`. On success the new snapshot replaces
+    /// the old one whole; on failure the old one keeps serving and the error is kept for
+    /// `/status` and counted for `/metrics`.
+    pub fn reload(&self) -> Result<Arc<Snapshot>, gateway_config::LoadError> {
+        match gateway_config::load(&self.config_paths, &self.compile_options) {
+            Ok(compiled) => {
+                for warning in &compiled.warnings {
+                    tracing::warn!("{warning}");
+                }
+                let snapshot = Arc::new(Snapshot::new(compiled));
+                self.config.store(Some(snapshot.clone()));
+                self.reloads.fetch_add(1, Ordering::Relaxed);
+                self.last_ok.store(true, Ordering::Relaxed);
+                *lock(&self.last_error) = None;
+                Ok(snapshot)
+            }
+            Err(err) => {
+                self.reload_errors.fetch_add(1, Ordering::Relaxed);
+                self.last_ok.store(false, Ordering::Relaxed);
+                *lock(&self.last_error) = Some(err.to_string());
+                Err(err)
+            }
+        }
+    }
+
+    pub fn config_counters(&self) -> ConfigCounters {
+        ConfigCounters {
+            reloads: self.reloads.load(Ordering::Relaxed),
+            errors: self.reload_errors.load(Ordering::Relaxed),
+            last_ok: self.last_ok.load(Ordering::Relaxed),
+        }
+    }
+
+    /// `GET /status`: the status of the serving configuration, plus the last reload error
+    /// when the newest input failed to load.
+    pub fn status_report(&self) -> serde_json::Value {
+        let mut report = match self.snapshot() {
+            Some(snapshot) => snapshot.status_json.clone(),
+            None => serde_json::json!({ "items": [] }),
+        };
+        if let (Some(error), Some(object)) =
+            (lock(&self.last_error).clone(), report.as_object_mut())
+        {
+            object.insert("lastReloadError".into(), serde_json::Value::String(error));
+        }
+        report
+    }
+
+    /// `None` when ready; otherwise why not.
+    pub fn not_ready_reason(&self) -> Option<&'static str> {
+        if self.snapshot().is_none() {
+            return Some("no configuration loaded");
+        }
+        None
+    }
+
+    pub fn set_dataplane(&self, dataplane: Option<Dataplane>) {
+        *lock(&self.dataplane) = dataplane;
+    }
+
+    /// Detaches the eBPF programs (by dropping them).
+    pub fn shutdown_dataplane(&self) {
+        let dataplane = lock(&self.dataplane).take();
+        drop(dataplane);
+    }
+
+    pub fn flows(&self) -> Vec<Flow> {
+        lock(&self.dataplane)
+            .as_ref()
+            .map(Dataplane::flows)
+            .unwrap_or_default()
+    }
+
+    pub fn ebpf_snapshot(&self) -> Option<EbpfSnapshot> {
+        let guard = lock(&self.dataplane);
+        let dataplane = guard.as_ref()?;
+        Some(EbpfSnapshot {
+            attachments: dataplane.attachments().to_vec(),
+            stats: dataplane.stats().unwrap_or_default(),
+            flow_count: dataplane.flow_count(),
+        })
+    }
+}
+
+/// A poisoned lock only means another thread panicked while holding it; the data (a
+/// counter, a message, map handles) is still consistent, so carry on with it.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}

@@ -1,0 +1,213 @@
+//! Helpers shared by the integration tests in `tests/tests/`: locating and running the real
+//! `gatewayd` binary, small HTTP over raw sockets, and network namespaces with veth pairs.
+
+pub mod netns;
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpListener, TcpStream},
+    path::PathBuf,
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _};
+
+/// The `gatewayd` binary under test: `$GATEWAYD_BIN` (set by `cargo xtask test`), else the
+/// one next to this test executable's directory (`target/<profile>/gatewayd`).
+pub fn gatewayd_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("GATEWAYD_BIN") {
+        return PathBuf::from(bin);
+    }
+    let exe = std::env::current_exe().expect("invariant: a test knows its own executable");
+    // target/<profile>/deps/<test> -> target/<profile>/gatewayd
+    exe.parent()
+        .and_then(|deps| deps.parent())
+        .map(|profile| profile.join("gatewayd"))
+        .expect("invariant: test executables live in target/<profile>/deps")
+}
+
+/// Whether the process runs as root (uid 0).
+pub fn is_root() -> bool {
+    nix::unistd::Uid::effective().is_root()
+}
+
+/// An eBPF test calls this first. `true`: go on. `false`: the test prints why it skips.
+/// Under `cargo xtask test` as root (`GATEWAYD_REQUIRE_EBPF_TESTS=1`), not being able to run
+/// is a failure, never a skip.
+pub fn ebpf_tests_can_run(test: &str) -> bool {
+    if is_root() {
+        return true;
+    }
+    if std::env::var("GATEWAYD_REQUIRE_EBPF_TESTS").as_deref() == Ok("1") {
+        panic!("{test}: eBPF tests are required here but the process is not root");
+    }
+    eprintln!("SKIPPED {test}: needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN)");
+    false
+}
+
+/// A free TCP port on 127.0.0.1 (bound then released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("invariant: loopback has free ports")
+}
+
+/// A response as a client sees it.
+#[derive(Debug)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub head: String,
+    pub body: String,
+}
+
+/// `GET path` on `addr` over a fresh HTTP/1.1 connection.
+pub fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<HttpResponse> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n"
+    )?;
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw)?;
+    parse_response(&raw)
+}
+
+pub fn parse_response(raw: &str) -> anyhow::Result<HttpResponse> {
+    let (head, body) = raw.split_once("\r\n\r\n").context("no end of headers")?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .context("no status code")?;
+    Ok(HttpResponse {
+        status,
+        head: head.to_owned(),
+        body: body.to_owned(),
+    })
+}
+
+/// A running `gatewayd`, killed (SIGKILL) if the test ends without stopping it.
+pub struct Gatewayd {
+    pub child: Child,
+    pub admin: SocketAddr,
+    stderr_path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Gatewayd {
+    /// Starts `gatewayd run --admin 127.0.0.1:<free> <args>` with stderr to a file.
+    pub fn start(args: &[&str]) -> anyhow::Result<Self> {
+        Self::start_with(Command::new(gatewayd_bin()), args)
+    }
+
+    /// Like [`start`](Self::start), with `cmd` as the program (e.g. a wrapper such as
+    /// `capsh ... -- -c`) already set up; `gatewayd run` and the args are appended.
+    pub fn start_with(mut cmd: Command, args: &[&str]) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
+        let stderr_path = dir.path().join("stderr.log");
+        let stderr = std::fs::File::create(&stderr_path)?;
+        cmd.arg("run")
+            .args(["--admin", &admin.to_string()])
+            .args(args);
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .with_context(|| format!("starting {cmd:?}"))?;
+        Ok(Self {
+            child,
+            admin,
+            stderr_path,
+            _dir: dir,
+        })
+    }
+
+    /// Waits for `/healthz` to answer 200.
+    pub fn wait_healthy(&mut self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait()? {
+                bail!("gatewayd exited with {status}: {}", self.stderr());
+            }
+            if http_get(self.admin, "/healthz").is_ok_and(|r| r.status == 200) {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!("gatewayd did not become healthy: {}", self.stderr())
+    }
+
+    pub fn get(&self, path: &str) -> anyhow::Result<HttpResponse> {
+        http_get(self.admin, path)
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// Sends `signal` and waits (up to 10 s) for the exit status.
+    pub fn stop(
+        &mut self,
+        signal: nix::sys::signal::Signal,
+    ) -> anyhow::Result<std::process::ExitStatus> {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id())?);
+        nix::sys::signal::kill(pid, signal)?;
+        wait_timeout(&mut self.child, Duration::from_secs(10))
+    }
+
+    /// Waits (up to `timeout`) for the process to exit by itself.
+    pub fn wait_exit(&mut self, timeout: Duration) -> anyhow::Result<std::process::ExitStatus> {
+        wait_timeout(&mut self.child, timeout)
+    }
+}
+
+fn wait_timeout(child: &mut Child, timeout: Duration) -> anyhow::Result<std::process::ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            bail!("process did not exit within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+impl Drop for Gatewayd {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Runs a command to completion, failing with its stderr when it fails.
+pub fn run_ok(cmd: &mut Command) -> anyhow::Result<Output> {
+    let output = cmd.output().with_context(|| format!("starting {cmd:?}"))?;
+    if !output.status.success() {
+        bail!(
+            "{cmd:?} failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(output)
+}
+
+/// Writes `yaml` to `dir/name` and returns the path.
+pub fn write_config(dir: &std::path::Path, name: &str, yaml: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, yaml).expect("invariant: the test's temp dir is writable");
+    path
+}
+
+/// A configuration with nothing to serve: gatewayd starts, loads it and is ready.
+pub const EMPTY_CONFIG: &str = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: default\n";

@@ -1,0 +1,165 @@
+//! `cargo xtask setup | build | demo | test | bench | fuzz`: the project's tasks.
+//!
+//! `setup` installs what building the eBPF programs needs and is idempotent; every other
+//! task runs it first.
+
+mod demo;
+mod setup;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{bail, Context as _};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "gatewayd project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what is missing: llvm-22-dev (apt), bpf-linker 0.13.0, nightly rust-src,
+    /// and the tools the tests use (iproute2, util-linux, libcap2-bin, curl).
+    Setup,
+    /// Build gatewayd (release) with its embedded eBPF object.
+    Build,
+    /// Start gatewayd on the example config with XDP on `lo`, make loopback traffic, print
+    /// /flows and /metrics, and keep running until Ctrl-C.
+    Demo {
+        /// Stop after this many seconds instead of waiting for Ctrl-C.
+        #[arg(long, value_name = "SECONDS")]
+        seconds: Option<u64>,
+    },
+    /// Run every test: format and lint checks, unit tests, integration and eBPF tests.
+    Test {
+        /// Extra arguments passed to `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+    /// Run the criterion benches.
+    Bench {
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+}
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// Runs `cmd`, echoing it, and fails with its exit status.
+pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
+    eprintln!("+ {}", display(cmd));
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot start {}", display(cmd)))?;
+    if !status.success() {
+        bail!("{} failed: {status}", display(cmd));
+    }
+    Ok(())
+}
+
+pub fn display(cmd: &Command) -> String {
+    std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|s| s.to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(workspace_root());
+    cmd
+}
+
+fn build_gatewayd(release: bool) -> anyhow::Result<PathBuf> {
+    let mut cmd = cargo();
+    cmd.args(["build", "-p", "gateway-userspace", "--bin", "gatewayd"]);
+    if release {
+        cmd.arg("--release");
+    }
+    run(&mut cmd)?;
+    let profile = if release { "release" } else { "debug" };
+    Ok(target_dir().join(profile).join("gatewayd"))
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
+}
+
+fn test(args: &[String]) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    run(cargo().args(["fmt", "--all", "--check"]))?;
+    run(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    // The integration tests drive the real binary; build it first so they find it.
+    let gatewayd = build_gatewayd(false)?;
+    let mut cmd = cargo();
+    cmd.args(["test", "--workspace", "--no-fail-fast"])
+        .env("GATEWAYD_BIN", &gatewayd)
+        // The eBPF tests must run, not skip, where the privileges allow it (CI is root).
+        .env("GATEWAYD_REQUIRE_EBPF_TESTS", require_ebpf_tests());
+    if !args.is_empty() {
+        cmd.arg("--").args(args);
+    }
+    run(&mut cmd)?;
+    eprintln!("cargo xtask test: all passed in {:.0?}", started.elapsed());
+    Ok(())
+}
+
+/// "1" when running as root: then an eBPF test that cannot run is a failure, not a skip.
+fn require_ebpf_tests() -> &'static str {
+    if setup::is_root() {
+        "1"
+    } else {
+        "0"
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.task {
+        Task::Setup => setup::setup(),
+        Task::Build => {
+            setup::setup()?;
+            let bin = build_gatewayd(true)?;
+            eprintln!("built {}", bin.display());
+            Ok(())
+        }
+        Task::Demo { seconds } => {
+            setup::setup()?;
+            let bin = build_gatewayd(true)?;
+            demo::demo(&bin, seconds)
+        }
+        Task::Test { args } => {
+            setup::setup()?;
+            test(&args)
+        }
+        Task::Bench { args } => {
+            setup::setup()?;
+            let mut cmd = cargo();
+            cmd.args(["bench", "-p", "gateway-benches"]);
+            if !args.is_empty() {
+                cmd.arg("--").args(&args);
+            }
+            run(&mut cmd)
+        }
+    }
+}

@@ -1,0 +1,164 @@
+//! `cargo xtask setup`: make this machine able to build and test gatewayd. Idempotent:
+//! each step checks first and says whether it found or installed its piece.
+
+use std::{path::Path, process::Command};
+
+use anyhow::{bail, Context as _};
+
+use crate::{display, run};
+
+const BPF_LINKER_VERSION: &str = "0.13.0";
+const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+const LLVM_PACKAGE: &str = "llvm-22-dev";
+
+/// `(command, Debian package)` the tests and the demo call.
+const TOOLS: &[(&str, &str)] = &[
+    ("ip", "iproute2"),
+    ("setpriv", "util-linux"),
+    ("capsh", "libcap2-bin"),
+    ("curl", "curl"),
+];
+
+fn output(cmd: &mut Command) -> Option<String> {
+    let out = cmd.output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+pub fn is_root() -> bool {
+    output(Command::new("id").arg("-u")).is_some_and(|uid| uid.trim() == "0")
+}
+
+fn have_command(name: &str) -> bool {
+    output(Command::new("sh").args(["-c", &format!("command -v {name}")])).is_some()
+}
+
+fn report(piece: &str, what: &str) {
+    eprintln!("setup: {piece}: {what}");
+}
+
+struct Apt {
+    updated: bool,
+}
+
+impl Apt {
+    fn install(&mut self, packages: &[&str], why: &str) -> anyhow::Result<()> {
+        if !is_root() {
+            bail!(
+                "setup: {why} needs the Debian package(s) {} and installing them needs root: \
+                 run `sudo apt-get install -y {}` or run `cargo xtask setup` as root",
+                packages.join(" "),
+                packages.join(" ")
+            );
+        }
+        if !self.updated {
+            run(Command::new("apt-get").args(["update", "-q"]))?;
+            self.updated = true;
+        }
+        run(Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(packages)
+            .env("DEBIAN_FRONTEND", "noninteractive"))
+    }
+}
+
+pub fn setup() -> anyhow::Result<()> {
+    let mut apt = Apt { updated: false };
+
+    // Stable components for `cargo xtask test` (fmt and clippy checks).
+    let installed = output(Command::new("rustup").args(["component", "list", "--installed"]))
+        .unwrap_or_default();
+    for component in ["rustfmt", "clippy"] {
+        if installed.lines().any(|l| l.starts_with(component)) {
+            report(component, "present");
+        } else {
+            run(Command::new("rustup").args(["component", "add", component]))?;
+            report(component, "installed");
+        }
+    }
+
+    // Nightly with rust-src builds the eBPF programs (-Z build-std=core).
+    let toolchains = output(Command::new("rustup").args(["toolchain", "list"]))
+        .context("setup: rustup is required (https://rustup.rs) and was not found")?;
+    if toolchains.lines().any(|l| l.starts_with("nightly")) {
+        report("nightly toolchain", "present");
+    } else {
+        run(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+        ]))?;
+        report("nightly toolchain", "installed");
+    }
+    let nightly_components = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--toolchain",
+        "nightly",
+        "--installed",
+    ]))
+    .unwrap_or_default();
+    if nightly_components
+        .lines()
+        .any(|l| l.starts_with("rust-src"))
+    {
+        report("nightly rust-src", "present");
+    } else {
+        run(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
+        report("nightly rust-src", "installed");
+    }
+
+    // LLVM 22 (bpf-linker links against it, and needs it at run time).
+    let llvm_config = Path::new(LLVM_PREFIX).join("bin/llvm-config");
+    if llvm_config.exists() {
+        report(LLVM_PACKAGE, "present");
+    } else {
+        apt.install(&[LLVM_PACKAGE], "building bpf-linker")?;
+        report(LLVM_PACKAGE, "installed");
+    }
+
+    // bpf-linker, built against that LLVM.
+    let linker_version = output(Command::new("bpf-linker").arg("--version")).unwrap_or_default();
+    if linker_version.contains(BPF_LINKER_VERSION) {
+        report("bpf-linker", &format!("{BPF_LINKER_VERSION} present"));
+    } else {
+        let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+        cmd.args([
+            "install",
+            "bpf-linker",
+            "--version",
+            BPF_LINKER_VERSION,
+            "--locked",
+            "--force",
+            "--no-default-features",
+            "--features",
+            "llvm-22",
+        ])
+        .env("LLVM_PREFIX", LLVM_PREFIX);
+        run(&mut cmd).with_context(|| format!("setup: building bpf-linker ({})", display(&cmd)))?;
+        report("bpf-linker", &format!("{BPF_LINKER_VERSION} installed"));
+    }
+
+    // Tools the integration tests and the demo call.
+    let missing: Vec<&str> = TOOLS
+        .iter()
+        .filter(|(command, _)| !have_command(command))
+        .map(|(_, package)| *package)
+        .collect();
+    if missing.is_empty() {
+        report("test tools (ip, setpriv, capsh, curl)", "present");
+    } else {
+        apt.install(&missing, "the integration tests")?;
+        report("test tools", &format!("installed {}", missing.join(" ")));
+    }
+    Ok(())
+}
