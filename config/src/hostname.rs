@@ -95,15 +95,35 @@ mod tests {
         let cases: &[(Option<&str>, &str, Option<&str>)] = &[
             (Some("*.example.com"), "*.com", Some("*.example.com")),
             (Some("*.com"), "*.example.com", Some("*.example.com")),
-            (Some("*.example.com"), "foo.example.com", Some("foo.example.com")),
-            (Some("*.example.com"), "a.b.example.com", Some("a.b.example.com")),
+            (
+                Some("*.example.com"),
+                "foo.example.com",
+                Some("foo.example.com"),
+            ),
+            (
+                Some("*.example.com"),
+                "a.b.example.com",
+                Some("a.b.example.com"),
+            ),
             (Some("*.example.com"), "example.com", None),
-            (Some("foo.example.com"), "*.example.com", Some("foo.example.com")),
-            (Some("foo.example.com"), "foo.example.com", Some("foo.example.com")),
+            (
+                Some("foo.example.com"),
+                "*.example.com",
+                Some("foo.example.com"),
+            ),
+            (
+                Some("foo.example.com"),
+                "foo.example.com",
+                Some("foo.example.com"),
+            ),
             (Some("foo.example.com"), "bar.example.com", None),
             (Some("*.example.com"), "*.example.net", None),
             (None, "very.specific.com", Some("very.specific.com")),
-            (Some("Foo.Example.com"), "foo.example.COM", Some("foo.example.com")),
+            (
+                Some("Foo.Example.com"),
+                "foo.example.COM",
+                Some("foo.example.com"),
+            ),
         ];
         for (listener, route, want) in cases {
             assert_eq!(

@@ -95,7 +95,13 @@ pub fn parse_str(name: &str, text: &str) -> Result<(Manifests, Vec<String>), Loa
     let mut problems = Vec::new();
     let mut warnings = Vec::new();
     let mut m = Manifests::default();
-    manifest::parse_text(std::path::Path::new(name), text, &mut m, &mut problems, &mut warnings);
+    manifest::parse_text(
+        std::path::Path::new(name),
+        text,
+        &mut m,
+        &mut problems,
+        &mut warnings,
+    );
     if problems.is_empty() {
         Ok((m, warnings))
     } else {

@@ -300,7 +300,10 @@ fn parse_object(
         return;
     }
     if api_version.is_empty() {
-        problems.push(invalid("apiVersion", "missing field `apiVersion`".to_string()));
+        problems.push(invalid(
+            "apiVersion",
+            "missing field `apiVersion`".to_string(),
+        ));
         return;
     }
     if kind.is_empty() {
@@ -538,7 +541,11 @@ mod tests {
     fn yaml_syntax_error_names_the_file_line() {
         let (_, p, _) = parse("apiVersion: v1\nkind: Namespace\n---\nmetadata: [a\n  b: c\n");
         assert_eq!(p.len(), 1);
-        assert!(matches!(&p[0], LoadProblem::Syntax { line, .. } if *line >= 4), "{:?}", p[0]);
+        assert!(
+            matches!(&p[0], LoadProblem::Syntax { line, .. } if *line >= 4),
+            "{:?}",
+            p[0]
+        );
     }
 
     #[test]

@@ -21,11 +21,12 @@ use gateway_api::experimental::gateways::{
     GatewayStatusListenersSupportedKinds, GatewayTlsFrontendDefaultValidationMode,
 };
 use gateway_api::experimental::grpcroutes::{
-    GrpcRoute, GrpcRouteRulesMatchesHeadersType, GrpcRouteRulesMatchesMethodType,
-    GrpcRouteStatus, GrpcRouteStatusParents, GrpcRouteStatusParentsParentRef,
+    GrpcRoute, GrpcRouteRulesMatchesHeadersType, GrpcRouteRulesMatchesMethodType, GrpcRouteStatus,
+    GrpcRouteStatusParents, GrpcRouteStatusParentsParentRef,
 };
 use gateway_api::experimental::httproutes::{
-    HttpRoute, HttpRouteRulesFilters, HttpRouteRulesFiltersRequestRedirectPathType as RedirectPathType,
+    HttpRoute, HttpRouteRulesFilters,
+    HttpRouteRulesFiltersRequestRedirectPathType as RedirectPathType,
     HttpRouteRulesFiltersRequestRedirectScheme, HttpRouteRulesFiltersType,
     HttpRouteRulesFiltersUrlRewritePathType as RewritePathType, HttpRouteRulesMatches,
     HttpRouteRulesMatchesHeadersType, HttpRouteRulesMatchesMethod, HttpRouteRulesMatchesPathType,
@@ -50,7 +51,10 @@ const GROUP: &str = "gateway.networking.k8s.io";
 const API_VERSION: &str = "gateway.networking.k8s.io/v1";
 
 fn ns_of(m: &ObjectMeta) -> &str {
-    m.namespace.as_deref().filter(|s| !s.is_empty()).unwrap_or("default")
+    m.namespace
+        .as_deref()
+        .filter(|s| !s.is_empty())
+        .unwrap_or("default")
 }
 fn name_of(m: &ObjectMeta) -> &str {
     m.name.as_deref().unwrap_or("")
@@ -159,11 +163,7 @@ impl<'m> Index<'m> {
 
     /// ReferenceGrant check for a reference from (`from_group`, `from_kind`, `from_ns`) to
     /// (`to_group`, `to_kind`, `to_ns`/`to_name`).
-    fn permitted(
-        &self,
-        from: (&str, &str, &str),
-        to: (&str, &str, &str, &str),
-    ) -> bool {
+    fn permitted(&self, from: (&str, &str, &str), to: (&str, &str, &str, &str)) -> bool {
         let (fg, fk, fns) = from;
         let (tg, tk, tns, tname) = to;
         if fns == tns {
@@ -178,9 +178,11 @@ impl<'m> Index<'m> {
         }
         self.m.reference_grants.iter().any(|g| {
             ns_of(&g.obj.metadata) == tns
-                && g.obj.spec.from.iter().any(|f| {
-                    core(&f.group) == core(fg) && f.kind == fk && f.namespace == fns
-                })
+                && g.obj
+                    .spec
+                    .from
+                    .iter()
+                    .any(|f| core(&f.group) == core(fg) && f.kind == fk && f.namespace == fns)
                 && g.obj.spec.to.iter().any(|t| {
                     core(&t.group) == core(tg)
                         && t.kind == tk
@@ -206,7 +208,11 @@ impl<'m> Index<'m> {
     }
 
     fn config_map_bytes(&self, ns: &str, name: &str, key: &str) -> Option<Option<Vec<u8>>> {
-        let c = &self.m.config_maps.get(*self.config_maps.get(&(ns, name))?)?.obj;
+        let c = &self
+            .m
+            .config_maps
+            .get(*self.config_maps.get(&(ns, name))?)?
+            .obj;
         let v = c
             .data
             .as_ref()
@@ -368,6 +374,15 @@ struct BackendRefIn<'a> {
     weight: Option<i32>,
 }
 
+/// A policy index and the sectionName it targets.
+type PolicyTarget = (usize, Option<String>);
+/// A resolved backendRef and the policy governing its port.
+type ResolvedPort = (Arc<ServicePort>, Option<PolicyUse>);
+/// Why a backendRef did not resolve: table reason, status reason, message.
+type Unresolved = (UnresolvedBackend, &'static str, String);
+/// A route and the conditions of each parentRef it names.
+type RouteStatusIn<'m> = (RouteIn<'m>, Vec<(ParentIn, Vec<Cond>)>);
+
 pub(crate) struct Output {
     pub(crate) table: RouteTable,
     pub(crate) status: StatusReport,
@@ -382,7 +397,7 @@ struct Compiler<'m> {
     /// (service ns, service name, port name or "") -> policy use; "" key = whole service.
     policy_by_target: HashMap<(String, String, Option<String>), PolicyUse>,
     /// (service ns, service name) -> every policy targeting it, with its sectionName.
-    policies_of_service: HashMap<(String, String), Vec<(usize, Option<String>)>>,
+    policies_of_service: HashMap<(String, String), Vec<PolicyTarget>>,
     service_ports: HashMap<(String, String, u16), Arc<ServicePort>>,
     profiles: HashMap<(usize, usize), Arc<BackendTlsProfile>>,
     /// (kind, route index, gateway index) -> compiled rule range.
@@ -431,7 +446,12 @@ impl<'m> Compiler<'m> {
         let classes: HashMap<&str, &str> = m
             .gateway_classes
             .iter()
-            .map(|c| (name_of(&c.obj.metadata), c.obj.spec.controller_name.as_str()))
+            .map(|c| {
+                (
+                    name_of(&c.obj.metadata),
+                    c.obj.spec.controller_name.as_str(),
+                )
+            })
             .collect();
         let mut gws: Vec<&Gateway> = m.gateways.iter().map(|g| &g.obj).collect();
         gws.sort_by_key(|g| age_key(&g.metadata));
@@ -470,7 +490,10 @@ impl<'m> Compiler<'m> {
             }
         }
         if addrs.is_empty() {
-            addrs = vec![IpAddr::V4(Ipv4Addr::UNSPECIFIED), IpAddr::V6(Ipv6Addr::UNSPECIFIED)];
+            addrs = vec![
+                IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+            ];
         }
 
         // spec.tls.backend.clientCertificateRef
@@ -484,10 +507,28 @@ impl<'m> Compiler<'m> {
             .and_then(|b| b.client_certificate_ref.as_ref())
         {
             let rns = r.namespace.as_deref().unwrap_or(ns);
-            let cond = if !is_core(r.group.as_deref()) || r.kind.as_deref().unwrap_or("Secret") != "Secret" {
-                Cond::new("ResolvedRefs", false, "InvalidClientCertificateRef", "clientCertificateRef must be a core Secret")
-            } else if !self.ix.permitted((GROUP, "Gateway", ns), ("", "Secret", rns, &r.name)) {
-                Cond::new("ResolvedRefs", false, "RefNotPermitted", format!("Secret {rns}/{} in another namespace without a ReferenceGrant", r.name))
+            let cond = if !is_core(r.group.as_deref())
+                || r.kind.as_deref().unwrap_or("Secret") != "Secret"
+            {
+                Cond::new(
+                    "ResolvedRefs",
+                    false,
+                    "InvalidClientCertificateRef",
+                    "clientCertificateRef must be a core Secret",
+                )
+            } else if !self
+                .ix
+                .permitted((GROUP, "Gateway", ns), ("", "Secret", rns, &r.name))
+            {
+                Cond::new(
+                    "ResolvedRefs",
+                    false,
+                    "RefNotPermitted",
+                    format!(
+                        "Secret {rns}/{} in another namespace without a ReferenceGrant",
+                        r.name
+                    ),
+                )
             } else {
                 match self.ix.tls_secret(rns, &r.name) {
                     Ok(k) => {
@@ -500,10 +541,20 @@ impl<'m> Compiler<'m> {
             resolved = Some(cond);
         }
 
-        let mut listeners: Vec<LState> = gw.spec.listeners.iter().map(|l| self.listener(gw, l)).collect();
+        let mut listeners: Vec<LState> = gw
+            .spec
+            .listeners
+            .iter()
+            .map(|l| self.listener(gw, l))
+            .collect();
         conflicts(&mut listeners);
         if listeners.iter().any(|l| !l.accepted.ok || l.conflicted.ok) && accepted.ok {
-            accepted = Cond::new("Accepted", true, "ListenersNotValid", "some listeners are not valid");
+            accepted = Cond::new(
+                "Accepted",
+                true,
+                "ListenersNotValid",
+                "some listeners are not valid",
+            );
         }
         GState {
             gw,
@@ -527,22 +578,46 @@ impl<'m> Compiler<'m> {
         let mode = l.tls.as_ref().and_then(|t| t.mode.clone());
         let protocol = match (l.protocol.as_str(), mode) {
             ("HTTP", _) => Some(ListenerProtocol::Http),
-            ("HTTPS", None | Some(GatewayListenersTlsMode::Terminate)) => Some(ListenerProtocol::Https),
-            ("TLS", Some(GatewayListenersTlsMode::Passthrough)) => Some(ListenerProtocol::TlsPassthrough),
-            ("TLS", None | Some(GatewayListenersTlsMode::Terminate)) => Some(ListenerProtocol::TlsTerminate),
+            ("HTTPS", None | Some(GatewayListenersTlsMode::Terminate)) => {
+                Some(ListenerProtocol::Https)
+            }
+            ("TLS", Some(GatewayListenersTlsMode::Passthrough)) => {
+                Some(ListenerProtocol::TlsPassthrough)
+            }
+            ("TLS", None | Some(GatewayListenersTlsMode::Terminate)) => {
+                Some(ListenerProtocol::TlsTerminate)
+            }
             _ => None,
         };
         let port = u16::try_from(l.port).unwrap_or(0);
         let mut accepted = Cond::new("Accepted", true, "Accepted", "listener accepted");
         let mut resolved = Cond::new("ResolvedRefs", true, "ResolvedRefs", "references resolved");
         if protocol.is_none() {
-            accepted = Cond::new("Accepted", false, "UnsupportedProtocol", format!("protocol {} (TLS mode {:?}) is not supported", l.protocol, l.tls.as_ref().and_then(|t| t.mode.clone())));
+            accepted = Cond::new(
+                "Accepted",
+                false,
+                "UnsupportedProtocol",
+                format!(
+                    "protocol {} (TLS mode {:?}) is not supported",
+                    l.protocol,
+                    l.tls.as_ref().and_then(|t| t.mode.clone())
+                ),
+            );
         } else if port == 0 {
-            accepted = Cond::new("Accepted", false, "PortUnavailable", format!("port {} is not usable", l.port));
+            accepted = Cond::new(
+                "Accepted",
+                false,
+                "PortUnavailable",
+                format!("port {} is not usable", l.port),
+            );
         }
         let valid_kinds: &[RouteKind] = match protocol {
-            Some(ListenerProtocol::Http | ListenerProtocol::Https) => &[RouteKind::Http, RouteKind::Grpc],
-            Some(ListenerProtocol::TlsPassthrough | ListenerProtocol::TlsTerminate) => &[RouteKind::Tls],
+            Some(ListenerProtocol::Http | ListenerProtocol::Https) => {
+                &[RouteKind::Http, RouteKind::Grpc]
+            }
+            Some(ListenerProtocol::TlsPassthrough | ListenerProtocol::TlsTerminate) => {
+                &[RouteKind::Tls]
+            }
             None => &[],
         };
         let mut kinds = Vec::new();
@@ -558,14 +633,27 @@ impl<'m> Compiler<'m> {
                             }
                         }
                         _ => {
-                            resolved = Cond::new("ResolvedRefs", false, "InvalidRouteKinds", format!("route kind {}/{} is not supported on this listener", k.group.as_deref().unwrap_or(GROUP), k.kind));
+                            resolved = Cond::new(
+                                "ResolvedRefs",
+                                false,
+                                "InvalidRouteKinds",
+                                format!(
+                                    "route kind {}/{} is not supported on this listener",
+                                    k.group.as_deref().unwrap_or(GROUP),
+                                    k.kind
+                                ),
+                            );
                         }
                     }
                 }
             }
             _ => kinds.extend_from_slice(valid_kinds),
         }
-        let allowed_ns = match l.allowed_routes.as_ref().and_then(|a| a.namespaces.as_ref()) {
+        let allowed_ns = match l
+            .allowed_routes
+            .as_ref()
+            .and_then(|a| a.namespaces.as_ref())
+        {
             None => AllowedNs::Same,
             Some(n) => match n.from.as_ref() {
                 None | Some(From_::Same) => AllowedNs::Same,
@@ -576,7 +664,17 @@ impl<'m> Compiler<'m> {
                         labels: s.and_then(|s| s.match_labels.clone()).unwrap_or_default(),
                         exprs: s
                             .and_then(|s| s.match_expressions.as_ref())
-                            .map(|e| e.iter().map(|e| (e.key.clone(), e.operator.clone(), e.values.clone().unwrap_or_default())).collect())
+                            .map(|e| {
+                                e.iter()
+                                    .map(|e| {
+                                        (
+                                            e.key.clone(),
+                                            e.operator.clone(),
+                                            e.values.clone().unwrap_or_default(),
+                                        )
+                                    })
+                                    .collect()
+                            })
                             .unwrap_or_default(),
                     })
                 }
@@ -585,18 +683,49 @@ impl<'m> Compiler<'m> {
 
         // Certificates.
         let mut certs = Vec::new();
-        let terminates = matches!(protocol, Some(ListenerProtocol::Https | ListenerProtocol::TlsTerminate));
+        let terminates = matches!(
+            protocol,
+            Some(ListenerProtocol::Https | ListenerProtocol::TlsTerminate)
+        );
         if terminates {
-            let refs = l.tls.as_ref().and_then(|t| t.certificate_refs.clone()).unwrap_or_default();
+            let refs = l
+                .tls
+                .as_ref()
+                .and_then(|t| t.certificate_refs.clone())
+                .unwrap_or_default();
             if refs.is_empty() {
-                resolved = Cond::new("ResolvedRefs", false, "InvalidCertificateRef", "a terminating listener needs certificateRefs");
+                resolved = Cond::new(
+                    "ResolvedRefs",
+                    false,
+                    "InvalidCertificateRef",
+                    "a terminating listener needs certificateRefs",
+                );
             }
             for r in refs {
                 let rns = r.namespace.as_deref().unwrap_or(ns);
-                let bad = if !is_core(r.group.as_deref()) || r.kind.as_deref().unwrap_or("Secret") != "Secret" {
-                    Some(("InvalidCertificateRef", format!("certificateRef {}/{} {} is not a core Secret", r.group.as_deref().unwrap_or(""), r.kind.as_deref().unwrap_or(""), r.name)))
-                } else if !self.ix.permitted((GROUP, "Gateway", ns), ("", "Secret", rns, &r.name)) {
-                    Some(("RefNotPermitted", format!("Secret {rns}/{} in another namespace without a ReferenceGrant", r.name)))
+                let bad = if !is_core(r.group.as_deref())
+                    || r.kind.as_deref().unwrap_or("Secret") != "Secret"
+                {
+                    Some((
+                        "InvalidCertificateRef",
+                        format!(
+                            "certificateRef {}/{} {} is not a core Secret",
+                            r.group.as_deref().unwrap_or(""),
+                            r.kind.as_deref().unwrap_or(""),
+                            r.name
+                        ),
+                    ))
+                } else if !self
+                    .ix
+                    .permitted((GROUP, "Gateway", ns), ("", "Secret", rns, &r.name))
+                {
+                    Some((
+                        "RefNotPermitted",
+                        format!(
+                            "Secret {rns}/{} in another namespace without a ReferenceGrant",
+                            r.name
+                        ),
+                    ))
                 } else {
                     match self.ix.tls_secret(rns, &r.name) {
                         Ok(k) => {
@@ -622,14 +751,41 @@ impl<'m> Compiler<'m> {
                 let v = match per_port {
                     Some(p) => p.tls.validation.as_ref().map(|v| {
                         (
-                            v.ca_certificate_refs.iter().map(|r| (r.group.clone(), r.kind.clone(), r.name.clone(), r.namespace.clone())).collect::<Vec<_>>(),
-                            v.mode.as_ref().is_some_and(|m| format!("{m:?}") == "AllowInsecureFallback"),
+                            v.ca_certificate_refs
+                                .iter()
+                                .map(|r| {
+                                    (
+                                        r.group.clone(),
+                                        r.kind.clone(),
+                                        r.name.clone(),
+                                        r.namespace.clone(),
+                                    )
+                                })
+                                .collect::<Vec<_>>(),
+                            v.mode
+                                .as_ref()
+                                .is_some_and(|m| format!("{m:?}") == "AllowInsecureFallback"),
                         )
                     }),
                     None => f.default.validation.as_ref().map(|v| {
                         (
-                            v.ca_certificate_refs.iter().map(|r| (r.group.clone(), r.kind.clone(), r.name.clone(), r.namespace.clone())).collect::<Vec<_>>(),
-                            matches!(v.mode, Some(GatewayTlsFrontendDefaultValidationMode::AllowInsecureFallback)),
+                            v.ca_certificate_refs
+                                .iter()
+                                .map(|r| {
+                                    (
+                                        r.group.clone(),
+                                        r.kind.clone(),
+                                        r.name.clone(),
+                                        r.namespace.clone(),
+                                    )
+                                })
+                                .collect::<Vec<_>>(),
+                            matches!(
+                                v.mode,
+                                Some(
+                                    GatewayTlsFrontendDefaultValidationMode::AllowInsecureFallback
+                                )
+                            ),
                         )
                     }),
                 };
@@ -640,11 +796,20 @@ impl<'m> Compiler<'m> {
                         let rns = rns.as_deref().unwrap_or(ns);
                         let kind_ok = is_core(Some(&g)) && (k == "ConfigMap" || k == "Secret");
                         let res: Result<Vec<_>, (&'static str, String)> = if !kind_ok {
-                            Err(("InvalidCACertificateKind", format!("{g}/{k} is not a ConfigMap or Secret")))
+                            Err((
+                                "InvalidCACertificateKind",
+                                format!("{g}/{k} is not a ConfigMap or Secret"),
+                            ))
                         } else if !self.ix.permitted((GROUP, "Gateway", ns), ("", &k, rns, &n)) {
-                            Err(("RefNotPermitted", format!("{k} {rns}/{n} in another namespace without a ReferenceGrant")))
+                            Err((
+                                "RefNotPermitted",
+                                format!(
+                                    "{k} {rns}/{n} in another namespace without a ReferenceGrant"
+                                ),
+                            ))
                         } else {
-                            self.ca_bundle(&k, rns, &n).map_err(|e| ("InvalidCACertificateRef", e))
+                            self.ca_bundle(&k, rns, &n)
+                                .map_err(|e| ("InvalidCACertificateRef", e))
                         };
                         match res {
                             Ok(c) => cas.extend(c),
@@ -659,7 +824,12 @@ impl<'m> Compiler<'m> {
                         }
                     }
                     if cas.is_empty() {
-                        accepted = Cond::new("Accepted", false, "NoValidCACertificate", "no valid CA certificate for client validation");
+                        accepted = Cond::new(
+                            "Accepted",
+                            false,
+                            "NoValidCACertificate",
+                            "no valid CA certificate for client validation",
+                        );
                     } else {
                         frontend = Some(Arc::new(FrontendValidation {
                             ca_certificates: cas,
@@ -674,7 +844,11 @@ impl<'m> Compiler<'m> {
             name: l.name.clone(),
             port,
             protocol,
-            hostname: l.hostname.clone().filter(|h| !h.is_empty()).map(|h| h.to_ascii_lowercase()),
+            hostname: l
+                .hostname
+                .clone()
+                .filter(|h| !h.is_empty())
+                .map(|h| h.to_ascii_lowercase()),
             kinds,
             allowed_ns,
             accepted,
@@ -688,7 +862,12 @@ impl<'m> Compiler<'m> {
     }
 
     /// CA certificates of a ConfigMap (or Secret, as an extension) `ca.crt`.
-    fn ca_bundle(&self, kind: &str, ns: &str, name: &str) -> Result<Vec<rustls_pki_types::CertificateDer<'static>>, String> {
+    fn ca_bundle(
+        &self,
+        kind: &str,
+        ns: &str,
+        name: &str,
+    ) -> Result<Vec<rustls_pki_types::CertificateDer<'static>>, String> {
         let bytes = if kind == "Secret" {
             self.ix.secret_bytes(ns, name, "ca.crt")
         } else {
@@ -703,7 +882,8 @@ impl<'m> Compiler<'m> {
     /// Listeners of all accepted Gateways -> ids and binds. Cross-Gateway protocol clashes
     /// on one address:port make the younger listener `PortUnavailable`.
     fn assign_binds(&mut self) {
-        let mut binds: BTreeMap<SocketAddr, (bool, Vec<ListenerId>, HostIndex<ListenerId>)> = BTreeMap::new();
+        let mut binds: BTreeMap<SocketAddr, (bool, Vec<ListenerId>, HostIndex<ListenerId>)> =
+            BTreeMap::new();
         let mut order: Vec<SocketAddr> = Vec::new();
         for gi in 0..self.gws.len() {
             if !self.gws[gi].accepted.ok {
@@ -718,10 +898,20 @@ impl<'m> Compiler<'m> {
                 let Some(proto) = l.protocol else { continue };
                 let clash = addrs.iter().any(|a| {
                     let sa = SocketAddr::new(*a, l.port);
-                    binds.get(&sa).is_some_and(|(tls, _, _)| *tls != proto.is_tls())
+                    binds
+                        .get(&sa)
+                        .is_some_and(|(tls, _, _)| *tls != proto.is_tls())
                 });
                 if clash {
-                    self.gws[gi].listeners[li].accepted = Cond::new("Accepted", false, "PortUnavailable", format!("port {} is used with another protocol by another Gateway", l.port));
+                    self.gws[gi].listeners[li].accepted = Cond::new(
+                        "Accepted",
+                        false,
+                        "PortUnavailable",
+                        format!(
+                            "port {} is used with another protocol by another Gateway",
+                            l.port
+                        ),
+                    );
                     continue;
                 }
                 let id = ListenerId(u32::try_from(self.table.listeners.len()).unwrap_or(u32::MAX));
@@ -807,7 +997,13 @@ impl<'m> Compiler<'m> {
                     continue;
                 };
                 if let Some(sec) = &t.section_name {
-                    let has = svc.spec.as_ref().and_then(|s| s.ports.as_ref()).is_some_and(|ps| ps.iter().any(|p| p.name.as_deref() == Some(sec.as_str())));
+                    let has = svc
+                        .spec
+                        .as_ref()
+                        .and_then(|s| s.ports.as_ref())
+                        .is_some_and(|ps| {
+                            ps.iter().any(|p| p.name.as_deref() == Some(sec.as_str()))
+                        });
                     if !has {
                         continue;
                     }
@@ -831,9 +1027,19 @@ impl<'m> Compiler<'m> {
             }
             let st = &mut self.policies[pi];
             if !any_target {
-                st.accepted = Cond::new("Accepted", false, "TargetNotFound", "no targetRef names an existing Service (port)");
+                st.accepted = Cond::new(
+                    "Accepted",
+                    false,
+                    "TargetNotFound",
+                    "no targetRef names an existing Service (port)",
+                );
             } else if conflicted && st.accepted.ok {
-                st.accepted = Cond::new("Accepted", false, "Conflicted", "an older BackendTLSPolicy targets the same Service (port)");
+                st.accepted = Cond::new(
+                    "Accepted",
+                    false,
+                    "Conflicted",
+                    "an older BackendTLSPolicy targets the same Service (port)",
+                );
             }
         }
     }
@@ -854,25 +1060,45 @@ impl<'m> Compiler<'m> {
                 return st;
             }
             (Some(w), true) => {
-                st.accepted = Cond::new("Accepted", false, "Invalid", format!("wellKnownCACertificates {w:?} is not supported"));
+                st.accepted = Cond::new(
+                    "Accepted",
+                    false,
+                    "Invalid",
+                    format!("wellKnownCACertificates {w:?} is not supported"),
+                );
                 return st;
             }
             (Some(_), false) => {
-                st.accepted = Cond::new("Accepted", false, "Invalid", "caCertificateRefs and wellKnownCACertificates are exclusive");
+                st.accepted = Cond::new(
+                    "Accepted",
+                    false,
+                    "Invalid",
+                    "caCertificateRefs and wellKnownCACertificates are exclusive",
+                );
                 return st;
             }
             (None, true) => {
-                st.accepted = Cond::new("Accepted", false, "Invalid", "caCertificateRefs or wellKnownCACertificates is required");
+                st.accepted = Cond::new(
+                    "Accepted",
+                    false,
+                    "Invalid",
+                    "caCertificateRefs or wellKnownCACertificates is required",
+                );
                 return st;
             }
             (None, false) => {}
         }
         let mut cas = Vec::new();
         for r in &refs {
-            let res = if !is_core(Some(&r.group)) || !(r.kind == "ConfigMap" || r.kind == "Secret") {
-                Err(("InvalidKind", format!("{}/{} is not a ConfigMap or Secret", r.group, r.kind)))
+            let res = if !is_core(Some(&r.group)) || !(r.kind == "ConfigMap" || r.kind == "Secret")
+            {
+                Err((
+                    "InvalidKind",
+                    format!("{}/{} is not a ConfigMap or Secret", r.group, r.kind),
+                ))
             } else {
-                self.ca_bundle(&r.kind, ns, &r.name).map_err(|e| ("InvalidCACertificateRef", e))
+                self.ca_bundle(&r.kind, ns, &r.name)
+                    .map_err(|e| ("InvalidCACertificateRef", e))
             };
             match res {
                 Ok(c) => cas.extend(c),
@@ -884,7 +1110,12 @@ impl<'m> Compiler<'m> {
             }
         }
         if cas.is_empty() {
-            st.accepted = Cond::new("Accepted", false, "NoValidCACertificate", "no valid CA certificate");
+            st.accepted = Cond::new(
+                "Accepted",
+                false,
+                "NoValidCACertificate",
+                "no valid CA certificate",
+            );
         } else {
             st.roots = Some(Arc::new(cas));
         }
@@ -894,11 +1125,16 @@ impl<'m> Compiler<'m> {
     /// The policy governing a Service port: a section-specific policy, else a whole-Service one.
     fn policy_for(&self, ns: &str, svc: &str, port_name: Option<&str>) -> Option<PolicyUse> {
         if let Some(pn) = port_name {
-            if let Some(u) = self.policy_by_target.get(&(ns.to_string(), svc.to_string(), Some(pn.to_string()))) {
+            if let Some(u) =
+                self.policy_by_target
+                    .get(&(ns.to_string(), svc.to_string(), Some(pn.to_string())))
+            {
                 return Some(u.clone());
             }
         }
-        self.policy_by_target.get(&(ns.to_string(), svc.to_string(), None)).cloned()
+        self.policy_by_target
+            .get(&(ns.to_string(), svc.to_string(), None))
+            .cloned()
     }
 
     // ---------------------------------------------------------------- routes
@@ -912,7 +1148,14 @@ impl<'m> Compiler<'m> {
                 idx,
                 meta: &r.obj.metadata,
                 hostnames: r.obj.spec.hostnames.clone().unwrap_or_default(),
-                parents: r.obj.spec.parent_refs.iter().flatten().map(|p| parent_in!(p)).collect(),
+                parents: r
+                    .obj
+                    .spec
+                    .parent_refs
+                    .iter()
+                    .flatten()
+                    .map(|p| parent_in!(p))
+                    .collect(),
             });
         }
         for (idx, r) in m.grpc_routes.iter().enumerate() {
@@ -921,7 +1164,14 @@ impl<'m> Compiler<'m> {
                 idx,
                 meta: &r.obj.metadata,
                 hostnames: r.obj.spec.hostnames.clone().unwrap_or_default(),
-                parents: r.obj.spec.parent_refs.iter().flatten().map(|p| parent_in!(p)).collect(),
+                parents: r
+                    .obj
+                    .spec
+                    .parent_refs
+                    .iter()
+                    .flatten()
+                    .map(|p| parent_in!(p))
+                    .collect(),
             });
         }
         for (idx, r) in m.tls_routes.iter().enumerate() {
@@ -930,7 +1180,14 @@ impl<'m> Compiler<'m> {
                 idx,
                 meta: &r.obj.metadata,
                 hostnames: r.obj.spec.hostnames.clone(),
-                parents: r.obj.spec.parent_refs.iter().flatten().map(|p| parent_in!(p)).collect(),
+                parents: r
+                    .obj
+                    .spec
+                    .parent_refs
+                    .iter()
+                    .flatten()
+                    .map(|p| parent_in!(p))
+                    .collect(),
             });
         }
         // Precedence among routes: oldest first, then namespace/name.
@@ -945,21 +1202,42 @@ impl<'m> Compiler<'m> {
             RouteKind::Http => {
                 for rule in m.http_routes[r.idx].obj.spec.rules.iter().flatten() {
                     for b in rule.backend_refs.iter().flatten() {
-                        out.push(BackendRefIn { group: b.group.as_deref(), kind: b.kind.as_deref(), name: &b.name, namespace: b.namespace.as_deref(), port: b.port, weight: b.weight });
+                        out.push(BackendRefIn {
+                            group: b.group.as_deref(),
+                            kind: b.kind.as_deref(),
+                            name: &b.name,
+                            namespace: b.namespace.as_deref(),
+                            port: b.port,
+                            weight: b.weight,
+                        });
                     }
                 }
             }
             RouteKind::Grpc => {
                 for rule in m.grpc_routes[r.idx].obj.spec.rules.iter().flatten() {
                     for b in rule.backend_refs.iter().flatten() {
-                        out.push(BackendRefIn { group: b.group.as_deref(), kind: b.kind.as_deref(), name: &b.name, namespace: b.namespace.as_deref(), port: b.port, weight: b.weight });
+                        out.push(BackendRefIn {
+                            group: b.group.as_deref(),
+                            kind: b.kind.as_deref(),
+                            name: &b.name,
+                            namespace: b.namespace.as_deref(),
+                            port: b.port,
+                            weight: b.weight,
+                        });
                     }
                 }
             }
             RouteKind::Tls => {
                 for rule in &m.tls_routes[r.idx].obj.spec.rules {
                     for b in &rule.backend_refs {
-                        out.push(BackendRefIn { group: b.group.as_deref(), kind: b.kind.as_deref(), name: &b.name, namespace: b.namespace.as_deref(), port: b.port, weight: b.weight });
+                        out.push(BackendRefIn {
+                            group: b.group.as_deref(),
+                            kind: b.kind.as_deref(),
+                            name: &b.name,
+                            namespace: b.namespace.as_deref(),
+                            port: b.port,
+                            weight: b.weight,
+                        });
                     }
                 }
             }
@@ -972,23 +1250,59 @@ impl<'m> Compiler<'m> {
         &mut self,
         from: (RouteKind, &str),
         b: &BackendRefIn<'_>,
-    ) -> Result<(Arc<ServicePort>, Option<PolicyUse>), (UnresolvedBackend, &'static str, String)> {
+    ) -> Result<ResolvedPort, Unresolved> {
         let (kind, from_ns) = from;
         if !is_core(b.group) || b.kind.unwrap_or("Service") != "Service" {
-            return Err((UnresolvedBackend::InvalidKind, "InvalidKind", format!("backendRef {}/{} {} is not a core Service", b.group.unwrap_or(""), b.kind.unwrap_or(""), b.name)));
+            return Err((
+                UnresolvedBackend::InvalidKind,
+                "InvalidKind",
+                format!(
+                    "backendRef {}/{} {} is not a core Service",
+                    b.group.unwrap_or(""),
+                    b.kind.unwrap_or(""),
+                    b.name
+                ),
+            ));
         }
         let ns = b.namespace.unwrap_or(from_ns);
-        if !self.ix.permitted((GROUP, kind.name(), from_ns), ("", "Service", ns, b.name)) {
-            return Err((UnresolvedBackend::RefNotPermitted, "RefNotPermitted", format!("Service {ns}/{} in another namespace without a ReferenceGrant", b.name)));
+        if !self
+            .ix
+            .permitted((GROUP, kind.name(), from_ns), ("", "Service", ns, b.name))
+        {
+            return Err((
+                UnresolvedBackend::RefNotPermitted,
+                "RefNotPermitted",
+                format!(
+                    "Service {ns}/{} in another namespace without a ReferenceGrant",
+                    b.name
+                ),
+            ));
         }
         let Some(svc) = self.ix.services.get(&(ns, b.name)).copied() else {
-            return Err((UnresolvedBackend::NotFound, "BackendNotFound", format!("Service {ns}/{} not found", b.name)));
+            return Err((
+                UnresolvedBackend::NotFound,
+                "BackendNotFound",
+                format!("Service {ns}/{} not found", b.name),
+            ));
         };
         let Some(port) = b.port.and_then(|p| u16::try_from(p).ok()) else {
-            return Err((UnresolvedBackend::NotFound, "BackendNotFound", format!("backendRef to Service {ns}/{} needs a port", b.name)));
+            return Err((
+                UnresolvedBackend::NotFound,
+                "BackendNotFound",
+                format!("backendRef to Service {ns}/{} needs a port", b.name),
+            ));
         };
-        let Some(sp) = svc.spec.as_ref().and_then(|s| s.ports.as_ref()).and_then(|ps| ps.iter().find(|p| p.port == i32::from(port))) else {
-            return Err((UnresolvedBackend::NotFound, "BackendNotFound", format!("Service {ns}/{} has no port {port}", b.name)));
+        let Some(sp) = svc
+            .spec
+            .as_ref()
+            .and_then(|s| s.ports.as_ref())
+            .and_then(|ps| ps.iter().find(|p| p.port == i32::from(port)))
+        else {
+            return Err((
+                UnresolvedBackend::NotFound,
+                "BackendNotFound",
+                format!("Service {ns}/{} has no port {port}", b.name),
+            ));
         };
         let policy = self.policy_for(ns, b.name, sp.name.as_deref());
         let key = (ns.to_string(), b.name.to_string(), port);
@@ -1002,7 +1316,14 @@ impl<'m> Compiler<'m> {
                 continue;
             }
             let want = sp.name.as_deref().unwrap_or("");
-            let Some(p) = s.ports.iter().flatten().find(|p| p.name.as_deref().unwrap_or("") == want).and_then(|p| p.port).and_then(|p| u16::try_from(p).ok()) else {
+            let Some(p) = s
+                .ports
+                .iter()
+                .flatten()
+                .find(|p| p.name.as_deref().unwrap_or("") == want)
+                .and_then(|p| p.port)
+                .and_then(|p| u16::try_from(p).ok())
+            else {
                 continue;
             };
             for e in s.endpoints.iter().flatten() {
@@ -1031,14 +1352,23 @@ impl<'m> Compiler<'m> {
     }
 
     /// A backendRef compiled for a Gateway (its client certificate joins the TLS profile).
-    fn backend(&mut self, from: (RouteKind, &str), gi: usize, b: &BackendRefIn<'_>, filters: Box<[HttpFilter]>) -> Backend {
+    fn backend(
+        &mut self,
+        from: (RouteKind, &str),
+        gi: usize,
+        b: &BackendRefIn<'_>,
+        filters: Box<[HttpFilter]>,
+    ) -> Backend {
         let ns = b.namespace.unwrap_or(from.1);
         let weight = u32::try_from(b.weight.unwrap_or(1)).unwrap_or(0);
         match self.service_port(from, b) {
             Ok((sp, policy)) => {
                 // Every policy targeting this Service port reports this Gateway as an
                 // ancestor, including those that lost a conflict.
-                let key = (sp.service.namespace.to_string(), sp.service.name.to_string());
+                let key = (
+                    sp.service.namespace.to_string(),
+                    sp.service.name.to_string(),
+                );
                 if let Some(ps) = self.policies_of_service.get(&key) {
                     for (pi, section) in ps {
                         if section.is_none() || section.as_deref() == sp.port_name.as_deref() {
@@ -1057,9 +1387,21 @@ impl<'m> Compiler<'m> {
                         BackendTls::Profile(self.profile(pi, gi))
                     }
                 };
-                Backend { name: oref(ns, b.name), weight, target: Ok(sp), tls, filters }
+                Backend {
+                    name: oref(ns, b.name),
+                    weight,
+                    target: Ok(sp),
+                    tls,
+                    filters,
+                }
             }
-            Err((e, _, _)) => Backend { name: oref(ns, b.name), weight, target: Err(e), tls: BackendTls::None, filters },
+            Err((e, _, _)) => Backend {
+                name: oref(ns, b.name),
+                weight,
+                target: Err(e),
+                tls: BackendTls::None,
+                filters,
+            },
         }
     }
 
@@ -1080,8 +1422,13 @@ impl<'m> Compiler<'m> {
             .iter()
             .flatten()
             .filter_map(|s| match s.r#type {
-                BackendTlsPolicyValidationSubjectAltNamesType::Hostname => s.hostname.as_deref().map(|h| SubjectAltName::Hostname(h.into())),
-                BackendTlsPolicyValidationSubjectAltNamesType::Uri => s.uri.as_deref().map(|u| SubjectAltName::Uri(u.into())),
+                BackendTlsPolicyValidationSubjectAltNamesType::Hostname => s
+                    .hostname
+                    .as_deref()
+                    .map(|h| SubjectAltName::Hostname(h.into())),
+                BackendTlsPolicyValidationSubjectAltNamesType::Uri => {
+                    s.uri.as_deref().map(|u| SubjectAltName::Uri(u.into()))
+                }
             })
             .collect();
         let prof = Arc::new(BackendTlsProfile {
@@ -1098,17 +1445,19 @@ impl<'m> Compiler<'m> {
     }
 
     /// Attach every route, compile the attached ones, and return per-route parent statuses.
-    fn routes(&mut self) -> Vec<(RouteIn<'m>, Vec<(ParentIn, Vec<Cond>)>)> {
+    fn routes(&mut self) -> Vec<RouteStatusIn<'m>> {
         let inputs = self.route_inputs();
         for (rank, r) in inputs.iter().enumerate() {
-            self.route_rank.insert((r.kind.name(), oref(ns_of(r.meta), name_of(r.meta))), rank);
+            self.route_rank
+                .insert((r.kind.name(), oref(ns_of(r.meta), name_of(r.meta))), rank);
         }
         let mut out = Vec::new();
         for r in inputs {
             let ns = ns_of(r.meta);
             let refs = self.backend_refs(&r);
             // ResolvedRefs: first failing backendRef.
-            let mut resolved = Cond::new("ResolvedRefs", true, "ResolvedRefs", "references resolved");
+            let mut resolved =
+                Cond::new("ResolvedRefs", true, "ResolvedRefs", "references resolved");
             for b in &refs {
                 if let Err((_, reason, msg)) = self.service_port((r.kind, ns), b) {
                     resolved = Cond::new("ResolvedRefs", false, reason, msg);
@@ -1124,16 +1473,29 @@ impl<'m> Compiler<'m> {
                     continue; // not a parent this controller serves
                 }
                 let gns = p.namespace.as_deref().unwrap_or(ns);
-                let gi = self.gws.iter().position(|g| g.ns == gns && g.name == p.name);
+                let gi = self
+                    .gws
+                    .iter()
+                    .position(|g| g.ns == gns && g.name == p.name);
                 let Some(gi) = gi else {
-                    let exists = self.ix.m.gateways.iter().any(|g| ns_of(&g.obj.metadata) == gns && name_of(&g.obj.metadata) == p.name);
+                    let exists = self.ix.m.gateways.iter().any(|g| {
+                        ns_of(&g.obj.metadata) == gns && name_of(&g.obj.metadata) == p.name
+                    });
                     if exists {
                         continue; // another controller's Gateway
                     }
-                    parents.push((p.clone(), vec![
-                        Cond::new("Accepted", false, "NoMatchingParent", format!("Gateway {gns}/{} not found", p.name)),
-                        resolved.clone(),
-                    ]));
+                    parents.push((
+                        p.clone(),
+                        vec![
+                            Cond::new(
+                                "Accepted",
+                                false,
+                                "NoMatchingParent",
+                                format!("Gateway {gns}/{} not found", p.name),
+                            ),
+                            resolved.clone(),
+                        ],
+                    ));
                     continue;
                 };
                 let accepted = self.attach(&r, p, gi, unsupported.as_deref());
@@ -1181,7 +1543,13 @@ impl<'m> Compiler<'m> {
 
     /// Attach a route to a Gateway parentRef: pick listeners, check kinds, namespaces and
     /// hostnames, compile into each accepting listener. Returns the Accepted condition.
-    fn attach(&mut self, r: &RouteIn<'m>, p: &ParentIn, gi: usize, unsupported: Option<&str>) -> Cond {
+    fn attach(
+        &mut self,
+        r: &RouteIn<'m>,
+        p: &ParentIn,
+        gi: usize,
+        unsupported: Option<&str>,
+    ) -> Cond {
         let ns = ns_of(r.meta);
         let g = &self.gws[gi];
         let candidates: Vec<usize> = (0..g.listeners.len())
@@ -1192,10 +1560,20 @@ impl<'m> Compiler<'m> {
             })
             .collect();
         if candidates.is_empty() {
-            return Cond::new("Accepted", false, "NoMatchingParent", "no listener matches the parentRef sectionName/port");
+            return Cond::new(
+                "Accepted",
+                false,
+                "NoMatchingParent",
+                "no listener matches the parentRef sectionName/port",
+            );
         }
         if !g.accepted.ok {
-            return Cond::new("Accepted", false, "NotAllowedByListeners", "the Gateway is not accepted");
+            return Cond::new(
+                "Accepted",
+                false,
+                "NotAllowedByListeners",
+                "the Gateway is not accepted",
+            );
         }
         let route_ns_labels = self.ix.ns_labels(ns);
         let mut allowed = Vec::new();
@@ -1211,7 +1589,12 @@ impl<'m> Compiler<'m> {
             }
         }
         if allowed.is_empty() {
-            return Cond::new("Accepted", false, "NotAllowedByListeners", format!("no listener allows {} from namespace {ns}", r.kind.name()));
+            return Cond::new(
+                "Accepted",
+                false,
+                "NotAllowedByListeners",
+                format!("no listener allows {} from namespace {ns}", r.kind.name()),
+            );
         }
         let mut attached = Vec::new();
         for li in allowed {
@@ -1219,14 +1602,23 @@ impl<'m> Compiler<'m> {
             let hosts: Vec<Option<String>> = if r.hostnames.is_empty() {
                 vec![l.hostname.clone()]
             } else {
-                r.hostnames.iter().filter_map(|h| hostname::intersect(l.hostname.as_deref(), h)).map(Some).collect()
+                r.hostnames
+                    .iter()
+                    .filter_map(|h| hostname::intersect(l.hostname.as_deref(), h))
+                    .map(Some)
+                    .collect()
             };
             if !hosts.is_empty() {
                 attached.push((li, hosts));
             }
         }
         if attached.is_empty() {
-            return Cond::new("Accepted", false, "NoMatchingListenerHostname", "no listener hostname intersects the route's hostnames");
+            return Cond::new(
+                "Accepted",
+                false,
+                "NoMatchingListenerHostname",
+                "no listener hostname intersects the route's hostnames",
+            );
         }
         if let Some(why) = unsupported {
             for (li, _) in &attached {
@@ -1244,7 +1636,13 @@ impl<'m> Compiler<'m> {
     }
 
     /// Compile a route's rules for a Gateway (once) and index them under a listener's hosts.
-    fn index_route(&mut self, r: &RouteIn<'m>, gi: usize, id: ListenerId, hosts: &[Option<String>]) {
+    fn index_route(
+        &mut self,
+        r: &RouteIn<'m>,
+        gi: usize,
+        id: ListenerId,
+        hosts: &[Option<String>],
+    ) {
         let ns = ns_of(r.meta);
         let name = name_of(r.meta);
         match r.kind {
@@ -1257,10 +1655,17 @@ impl<'m> Compiler<'m> {
                     for ri in range.clone() {
                         let rule = &self.table.http_rules[ri];
                         for (mi, m) in rule.matches.iter().enumerate() {
-                            let e = Entry { rule: ri as u32, matched: mi as u32 };
+                            let e = Entry {
+                                rule: ri as u32,
+                                matched: mi as u32,
+                            };
                             match &m.path {
-                                PathMatch::Exact(p) => bucket.exact.entry(p.clone()).or_default().push(e),
-                                PathMatch::Prefix(p) => bucket.prefix.entry(p.clone()).or_default().push(e),
+                                PathMatch::Exact(p) => {
+                                    bucket.exact.entry(p.clone()).or_default().push(e)
+                                }
+                                PathMatch::Prefix(p) => {
+                                    bucket.prefix.entry(p.clone()).or_default().push(e)
+                                }
                                 PathMatch::Regex(_) => bucket.regex.push(e),
                             }
                         }
@@ -1276,10 +1681,16 @@ impl<'m> Compiler<'m> {
                     for ri in range.clone() {
                         let n = self.table.grpc_rules[ri].matches.len();
                         if n == 0 {
-                            v.push(GrpcEntry { rule: ri as u32, matched: u32::MAX });
+                            v.push(GrpcEntry {
+                                rule: ri as u32,
+                                matched: u32::MAX,
+                            });
                         }
                         for mi in 0..n {
-                            v.push(GrpcEntry { rule: ri as u32, matched: mi as u32 });
+                            v.push(GrpcEntry {
+                                rule: ri as u32,
+                                matched: mi as u32,
+                            });
                         }
                     }
                 }
@@ -1289,20 +1700,39 @@ impl<'m> Compiler<'m> {
                 let mut backends = Vec::new();
                 for rule in &route.spec.rules {
                     for b in &rule.backend_refs {
-                        let bi = BackendRefIn { group: b.group.as_deref(), kind: b.kind.as_deref(), name: &b.name, namespace: b.namespace.as_deref(), port: b.port, weight: b.weight };
+                        let bi = BackendRefIn {
+                            group: b.group.as_deref(),
+                            kind: b.kind.as_deref(),
+                            name: &b.name,
+                            namespace: b.namespace.as_deref(),
+                            port: b.port,
+                            weight: b.weight,
+                        };
                         backends.push(self.backend((RouteKind::Tls, ns), gi, &bi, Box::new([])));
                     }
                 }
                 let total_weight = backends.iter().map(|b| b.weight).sum();
                 let target = Arc::new(TlsTarget {
-                    source: RouteRef { kind: "TLSRoute", route: oref(ns, name), rule_index: 0, rule_name: route.spec.rules.first().and_then(|r| r.name.as_deref()).map(Into::into) },
+                    source: RouteRef {
+                        kind: "TLSRoute",
+                        route: oref(ns, name),
+                        rule_index: 0,
+                        rule_name: route
+                            .spec
+                            .rules
+                            .first()
+                            .and_then(|r| r.name.as_deref())
+                            .map(Into::into),
+                    },
                     backends: backends.into_boxed_slice(),
                     total_weight,
                 });
                 let listener = &mut self.table.listeners[id.0 as usize];
                 for h in hosts {
                     // Routes are processed oldest first: the oldest keeps a hostname.
-                    listener.tls.get_or_insert_with(&HostKey::of(h.as_deref()), || target.clone());
+                    listener
+                        .tls
+                        .get_or_insert_with(&HostKey::of(h.as_deref()), || target.clone());
                 }
             }
         }
@@ -1318,38 +1748,87 @@ impl<'m> Compiler<'m> {
         let name = name_of(r.meta);
         let start = self.table.http_rules.len();
         let default_rule = gateway_api::experimental::httproutes::HttpRouteRules::default();
-        let rules: Vec<&gateway_api::experimental::httproutes::HttpRouteRules> = match &route.spec.rules {
-            Some(rs) if !rs.is_empty() => rs.iter().collect(),
-            _ => vec![&default_rule],
-        };
+        let rules: Vec<&gateway_api::experimental::httproutes::HttpRouteRules> =
+            match &route.spec.rules {
+                Some(rs) if !rs.is_empty() => rs.iter().collect(),
+                _ => vec![&default_rule],
+            };
         for (ri, rule) in rules.into_iter().enumerate() {
             let matches: Vec<HttpMatch> = match &rule.matches {
-                Some(ms) if !ms.is_empty() => ms.iter().filter_map(|m| compile_match(m).ok()).collect(),
-                _ => vec![HttpMatch { path: PathMatch::Prefix("".into()), method: None, headers: Box::new([]), query: Box::new([]) }],
+                Some(ms) if !ms.is_empty() => {
+                    ms.iter().filter_map(|m| compile_match(m).ok()).collect()
+                }
+                _ => vec![HttpMatch {
+                    path: PathMatch::Prefix("".into()),
+                    method: None,
+                    headers: Box::new([]),
+                    query: Box::new([]),
+                }],
             };
             let mut invalid = None;
-            let filters = self.http_filters(rule.filters.as_deref().unwrap_or(&[]), (RouteKind::Http, ns), gi, &mut invalid);
+            let filters = self.http_filters(
+                rule.filters.as_deref().unwrap_or(&[]),
+                (RouteKind::Http, ns),
+                gi,
+                &mut invalid,
+            );
             let mut backends = Vec::new();
             for b in rule.backend_refs.iter().flatten() {
                 let bf = b.filters.as_ref().map(|fs| {
-                    let fs: Vec<HttpRouteRulesFilters> = fs.iter().filter_map(|f| serde_json::to_value(f).ok().and_then(|v| serde_json::from_value(v).ok())).collect();
+                    let fs: Vec<HttpRouteRulesFilters> = fs
+                        .iter()
+                        .filter_map(|f| {
+                            serde_json::to_value(f)
+                                .ok()
+                                .and_then(|v| serde_json::from_value(v).ok())
+                        })
+                        .collect();
                     self.http_filters(&fs, (RouteKind::Http, ns), gi, &mut invalid)
                 });
-                let bi = BackendRefIn { group: b.group.as_deref(), kind: b.kind.as_deref(), name: &b.name, namespace: b.namespace.as_deref(), port: b.port, weight: b.weight };
+                let bi = BackendRefIn {
+                    group: b.group.as_deref(),
+                    kind: b.kind.as_deref(),
+                    name: &b.name,
+                    namespace: b.namespace.as_deref(),
+                    port: b.port,
+                    weight: b.weight,
+                };
                 backends.push(self.backend((RouteKind::Http, ns), gi, &bi, bf.unwrap_or_default()));
             }
             let timeouts = rule.timeouts.as_ref().map(|t| Timeouts {
-                request: t.request.as_deref().and_then(|d| parse_duration(d).ok()).flatten(),
-                backend_request: t.backend_request.as_deref().and_then(|d| parse_duration(d).ok()).flatten(),
+                request: t
+                    .request
+                    .as_deref()
+                    .and_then(|d| parse_duration(d).ok())
+                    .flatten(),
+                backend_request: t
+                    .backend_request
+                    .as_deref()
+                    .and_then(|d| parse_duration(d).ok())
+                    .flatten(),
             });
             let retry = rule.retry.as_ref().map(|rt| Retry {
-                codes: rt.codes.iter().flatten().filter_map(|c| u16::try_from(*c).ok()).collect(),
+                codes: rt
+                    .codes
+                    .iter()
+                    .flatten()
+                    .filter_map(|c| u16::try_from(*c).ok())
+                    .collect(),
                 attempts: rt.attempts.and_then(|a| u32::try_from(a).ok()).unwrap_or(1),
-                backoff: rt.backoff.as_deref().and_then(|d| parse_duration(d).ok()).flatten(),
+                backoff: rt
+                    .backoff
+                    .as_deref()
+                    .and_then(|d| parse_duration(d).ok())
+                    .flatten(),
             });
             let total_weight = backends.iter().map(|b| b.weight).sum();
             self.table.http_rules.push(HttpRule {
-                source: RouteRef { kind: "HTTPRoute", route: oref(ns, name), rule_index: ri as u32, rule_name: rule.name.as_deref().map(Into::into) },
+                source: RouteRef {
+                    kind: "HTTPRoute",
+                    route: oref(ns, name),
+                    rule_index: ri as u32,
+                    rule_name: rule.name.as_deref().map(Into::into),
+                },
                 matches: matches.into_boxed_slice(),
                 filters,
                 backends: backends.into_boxed_slice(),
@@ -1364,15 +1843,27 @@ impl<'m> Compiler<'m> {
         range
     }
 
-    fn http_filters(&mut self, fs: &[HttpRouteRulesFilters], from: (RouteKind, &str), gi: usize, invalid: &mut Option<String>) -> Box<[HttpFilter]> {
+    fn http_filters(
+        &mut self,
+        fs: &[HttpRouteRulesFilters],
+        from: (RouteKind, &str),
+        gi: usize,
+        invalid: &mut Option<String>,
+    ) -> Box<[HttpFilter]> {
         let mut out = Vec::new();
         for f in fs {
             match f.r#type {
                 HttpRouteRulesFiltersType::RequestHeaderModifier => {
                     if let Some(h) = &f.request_header_modifier {
                         out.push(HttpFilter::RequestHeaderModifier(header_mod(
-                            h.set.iter().flatten().map(|x| (x.name.as_str(), x.value.as_str())),
-                            h.add.iter().flatten().map(|x| (x.name.as_str(), x.value.as_str())),
+                            h.set
+                                .iter()
+                                .flatten()
+                                .map(|x| (x.name.as_str(), x.value.as_str())),
+                            h.add
+                                .iter()
+                                .flatten()
+                                .map(|x| (x.name.as_str(), x.value.as_str())),
                             h.remove.iter().flatten(),
                         )));
                     }
@@ -1380,8 +1871,14 @@ impl<'m> Compiler<'m> {
                 HttpRouteRulesFiltersType::ResponseHeaderModifier => {
                     if let Some(h) = &f.response_header_modifier {
                         out.push(HttpFilter::ResponseHeaderModifier(header_mod(
-                            h.set.iter().flatten().map(|x| (x.name.as_str(), x.value.as_str())),
-                            h.add.iter().flatten().map(|x| (x.name.as_str(), x.value.as_str())),
+                            h.set
+                                .iter()
+                                .flatten()
+                                .map(|x| (x.name.as_str(), x.value.as_str())),
+                            h.add
+                                .iter()
+                                .flatten()
+                                .map(|x| (x.name.as_str(), x.value.as_str())),
                             h.remove.iter().flatten(),
                         )));
                     }
@@ -1396,10 +1893,19 @@ impl<'m> Compiler<'m> {
                             hostname: rd.hostname.as_deref().map(Into::into),
                             port: rd.port.and_then(|p| u16::try_from(p).ok()),
                             path: rd.path.as_ref().and_then(|p| match p.r#type {
-                                RedirectPathType::ReplaceFullPath => p.replace_full_path.as_deref().map(|s| PathModifier::ReplaceFullPath(s.into())),
-                                RedirectPathType::ReplacePrefixMatch => p.replace_prefix_match.as_deref().map(|s| PathModifier::ReplacePrefixMatch(s.into())),
+                                RedirectPathType::ReplaceFullPath => p
+                                    .replace_full_path
+                                    .as_deref()
+                                    .map(|s| PathModifier::ReplaceFullPath(s.into())),
+                                RedirectPathType::ReplacePrefixMatch => p
+                                    .replace_prefix_match
+                                    .as_deref()
+                                    .map(|s| PathModifier::ReplacePrefixMatch(s.into())),
                             }),
-                            status_code: rd.status_code.and_then(|c| u16::try_from(c).ok()).unwrap_or(302),
+                            status_code: rd
+                                .status_code
+                                .and_then(|c| u16::try_from(c).ok())
+                                .unwrap_or(302),
                         }));
                     }
                 }
@@ -1408,8 +1914,14 @@ impl<'m> Compiler<'m> {
                         out.push(HttpFilter::UrlRewrite(UrlRewrite {
                             hostname: rw.hostname.as_deref().map(Into::into),
                             path: rw.path.as_ref().and_then(|p| match p.r#type {
-                                RewritePathType::ReplaceFullPath => p.replace_full_path.as_deref().map(|s| PathModifier::ReplaceFullPath(s.into())),
-                                RewritePathType::ReplacePrefixMatch => p.replace_prefix_match.as_deref().map(|s| PathModifier::ReplacePrefixMatch(s.into())),
+                                RewritePathType::ReplaceFullPath => p
+                                    .replace_full_path
+                                    .as_deref()
+                                    .map(|s| PathModifier::ReplaceFullPath(s.into())),
+                                RewritePathType::ReplacePrefixMatch => p
+                                    .replace_prefix_match
+                                    .as_deref()
+                                    .map(|s| PathModifier::ReplacePrefixMatch(s.into())),
                             }),
                         }));
                     }
@@ -1417,14 +1929,30 @@ impl<'m> Compiler<'m> {
                 HttpRouteRulesFiltersType::RequestMirror => {
                     if let Some(mr) = &f.request_mirror {
                         let b = &mr.backend_ref;
-                        let bi = BackendRefIn { group: b.group.as_deref(), kind: b.kind.as_deref(), name: &b.name, namespace: b.namespace.as_deref(), port: b.port, weight: Some(1) };
+                        let bi = BackendRefIn {
+                            group: b.group.as_deref(),
+                            kind: b.kind.as_deref(),
+                            name: &b.name,
+                            namespace: b.namespace.as_deref(),
+                            port: b.port,
+                            weight: Some(1),
+                        };
                         let backend = self.backend(from, gi, &bi, Box::new([]));
                         let (numerator, denominator) = match (&mr.fraction, mr.percent) {
-                            (Some(fr), _) => (u32::try_from(fr.numerator).unwrap_or(0), fr.denominator.and_then(|d| u32::try_from(d).ok()).unwrap_or(100)),
+                            (Some(fr), _) => (
+                                u32::try_from(fr.numerator).unwrap_or(0),
+                                fr.denominator
+                                    .and_then(|d| u32::try_from(d).ok())
+                                    .unwrap_or(100),
+                            ),
                             (None, Some(p)) => (u32::try_from(p).unwrap_or(0), 100),
                             (None, None) => (100, 100),
                         };
-                        out.push(HttpFilter::RequestMirror(RequestMirror { backend, numerator, denominator }));
+                        out.push(HttpFilter::RequestMirror(RequestMirror {
+                            backend,
+                            numerator,
+                            denominator,
+                        }));
                     }
                 }
                 ref other => {
@@ -1445,34 +1973,75 @@ impl<'m> Compiler<'m> {
         let name = name_of(r.meta);
         let start = self.table.grpc_rules.len();
         for (ri, rule) in route.spec.rules.iter().flatten().enumerate() {
-            let sm = |v: &Option<String>, re: bool| v.as_deref().filter(|s| !s.is_empty()).and_then(|s| string_match(s, re).ok());
+            let sm = |v: &Option<String>, re: bool| {
+                v.as_deref()
+                    .filter(|s| !s.is_empty())
+                    .and_then(|s| string_match(s, re).ok())
+            };
             let matches: Vec<GrpcMatch> = rule
                 .matches
                 .iter()
                 .flatten()
                 .map(|m| {
-                    let re = m.method.as_ref().and_then(|mm| mm.r#type.as_ref()).is_some_and(|t| matches!(t, GrpcRouteRulesMatchesMethodType::RegularExpression));
+                    let re = m
+                        .method
+                        .as_ref()
+                        .and_then(|mm| mm.r#type.as_ref())
+                        .is_some_and(|t| {
+                            matches!(t, GrpcRouteRulesMatchesMethodType::RegularExpression)
+                        });
                     GrpcMatch {
                         service: m.method.as_ref().and_then(|mm| sm(&mm.service, re)),
                         method: m.method.as_ref().and_then(|mm| sm(&mm.method, re)),
-                        headers: m.headers.iter().flatten().filter_map(|h| {
-                            let re = matches!(h.r#type, Some(GrpcRouteRulesMatchesHeadersType::RegularExpression));
-                            string_match(&h.value, re).ok().map(|v| (h.name.to_ascii_lowercase().into(), v))
-                        }).collect(),
+                        headers: m
+                            .headers
+                            .iter()
+                            .flatten()
+                            .filter_map(|h| {
+                                let re = matches!(
+                                    h.r#type,
+                                    Some(GrpcRouteRulesMatchesHeadersType::RegularExpression)
+                                );
+                                string_match(&h.value, re)
+                                    .ok()
+                                    .map(|v| (h.name.to_ascii_lowercase().into(), v))
+                            })
+                            .collect(),
                     }
                 })
                 .collect();
             let mut invalid = None;
-            let fs: Vec<HttpRouteRulesFilters> = rule.filters.iter().flatten().filter_map(|f| serde_json::to_value(f).ok().and_then(|v| serde_json::from_value(v).ok())).collect();
+            let fs: Vec<HttpRouteRulesFilters> = rule
+                .filters
+                .iter()
+                .flatten()
+                .filter_map(|f| {
+                    serde_json::to_value(f)
+                        .ok()
+                        .and_then(|v| serde_json::from_value(v).ok())
+                })
+                .collect();
             let filters = self.http_filters(&fs, (RouteKind::Grpc, ns), gi, &mut invalid);
             let mut backends = Vec::new();
             for b in rule.backend_refs.iter().flatten() {
-                let bi = BackendRefIn { group: b.group.as_deref(), kind: b.kind.as_deref(), name: &b.name, namespace: b.namespace.as_deref(), port: b.port, weight: b.weight };
+                let bi = BackendRefIn {
+                    group: b.group.as_deref(),
+                    kind: b.kind.as_deref(),
+                    name: &b.name,
+                    namespace: b.namespace.as_deref(),
+                    port: b.port,
+                    weight: b.weight,
+                };
                 backends.push(self.backend((RouteKind::Grpc, ns), gi, &bi, Box::new([])));
             }
             let total_weight = backends.iter().map(|b| b.weight).sum();
             self.table.grpc_rules.push(GrpcRule {
-                source: RouteRef { kind: "GRPCRoute", route: oref(ns, name), rule_index: ri as u32, rule_name: rule.name.as_deref().map(Into::into) },
+                source: RouteRef {
+                    kind: "GRPCRoute",
+                    route: oref(ns, name),
+                    rule_index: ri as u32,
+                    rule_name: rule.name.as_deref().map(Into::into),
+                },
                 matches: matches.into_boxed_slice(),
                 filters,
                 backends: backends.into_boxed_slice(),
@@ -1501,7 +2070,10 @@ impl<'m> Compiler<'m> {
                 m.method.is_none(),
                 std::cmp::Reverse(m.headers.len()),
                 std::cmp::Reverse(m.query.len()),
-                route_rank.get(&("HTTPRoute", rule.source.route.clone())).copied().unwrap_or(usize::MAX),
+                route_rank
+                    .get(&("HTTPRoute", rule.source.route.clone()))
+                    .copied()
+                    .unwrap_or(usize::MAX),
                 rule.source.rule_index,
                 e.matched,
             )
@@ -1519,14 +2091,22 @@ impl<'m> Compiler<'m> {
                 std::cmp::Reverse(m.map_or(0, |m| len(m.service.as_ref()))),
                 std::cmp::Reverse(m.map_or(0, |m| len(m.method.as_ref()))),
                 std::cmp::Reverse(m.map_or(0, |m| m.headers.len())),
-                route_rank.get(&("GRPCRoute", rule.source.route.clone())).copied().unwrap_or(usize::MAX),
+                route_rank
+                    .get(&("GRPCRoute", rule.source.route.clone()))
+                    .copied()
+                    .unwrap_or(usize::MAX),
                 rule.source.rule_index,
                 e.matched,
             )
         };
         for l in &mut t.listeners {
             for b in l.http.values_mut() {
-                for v in b.exact.values_mut().chain(b.prefix.values_mut()).chain(std::iter::once(&mut b.regex)) {
+                for v in b
+                    .exact
+                    .values_mut()
+                    .chain(b.prefix.values_mut())
+                    .chain(std::iter::once(&mut b.regex))
+                {
                     v.sort_by_cached_key(http_key);
                     v.dedup();
                 }
@@ -1540,7 +2120,7 @@ impl<'m> Compiler<'m> {
 
     // ---------------------------------------------------------------- status
 
-    fn status(&self, routes: &[(RouteIn<'m>, Vec<(ParentIn, Vec<Cond>)>)], now: &Time) -> StatusReport {
+    fn status(&self, routes: &[RouteStatusIn<'m>], now: &Time) -> StatusReport {
         let mut items = Vec::new();
         for g in &self.gws {
             let gen = g.generation;
@@ -1549,7 +2129,12 @@ impl<'m> Compiler<'m> {
             gconds.push(if g.accepted.ok && programmed_any {
                 Cond::new("Programmed", true, "Programmed", "Gateway programmed")
             } else {
-                Cond::new("Programmed", false, "Invalid", "no listener could be programmed")
+                Cond::new(
+                    "Programmed",
+                    false,
+                    "Invalid",
+                    "no listener could be programmed",
+                )
             });
             if let Some(r) = &g.resolved {
                 gconds.push(r.clone());
@@ -1565,44 +2150,103 @@ impl<'m> Compiler<'m> {
                     };
                     GatewayStatusListeners {
                         attached_routes: i32::try_from(l.attached.len()).unwrap_or(i32::MAX),
-                        conditions: conditions(&[l.accepted.clone(), programmed, l.resolved.clone(), l.conflicted.clone()], gen, now),
+                        conditions: conditions(
+                            &[
+                                l.accepted.clone(),
+                                programmed,
+                                l.resolved.clone(),
+                                l.conflicted.clone(),
+                            ],
+                            gen,
+                            now,
+                        ),
                         name: l.name.clone(),
-                        supported_kinds: Some(l.kinds.iter().map(|k| GatewayStatusListenersSupportedKinds { group: Some(GROUP.to_string()), kind: k.name().to_string() }).collect()),
+                        supported_kinds: Some(
+                            l.kinds
+                                .iter()
+                                .map(|k| GatewayStatusListenersSupportedKinds {
+                                    group: Some(GROUP.to_string()),
+                                    kind: k.name().to_string(),
+                                })
+                                .collect(),
+                        ),
                     }
                 })
                 .collect();
-            let addresses = g.gw.spec.addresses.as_ref().map(|_| g.addrs.iter().map(|a| GatewayStatusAddresses { r#type: Some("IPAddress".to_string()), value: a.to_string() }).collect());
-            items.push(item("Gateway", g.gw.metadata.clone(), ObjectStatus::Gateway(GatewayStatus {
-                addresses,
-                attached_listener_sets: None,
-                conditions: Some(conditions(&gconds, gen, now)),
-                listeners: Some(listeners),
-            })));
+            let addresses = g.gw.spec.addresses.as_ref().map(|_| {
+                g.addrs
+                    .iter()
+                    .map(|a| GatewayStatusAddresses {
+                        r#type: Some("IPAddress".to_string()),
+                        value: a.to_string(),
+                    })
+                    .collect()
+            });
+            items.push(item(
+                "Gateway",
+                g.gw.metadata.clone(),
+                ObjectStatus::Gateway(GatewayStatus {
+                    addresses,
+                    attached_listener_sets: None,
+                    conditions: Some(conditions(&gconds, gen, now)),
+                    listeners: Some(listeners),
+                }),
+            ));
         }
         let ctrl = &self.opts.controller_name;
         for (r, parents) in routes {
             let gen = gen_of(r.meta);
             let status = match r.kind {
                 RouteKind::Http => ObjectStatus::HttpRoute(HttpRouteStatus {
-                    parents: parents.iter().map(|(p, c)| HttpRouteStatusParents {
-                        conditions: conditions(c, gen, now),
-                        controller_name: ctrl.clone(),
-                        parent_ref: HttpRouteStatusParentsParentRef { group: p.group.clone(), kind: p.kind.clone(), name: p.name.clone(), namespace: p.namespace.clone(), port: p.port, section_name: p.section_name.clone() },
-                    }).collect(),
+                    parents: parents
+                        .iter()
+                        .map(|(p, c)| HttpRouteStatusParents {
+                            conditions: conditions(c, gen, now),
+                            controller_name: ctrl.clone(),
+                            parent_ref: HttpRouteStatusParentsParentRef {
+                                group: p.group.clone(),
+                                kind: p.kind.clone(),
+                                name: p.name.clone(),
+                                namespace: p.namespace.clone(),
+                                port: p.port,
+                                section_name: p.section_name.clone(),
+                            },
+                        })
+                        .collect(),
                 }),
                 RouteKind::Grpc => ObjectStatus::GrpcRoute(GrpcRouteStatus {
-                    parents: parents.iter().map(|(p, c)| GrpcRouteStatusParents {
-                        conditions: conditions(c, gen, now),
-                        controller_name: ctrl.clone(),
-                        parent_ref: GrpcRouteStatusParentsParentRef { group: p.group.clone(), kind: p.kind.clone(), name: p.name.clone(), namespace: p.namespace.clone(), port: p.port, section_name: p.section_name.clone() },
-                    }).collect(),
+                    parents: parents
+                        .iter()
+                        .map(|(p, c)| GrpcRouteStatusParents {
+                            conditions: conditions(c, gen, now),
+                            controller_name: ctrl.clone(),
+                            parent_ref: GrpcRouteStatusParentsParentRef {
+                                group: p.group.clone(),
+                                kind: p.kind.clone(),
+                                name: p.name.clone(),
+                                namespace: p.namespace.clone(),
+                                port: p.port,
+                                section_name: p.section_name.clone(),
+                            },
+                        })
+                        .collect(),
                 }),
                 RouteKind::Tls => ObjectStatus::TlsRoute(TlsRouteStatus {
-                    parents: parents.iter().map(|(p, c)| TlsRouteStatusParents {
-                        conditions: conditions(c, gen, now),
-                        controller_name: ctrl.clone(),
-                        parent_ref: TlsRouteStatusParentsParentRef { group: p.group.clone(), kind: p.kind.clone(), name: p.name.clone(), namespace: p.namespace.clone(), port: p.port, section_name: p.section_name.clone() },
-                    }).collect(),
+                    parents: parents
+                        .iter()
+                        .map(|(p, c)| TlsRouteStatusParents {
+                            conditions: conditions(c, gen, now),
+                            controller_name: ctrl.clone(),
+                            parent_ref: TlsRouteStatusParentsParentRef {
+                                group: p.group.clone(),
+                                kind: p.kind.clone(),
+                                name: p.name.clone(),
+                                namespace: p.namespace.clone(),
+                                port: p.port,
+                                section_name: p.section_name.clone(),
+                            },
+                        })
+                        .collect(),
                 }),
             };
             items.push(item(r.kind.name(), r.meta.clone(), status));
@@ -1616,13 +2260,28 @@ impl<'m> Compiler<'m> {
                 .map(|&gi| {
                     let g = &self.gws[gi];
                     BackendTlsPolicyStatusAncestors {
-                        ancestor_ref: BackendTlsPolicyStatusAncestorsAncestorRef { group: Some(GROUP.to_string()), kind: Some("Gateway".to_string()), name: g.name.to_string(), namespace: Some(g.ns.to_string()), port: None, section_name: None },
-                        conditions: conditions(&[st.accepted.clone(), st.resolved.clone()], gen, now),
+                        ancestor_ref: BackendTlsPolicyStatusAncestorsAncestorRef {
+                            group: Some(GROUP.to_string()),
+                            kind: Some("Gateway".to_string()),
+                            name: g.name.to_string(),
+                            namespace: Some(g.ns.to_string()),
+                            port: None,
+                            section_name: None,
+                        },
+                        conditions: conditions(
+                            &[st.accepted.clone(), st.resolved.clone()],
+                            gen,
+                            now,
+                        ),
                         controller_name: ctrl.clone(),
                     }
                 })
                 .collect();
-            items.push(item("BackendTLSPolicy", p.obj.metadata.clone(), ObjectStatus::BackendTlsPolicy(BackendTlsPolicyStatus { ancestors })));
+            items.push(item(
+                "BackendTLSPolicy",
+                p.obj.metadata.clone(),
+                ObjectStatus::BackendTlsPolicy(BackendTlsPolicyStatus { ancestors }),
+            ));
         }
         StatusReport { items }
     }
@@ -1649,11 +2308,26 @@ fn conflicts(ls: &mut [LState]) {
             if i == j || ls[i].port != ls[j].port {
                 continue;
             }
-            let (Some(a), Some(b)) = (ls[i].protocol, ls[j].protocol) else { continue };
+            let (Some(a), Some(b)) = (ls[i].protocol, ls[j].protocol) else {
+                continue;
+            };
             if a.is_tls() != b.is_tls() {
-                ls[i].conflicted = Cond::new("Conflicted", true, "ProtocolConflict", format!("port {} is used with another protocol", ls[i].port));
+                ls[i].conflicted = Cond::new(
+                    "Conflicted",
+                    true,
+                    "ProtocolConflict",
+                    format!("port {} is used with another protocol", ls[i].port),
+                );
             } else if ls[i].hostname == ls[j].hostname && ls[i].conflicted.reason == "NoConflicts" {
-                ls[i].conflicted = Cond::new("Conflicted", true, "HostnameConflict", format!("another listener on port {} has the same hostname", ls[i].port));
+                ls[i].conflicted = Cond::new(
+                    "Conflicted",
+                    true,
+                    "HostnameConflict",
+                    format!(
+                        "another listener on port {} has the same hostname",
+                        ls[i].port
+                    ),
+                );
             }
         }
     }
@@ -1665,15 +2339,21 @@ fn header_mod<'a>(
     remove: impl Iterator<Item = &'a String>,
 ) -> HeaderModifier {
     HeaderModifier {
-        set: set.map(|(n, v)| (n.to_ascii_lowercase().into(), v.into())).collect(),
-        add: add.map(|(n, v)| (n.to_ascii_lowercase().into(), v.into())).collect(),
+        set: set
+            .map(|(n, v)| (n.to_ascii_lowercase().into(), v.into()))
+            .collect(),
+        add: add
+            .map(|(n, v)| (n.to_ascii_lowercase().into(), v.into()))
+            .collect(),
         remove: remove.map(|n| n.to_ascii_lowercase().into()).collect(),
     }
 }
 
 fn string_match(v: &str, regex: bool) -> Result<StringMatch, String> {
     if regex {
-        regex::Regex::new(&format!("^(?:{v})$")).map(StringMatch::Regex).map_err(|e| format!("invalid regular expression {v:?}: {e}"))
+        regex::Regex::new(&format!("^(?:{v})$"))
+            .map(StringMatch::Regex)
+            .map_err(|e| format!("invalid regular expression {v:?}: {e}"))
     } else {
         Ok(StringMatch::Exact(v.into()))
     }
@@ -1684,9 +2364,15 @@ fn compile_match(m: &HttpRouteRulesMatches) -> Result<HttpMatch, String> {
         None => PathMatch::Prefix("".into()),
         Some(p) => {
             let v = p.value.as_deref().unwrap_or("/");
-            match p.r#type.as_ref().unwrap_or(&HttpRouteRulesMatchesPathType::PathPrefix) {
+            match p
+                .r#type
+                .as_ref()
+                .unwrap_or(&HttpRouteRulesMatchesPathType::PathPrefix)
+            {
                 HttpRouteRulesMatchesPathType::Exact => PathMatch::Exact(v.into()),
-                HttpRouteRulesMatchesPathType::PathPrefix => PathMatch::Prefix(v.trim_end_matches('/').into()),
+                HttpRouteRulesMatchesPathType::PathPrefix => {
+                    PathMatch::Prefix(v.trim_end_matches('/').into())
+                }
                 HttpRouteRulesMatchesPathType::RegularExpression => match string_match(v, true)? {
                     StringMatch::Regex(r) => PathMatch::Regex(r),
                     StringMatch::Exact(e) => PathMatch::Exact(e),
@@ -1715,7 +2401,10 @@ fn compile_match(m: &HttpRouteRulesMatches) -> Result<HttpMatch, String> {
         if headers.iter().any(|(n, _)| *n == name) {
             continue;
         }
-        let re = matches!(h.r#type, Some(HttpRouteRulesMatchesHeadersType::RegularExpression));
+        let re = matches!(
+            h.r#type,
+            Some(HttpRouteRulesMatchesHeadersType::RegularExpression)
+        );
         headers.push((name, string_match(&h.value, re)?));
     }
     let mut query: Vec<(Box<str>, StringMatch)> = Vec::new();
@@ -1724,10 +2413,18 @@ fn compile_match(m: &HttpRouteRulesMatches) -> Result<HttpMatch, String> {
         if query.iter().any(|(n, _)| *n == name) {
             continue;
         }
-        let re = matches!(q.r#type, Some(HttpRouteRulesMatchesQueryParamsType::RegularExpression));
+        let re = matches!(
+            q.r#type,
+            Some(HttpRouteRulesMatchesQueryParamsType::RegularExpression)
+        );
         query.push((name, string_match(&q.value, re)?));
     }
-    Ok(HttpMatch { path, method, headers: headers.into_boxed_slice(), query: query.into_boxed_slice() })
+    Ok(HttpMatch {
+        path,
+        method,
+        headers: headers.into_boxed_slice(),
+        query: query.into_boxed_slice(),
+    })
 }
 
 /// GEP-2257 duration; `Ok(None)` for zero (disabled).

@@ -113,7 +113,12 @@ pub(crate) struct Cond {
 }
 
 impl Cond {
-    pub(crate) fn new(type_: &'static str, ok: bool, reason: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn new(
+        type_: &'static str,
+        ok: bool,
+        reason: &'static str,
+        message: impl Into<String>,
+    ) -> Self {
         Cond {
             type_,
             ok,

@@ -220,7 +220,7 @@ pub struct HeaderModifier {
 pub enum PathModifier {
     /// Replace the whole path.
     ReplaceFullPath(Box<str>),
-    /// Replace the matched prefix ([`RouteMatch::path`] tells which).
+    /// Replace the matched prefix ([`RouteMatch::matched`] tells which).
     ReplacePrefixMatch(Box<str>),
 }
 
@@ -742,7 +742,9 @@ impl RouteTable {
                     Some(m) => {
                         m.service.as_ref().is_none_or(|s| s.is_match(service))
                             && m.method.as_ref().is_none_or(|s| s.is_match(method))
-                            && m.headers.iter().all(|(n, v)| headers(n).is_some_and(|x| v.is_match(x)))
+                            && m.headers
+                                .iter()
+                                .all(|(n, v)| headers(n).is_some_and(|x| v.is_match(x)))
                     }
                 };
                 if ok {
@@ -762,7 +764,11 @@ impl RouteTable {
 
     /// The certificates to present for an SNI on a bind: those of the listener the SNI
     /// selects (a listener without hostname is the catch-all).
-    pub fn certificates_for(&self, bind: &Bind, sni: Option<&str>) -> Option<&[Arc<CertifiedKeyDer>]> {
+    pub fn certificates_for(
+        &self,
+        bind: &Bind,
+        sni: Option<&str>,
+    ) -> Option<&[Arc<CertifiedKeyDer>]> {
         let l = self.select_listener(bind, sni)?;
         (!l.certificates.is_empty()).then_some(&l.certificates[..])
     }
@@ -779,12 +785,10 @@ impl Request<'_, '_> {
     fn accepts(&self, m: &HttpMatch, check_path: bool) -> bool {
         (!check_path || m.path.is_match(self.path))
             && m.method.as_deref().is_none_or(|x| x == self.method)
-            && m
-                .headers
+            && m.headers
                 .iter()
                 .all(|(n, v)| (self.headers)(n).is_some_and(|x| v.is_match(x)))
-            && m
-                .query
+            && m.query
                 .iter()
                 .all(|(n, v)| query_param(self.query, n).is_some_and(|x| v.is_match(x)))
     }

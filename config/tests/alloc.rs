@@ -56,7 +56,10 @@ fn manifests(routes: usize, hosts: usize) -> String {
 fn route_lookups_allocate_nothing() {
     let (m, _) = parse_str("scale.yaml", &manifests(1000, 100)).expect("parses");
     let c = compile(&m, &CompileOptions::default());
-    let bind = c.table.bind_for("127.0.0.1:80".parse().expect("addr")).expect("bind");
+    let bind = c
+        .table
+        .bind_for("127.0.0.1:80".parse().expect("addr"))
+        .expect("bind");
     let headers = |n: &str| (n == "x-v").then_some("1");
     let lookups: &[(&str, &str, &str, &str)] = &[
         ("h7.example.com", "GET", "/r7/exact", ""),
@@ -81,6 +84,10 @@ fn route_lookups_allocate_nothing() {
         hits += usize::from(l.is_some());
     }
     let after = ALLOCS.with(Cell::get);
-    assert_eq!(hits, 100 * 6, "5 routed lookups + listener selection per round");
+    assert_eq!(
+        hits,
+        100 * 6,
+        "5 routed lookups + listener selection per round"
+    );
     assert_eq!(after - before, 0, "allocations during {} lookups", 100 * 8);
 }

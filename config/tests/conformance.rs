@@ -1,7 +1,10 @@
 //! Table-driven scenarios mirroring the Gateway API conformance tests: every status
 //! reason, hostname intersection, listener isolation and match precedence.
 
-use gateway_config::{compile, parse_str, Bind, BackendTls, CompileOptions, Compiled, TrustRoots};
+// Case tables are tuples, read row by row like the spec tables they mirror.
+#![allow(clippy::type_complexity)]
+
+use gateway_config::{compile, parse_str, BackendTls, Bind, CompileOptions, Compiled, TrustRoots};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 
 fn pem(name: &str) -> String {
@@ -108,7 +111,12 @@ fn route(c: &Compiled, kind: &str, name: &str, gw: &str) -> Vec<Condition> {
     let (ns, name) = name.split_once('/').expect("ns/name");
     c.status
         .route_parent_conditions(kind, ns, name, gw)
-        .unwrap_or_else(|| panic!("no parent status for {kind} {ns}/{name} -> {gw}: {:#?}", c.status))
+        .unwrap_or_else(|| {
+            panic!(
+                "no parent status for {kind} {ns}/{name} -> {gw}: {:#?}",
+                c.status
+            )
+        })
         .to_vec()
 }
 
@@ -121,7 +129,12 @@ fn listener_conds(c: &Compiled, gw: &str, listener: &str) -> (Vec<Condition>, i3
         .flatten()
         .find(|l| l.name == listener)
         .expect("listener status");
-    let kinds = l.supported_kinds.iter().flatten().map(|k| k.kind.clone()).collect();
+    let kinds = l
+        .supported_kinds
+        .iter()
+        .flatten()
+        .map(|k| k.kind.clone())
+        .collect();
     (l.conditions.clone(), l.attached_routes, kinds)
 }
 
@@ -184,13 +197,25 @@ spec:
         } else {
             ("infra", ())
         };
-        let gw = if r.contains("name: missing") { "missing" } else { "gw" };
+        let gw = if r.contains("name: missing") {
+            "missing"
+        } else {
+            "gw"
+        };
         let conds = route(&c, "HTTPRoute", &format!("{ns}/r"), gw);
         let a = cond(&conds, "Accepted");
-        assert_eq!((a.status.as_str(), a.reason.as_str()), *accepted, "{scenario}: {a:?}");
+        assert_eq!(
+            (a.status.as_str(), a.reason.as_str()),
+            *accepted,
+            "{scenario}: {a:?}"
+        );
         assert_eq!(a.observed_generation, Some(1), "{scenario}");
         let rr = cond(&conds, "ResolvedRefs");
-        assert_eq!((rr.status.as_str(), rr.reason.as_str()), *resolved, "{scenario}: {rr:?}");
+        assert_eq!(
+            (rr.status.as_str(), rr.reason.as_str()),
+            *resolved,
+            "{scenario}: {rr:?}"
+        );
     }
 }
 
@@ -223,7 +248,9 @@ fn listener_reasons_mirror_the_conformance_scenarios() {
     let gw = |listener: &str| {
         format!("apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: t, namespace: infra}}\nspec:\n  gatewayClassName: x\n  addresses: [{{value: 127.0.0.1}}]\n  listeners:\n{listener}")
     };
-    let https = |refs: &str| format!("  - {{name: l, protocol: HTTPS, port: 443, tls: {{certificateRefs: [{refs}]}}}}\n");
+    let https = |refs: &str| {
+        format!("  - {{name: l, protocol: HTTPS, port: 443, tls: {{certificateRefs: [{refs}]}}}}\n")
+    };
     // (scenario, gateway listeners, extra docs, listener name, [(type, status, reason)])
     let cases: Vec<(&str, String, Vec<&str>, &str, Vec<(&str, &str, &str)>)> = vec![
         ("HTTPS listener with a valid Secret", gw(&https("{name: cert}")), vec![&secret_ok], "l", vec![("Accepted", "True", "Accepted"), ("ResolvedRefs", "True", "ResolvedRefs"), ("Programmed", "True", "Programmed")]),
@@ -246,7 +273,11 @@ fn listener_reasons_mirror_the_conformance_scenarios() {
         let (conds, _, _) = listener_conds(&c, "infra/t", lname);
         for (t, s, r) in want {
             let got = cond(&conds, t);
-            assert_eq!((got.status.as_str(), got.reason.as_str()), (s, r), "{scenario}: {t}: {got:?}");
+            assert_eq!(
+                (got.status.as_str(), got.reason.as_str()),
+                (s, r),
+                "{scenario}: {t}: {got:?}"
+            );
         }
     }
 }
@@ -259,21 +290,56 @@ fn gateway_level_reasons_cover_addresses_backend_client_certificate_and_frontend
     let http = "  - {name: l, protocol: HTTP, port: 80}\n";
     let secret = tls_secret("infra", "cert");
     let secret_apps = tls_secret("apps", "client");
-    let c = build(&[INFRA, &base("  addresses: [{type: Hostname, value: foo.com}]\n", http)]);
-    let g = c.status.gateway("infra", "t").expect("gw").conditions.clone().expect("c");
+    let c = build(&[
+        INFRA,
+        &base("  addresses: [{type: Hostname, value: foo.com}]\n", http),
+    ]);
+    let g = c
+        .status
+        .gateway("infra", "t")
+        .expect("gw")
+        .conditions
+        .clone()
+        .expect("c");
     assert_cond(&g, "Accepted", "False", "UnsupportedAddress", 1);
 
     for (scenario, tls, docs, reason) in [
-        ("GatewayInvalidTLSBackendConfiguration nonexistent secret", "  tls: {backend: {clientCertificateRef: {name: nope}}}\n", vec![], ("False", "InvalidClientCertificateRef")),
-        ("GatewayInvalidTLSBackendConfiguration unsupported kind", "  tls: {backend: {clientCertificateRef: {kind: ConfigMap, name: cert}}}\n", vec![secret.as_str()], ("False", "InvalidClientCertificateRef")),
-        ("GatewayInvalidTLSBackendConfiguration missing grant", "  tls: {backend: {clientCertificateRef: {name: client, namespace: apps}}}\n", vec![secret_apps.as_str()], ("False", "RefNotPermitted")),
-        ("GatewayTLSBackendClientCertificate", "  tls: {backend: {clientCertificateRef: {name: cert}}}\n", vec![secret.as_str()], ("True", "ResolvedRefs")),
+        (
+            "GatewayInvalidTLSBackendConfiguration nonexistent secret",
+            "  tls: {backend: {clientCertificateRef: {name: nope}}}\n",
+            vec![],
+            ("False", "InvalidClientCertificateRef"),
+        ),
+        (
+            "GatewayInvalidTLSBackendConfiguration unsupported kind",
+            "  tls: {backend: {clientCertificateRef: {kind: ConfigMap, name: cert}}}\n",
+            vec![secret.as_str()],
+            ("False", "InvalidClientCertificateRef"),
+        ),
+        (
+            "GatewayInvalidTLSBackendConfiguration missing grant",
+            "  tls: {backend: {clientCertificateRef: {name: client, namespace: apps}}}\n",
+            vec![secret_apps.as_str()],
+            ("False", "RefNotPermitted"),
+        ),
+        (
+            "GatewayTLSBackendClientCertificate",
+            "  tls: {backend: {clientCertificateRef: {name: cert}}}\n",
+            vec![secret.as_str()],
+            ("True", "ResolvedRefs"),
+        ),
     ] {
         let g = base(tls, http);
         let mut all = vec![INFRA, g.as_str()];
         all.extend(docs);
         let c = build(&all);
-        let conds = c.status.gateway("infra", "t").expect("gw").conditions.clone().expect("c");
+        let conds = c
+            .status
+            .gateway("infra", "t")
+            .expect("gw")
+            .conditions
+            .clone()
+            .expect("c");
         let r = cond(&conds, "ResolvedRefs");
         assert_eq!((r.status.as_str(), r.reason.as_str()), reason, "{scenario}");
         assert_cond(&conds, "Accepted", "True", "Accepted", 1);
@@ -294,10 +360,18 @@ fn gateway_level_reasons_cover_addresses_backend_client_certificate_and_frontend
 #[test]
 fn gateways_of_another_controller_are_ignored_and_without_classes_all_are_served() {
     let class = "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata: {name: gatewayd}\nspec: {controllerName: someone.else/controller}";
-    let c = build(&[INFRA, GW, class, &http_route("infra", "r", "{name: gw}", "")]);
+    let c = build(&[
+        INFRA,
+        GW,
+        class,
+        &http_route("infra", "r", "{name: gw}", ""),
+    ]);
     assert!(c.status.gateway("infra", "gw").is_none());
     assert!(c.table.binds().is_empty());
-    let r = c.status.find("HTTPRoute", "infra", "r").expect("route item");
+    let r = c
+        .status
+        .find("HTTPRoute", "infra", "r")
+        .expect("route item");
     let json = serde_json::to_value(&r.status).expect("json");
     assert_eq!(json["parents"], serde_json::json!([]));
     let c = build(&[INFRA, GW]);
@@ -318,23 +392,48 @@ spec:
   - {name: abc, protocol: HTTP, port: 80, hostname: abc.example.com}"#;
     let r_wild = http_route("infra", "wild", "{name: iso, sectionName: wild}", "  hostnames: ['*.com']\n  rules: [{matches: [{path: {type: PathPrefix, value: /wild}}], backendRefs: [{name: web, port: 8080}]}]\n");
     let r_abc = http_route("infra", "abc", "{name: iso, sectionName: abc}", "  rules: [{matches: [{path: {type: PathPrefix, value: /abc}}], backendRefs: [{name: web2, port: 8080}]}]\n");
-    let r_empty = http_route("infra", "empty", "{name: iso, sectionName: empty}", "  hostnames: [very.specific.com]\n  rules: [{backendRefs: [{name: web, port: 8080}]}]\n");
+    let r_empty = http_route(
+        "infra",
+        "empty",
+        "{name: iso, sectionName: empty}",
+        "  hostnames: [very.specific.com]\n  rules: [{backendRefs: [{name: web, port: 8080}]}]\n",
+    );
     let c = build(&[INFRA, gw, &r_wild, &r_abc, &r_empty]);
     let b = bind(&c, 80);
     let hit = |host: &str, path: &str| {
         c.table
             .route_http(b, host, "GET", path, "", |_| None)
-            .map(|m| (m.listener.name.to_string(), m.rule.source.route.name.to_string()))
+            .map(|m| {
+                (
+                    m.listener.name.to_string(),
+                    m.rule.source.route.name.to_string(),
+                )
+            })
     };
     // *.example.com ∩ *.com = *.example.com
-    assert_eq!(hit("foo.example.com", "/wild/x"), Some(("wild".into(), "wild".into())));
-    assert_eq!(hit("a.b.example.com", "/wild"), Some(("wild".into(), "wild".into())));
+    assert_eq!(
+        hit("foo.example.com", "/wild/x"),
+        Some(("wild".into(), "wild".into()))
+    );
+    assert_eq!(
+        hit("a.b.example.com", "/wild"),
+        Some(("wild".into(), "wild".into()))
+    );
     // GatewayHTTPListenerIsolation: abc.example.com is served by the abc listener only.
-    assert_eq!(hit("abc.example.com", "/abc"), Some(("abc".into(), "abc".into())));
+    assert_eq!(
+        hit("abc.example.com", "/abc"),
+        Some(("abc".into(), "abc".into()))
+    );
     assert_eq!(hit("abc.example.com", "/wild"), None);
-    assert_eq!(hit("ABC.example.com:8080", "/abc/d"), Some(("abc".into(), "abc".into())));
+    assert_eq!(
+        hit("ABC.example.com:8080", "/abc/d"),
+        Some(("abc".into(), "abc".into()))
+    );
     // very.specific.com:1234 matches very.specific.com on the catch-all listener.
-    assert_eq!(hit("very.specific.com:1234", "/"), Some(("empty".into(), "empty".into())));
+    assert_eq!(
+        hit("very.specific.com:1234", "/"),
+        Some(("empty".into(), "empty".into()))
+    );
     assert_eq!(hit("example.com", "/wild"), None);
     assert_eq!(hit("nothing.net", "/"), None);
 }
@@ -386,17 +485,80 @@ spec:
     let headers = |pairs: &'static [(&'static str, &'static str)]| {
         move |n: &str| pairs.iter().find(|(k, _)| *k == n).map(|(_, v)| *v)
     };
-    let cases: &[(&str, &str, &str, &str, &'static [(&'static str, &'static str)], &str)] = &[
-        ("exact path beats longer prefix", "GET", "/foo/bar", "", &[], "exact"),
-        ("longest prefix wins", "GET", "/foo/baz", "", &[], "long-prefix"),
-        ("prefix matches whole segments only", "GET", "/foobar", "", &[], "short-prefix"),
-        ("trailing slash prefix matches the bare segment", "GET", "/foo", "", &[], "long-prefix"),
-        ("more header matches win", "GET", "/h", "", &[("x-a", "a"), ("x-b", "bbb")], "two-headers"),
-        ("header regex is a full match", "GET", "/h", "", &[("x-a", "a"), ("x-b", "bbc")], "one-header"),
+    let cases: &[(
+        &str,
+        &str,
+        &str,
+        &str,
+        &'static [(&'static str, &'static str)],
+        &str,
+    )] = &[
+        (
+            "exact path beats longer prefix",
+            "GET",
+            "/foo/bar",
+            "",
+            &[],
+            "exact",
+        ),
+        (
+            "longest prefix wins",
+            "GET",
+            "/foo/baz",
+            "",
+            &[],
+            "long-prefix",
+        ),
+        (
+            "prefix matches whole segments only",
+            "GET",
+            "/foobar",
+            "",
+            &[],
+            "short-prefix",
+        ),
+        (
+            "trailing slash prefix matches the bare segment",
+            "GET",
+            "/foo",
+            "",
+            &[],
+            "long-prefix",
+        ),
+        (
+            "more header matches win",
+            "GET",
+            "/h",
+            "",
+            &[("x-a", "a"), ("x-b", "bbb")],
+            "two-headers",
+        ),
+        (
+            "header regex is a full match",
+            "GET",
+            "/h",
+            "",
+            &[("x-a", "a"), ("x-b", "bbc")],
+            "one-header",
+        ),
         ("query param match", "GET", "/h", "q=1&q=2", &[], "query"),
-        ("only the first query value counts", "GET", "/h", "q=2&q=1", &[], "short-prefix"),
+        (
+            "only the first query value counts",
+            "GET",
+            "/h",
+            "q=2&q=1",
+            &[],
+            "short-prefix",
+        ),
         ("regex path", "GET", "/re/123", "", &[], "regex"),
-        ("oldest route wins a tie", "GET", "/same", "", &[], "z-older"),
+        (
+            "oldest route wins a tie",
+            "GET",
+            "/same",
+            "",
+            &[],
+            "z-older",
+        ),
     ];
     for (scenario, method, path, query, hs, want) in cases {
         let m = c
@@ -413,9 +575,15 @@ spec:
     }
     // `/foo/` and `/foo` are the same prefix (trailing slash ignored): the method match
     // breaks the tie for POST, GET falls back to the plain prefix.
-    let m = c.table.route_http(b, "h", "POST", "/foo/x", "", |_| None).expect("match");
+    let m = c
+        .table
+        .route_http(b, "h", "POST", "/foo/x", "", |_| None)
+        .expect("match");
     assert_eq!(m.rule.source.rule_name.as_deref(), Some("method"));
-    let m = c.table.route_http(b, "h", "GET", "/foo/x", "", |_| None).expect("match");
+    let m = c
+        .table
+        .route_http(b, "h", "GET", "/foo/x", "", |_| None)
+        .expect("match");
     assert_eq!(m.rule.source.rule_name.as_deref(), Some("long-prefix"));
 }
 
@@ -423,11 +591,17 @@ spec:
 fn backends_carry_endpoints_weights_and_unresolved_reasons() {
     let r = http_route("infra", "r", "{name: gw}", "  rules:\n  - backendRefs: [{name: web, port: 8080, weight: 70}, {name: web2, port: 8080, weight: 30}, {name: nope, port: 1, weight: 0}]\n    timeouts: {request: 10s, backendRequest: 0s}\n    retry: {codes: [503], attempts: 2, backoff: 100ms}\n");
     let c = build(&[INFRA, GW, &r]);
-    let m = c.table.route_http(bind(&c, 80), "h", "GET", "/", "", |_| None).expect("match");
+    let m = c
+        .table
+        .route_http(bind(&c, 80), "h", "GET", "/", "", |_| None)
+        .expect("match");
     let rule = m.rule;
     assert_eq!(rule.total_weight, 100);
     let web = rule.backends[0].target.as_ref().expect("web resolved");
-    assert_eq!(&web.endpoints[..], &["10.0.0.1:9080".parse().expect("addr")]);
+    assert_eq!(
+        &web.endpoints[..],
+        &["10.0.0.1:9080".parse().expect("addr")]
+    );
     assert_eq!(web.port_name.as_deref(), Some("http"));
     let web2 = rule.backends[1].target.as_ref().expect("web2 resolved");
     assert!(web2.endpoints.is_empty(), "no slices: 503");
@@ -435,7 +609,10 @@ fn backends_carry_endpoints_weights_and_unresolved_reasons() {
         rule.backends[2].target.as_ref().err(),
         Some(&gateway_config::UnresolvedBackend::NotFound)
     );
-    assert_eq!(rule.timeouts.request, Some(std::time::Duration::from_secs(10)));
+    assert_eq!(
+        rule.timeouts.request,
+        Some(std::time::Duration::from_secs(10))
+    );
     assert_eq!(rule.timeouts.backend_request, None);
     let retry = rule.retry.as_ref().expect("retry");
     assert_eq!((&retry.codes[..], retry.attempts), (&[503u16][..], 2));
@@ -466,21 +643,48 @@ fn backend_tls_policy_reasons_conflicts_and_profiles() {
         let mut docs: Vec<&str> = vec![INFRA, GW, &route, &ca, &bad_ca];
         docs.extend(policies.iter().map(String::as_str));
         let c = build(&docs);
-        let item = c.status.find("BackendTLSPolicy", "infra", which).expect("policy item");
+        let item = c
+            .status
+            .find("BackendTLSPolicy", "infra", which)
+            .expect("policy item");
         let json = serde_json::to_value(&item.status).expect("json");
         let anc = &json["ancestors"][0];
         assert_eq!(anc["ancestorRef"]["name"], "gw", "{scenario}: {json}");
         let get = |t: &str| {
-            let c = anc["conditions"].as_array().expect("conds").iter().find(|c| c["type"] == t).expect("cond").clone();
-            (c["status"].as_str().unwrap_or("").to_string(), c["reason"].as_str().unwrap_or("").to_string())
+            let c = anc["conditions"]
+                .as_array()
+                .expect("conds")
+                .iter()
+                .find(|c| c["type"] == t)
+                .expect("cond")
+                .clone();
+            (
+                c["status"].as_str().unwrap_or("").to_string(),
+                c["reason"].as_str().unwrap_or("").to_string(),
+            )
         };
-        assert_eq!(get("Accepted"), (accepted.0.to_string(), accepted.1.to_string()), "{scenario}");
-        assert_eq!(get("ResolvedRefs"), (resolved.0.to_string(), resolved.1.to_string()), "{scenario}");
+        assert_eq!(
+            get("Accepted"),
+            (accepted.0.to_string(), accepted.1.to_string()),
+            "{scenario}"
+        );
+        assert_eq!(
+            get("ResolvedRefs"),
+            (resolved.0.to_string(), resolved.1.to_string()),
+            "{scenario}"
+        );
         // The backend's TLS follows the governing policy; invalid ones fail closed.
-        let m = c.table.route_http(bind(&c, 80), "h", "GET", "/", "", |_| None).expect("match");
+        let m = c
+            .table
+            .route_http(bind(&c, 80), "h", "GET", "/", "", |_| None)
+            .expect("match");
         match (&m.rule.backends[0].tls, accepted.0, scenario) {
-            (BackendTls::Profile(p), _, s) if s.starts_with("section") => assert_eq!(&*p.hostname, "b.com"),
-            (BackendTls::Profile(p), _, s) if s.contains("Conflict") => assert_eq!(&*p.hostname, "a.com"),
+            (BackendTls::Profile(p), _, s) if s.starts_with("section") => {
+                assert_eq!(&*p.hostname, "b.com")
+            }
+            (BackendTls::Profile(p), _, s) if s.contains("Conflict") => {
+                assert_eq!(&*p.hostname, "a.com")
+            }
             (BackendTls::Profile(p), "True", _) => {
                 assert_eq!(&*p.hostname, "abc.example.com");
                 assert!(matches!(&p.roots, TrustRoots::Certificates(c) if c.len() == 1));
@@ -490,11 +694,23 @@ fn backend_tls_policy_reasons_conflicts_and_profiles() {
         }
     }
     // A policy whose target does not exist.
-    let p = policy("p", "2020-01-01T00:00:00Z", "{group: '', kind: Service, name: gone}", "{wellKnownCACertificates: System, hostname: a.com}");
+    let p = policy(
+        "p",
+        "2020-01-01T00:00:00Z",
+        "{group: '', kind: Service, name: gone}",
+        "{wellKnownCACertificates: System, hostname: a.com}",
+    );
     let c = build(&[INFRA, GW, &route, &p]);
-    let item = c.status.find("BackendTLSPolicy", "infra", "p").expect("item");
+    let item = c
+        .status
+        .find("BackendTLSPolicy", "infra", "p")
+        .expect("item");
     let json = serde_json::to_value(&item.status).expect("json");
-    assert_eq!(json["ancestors"], serde_json::json!([]), "no Gateway uses a missing Service");
+    assert_eq!(
+        json["ancestors"],
+        serde_json::json!([]),
+        "no Gateway uses a missing Service"
+    );
 }
 
 #[test]
@@ -515,14 +731,47 @@ spec:
     let wild = tls_route("wild", "*.example.com", "web", "pass");
     let wrong = tls_route("wrong", "abc.example.com", "web", "http");
     let c = build(&[INFRA, gw, &exact, &wild, &wrong]);
-    assert_cond(&route(&c, "TLSRoute", "infra/exact", "tls"), "Accepted", "True", "Accepted", 1);
-    assert_cond(&route(&c, "TLSRoute", "infra/wrong", "tls"), "Accepted", "False", "NotAllowedByListeners", 1);
+    assert_cond(
+        &route(&c, "TLSRoute", "infra/exact", "tls"),
+        "Accepted",
+        "True",
+        "Accepted",
+        1,
+    );
+    assert_cond(
+        &route(&c, "TLSRoute", "infra/wrong", "tls"),
+        "Accepted",
+        "False",
+        "NotAllowedByListeners",
+        1,
+    );
     let b = bind(&c, 443);
     assert!(b.tls);
-    let l = c.table.select_listener(b, Some("abc.example.com")).expect("listener");
+    let l = c
+        .table
+        .select_listener(b, Some("abc.example.com"))
+        .expect("listener");
     assert_eq!(&*l.name, "pass");
-    assert_eq!(c.table.route_tls(l, "abc.example.com").expect("exact").source.route.name.as_ref(), "exact");
-    assert_eq!(c.table.route_tls(l, "x.example.com").expect("wild").source.route.name.as_ref(), "wild");
+    assert_eq!(
+        c.table
+            .route_tls(l, "abc.example.com")
+            .expect("exact")
+            .source
+            .route
+            .name
+            .as_ref(),
+        "exact"
+    );
+    assert_eq!(
+        c.table
+            .route_tls(l, "x.example.com")
+            .expect("wild")
+            .source
+            .route
+            .name
+            .as_ref(),
+        "wild"
+    );
     assert!(c.table.route_tls(l, "example.org").is_none());
     let (_, attached, kinds) = listener_conds(&c, "infra/tls", "pass");
     assert_eq!((attached, kinds), (2, vec!["TLSRoute".to_string()]));
@@ -548,9 +797,15 @@ spec:
     assert_eq!(name(Some("bar.example.com")).as_deref(), Some("any"));
     assert_eq!(name(None).as_deref(), Some("any"));
     assert_eq!(name(Some("pass.example.com")).as_deref(), Some("pass"));
-    let certs = c.table.certificates_for(b, Some("foo.example.com")).expect("certs");
+    let certs = c
+        .table
+        .certificates_for(b, Some("foo.example.com"))
+        .expect("certs");
     assert_eq!(certs[0].source, "infra/cert");
-    assert!(c.table.certificates_for(b, Some("pass.example.com")).is_none());
+    assert!(c
+        .table
+        .certificates_for(b, Some("pass.example.com"))
+        .is_none());
     assert_eq!(c.table.ebpf_plan().len(), 1);
     assert!(c.table.ebpf_plan()[0].tls);
 }
@@ -570,9 +825,19 @@ spec:
     matches: [{method: {service: echo.Echo, method: Ping}}]
     backendRefs: [{name: web, port: 8080}]"#;
     let c = build(&[INFRA, GW, r]);
-    assert_cond(&route(&c, "GRPCRoute", "infra/g", "gw"), "Accepted", "True", "Accepted", 1);
+    assert_cond(
+        &route(&c, "GRPCRoute", "infra/g", "gw"),
+        "Accepted",
+        "True",
+        "Accepted",
+        1,
+    );
     let b = bind(&c, 80);
-    let hit = |s: &str, m: &str| c.table.route_grpc(b, "h", s, m, |_| None).and_then(|x| x.rule.source.rule_name.as_deref().map(str::to_string));
+    let hit = |s: &str, m: &str| {
+        c.table
+            .route_grpc(b, "h", s, m, |_| None)
+            .and_then(|x| x.rule.source.rule_name.as_deref().map(str::to_string))
+    };
     assert_eq!(hit("echo.Echo", "Ping").as_deref(), Some("exact"));
     assert_eq!(hit("echo.Echo", "Other").as_deref(), Some("any-in-service"));
     assert_eq!(hit("other.Svc", "Ping"), None);

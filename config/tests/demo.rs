@@ -18,8 +18,14 @@ fn demo_manifests_load_with_the_route_accepted_and_routed_to_the_echo_endpoint()
         .status
         .route_parent_conditions("HTTPRoute", "demo", "app", "demo")
         .expect("route has a parent status");
-    let accepted = conds.iter().find(|c| c.type_ == "Accepted").expect("Accepted");
-    assert_eq!((accepted.status.as_str(), accepted.reason.as_str()), ("True", "Accepted"));
+    let accepted = conds
+        .iter()
+        .find(|c| c.type_ == "Accepted")
+        .expect("Accepted");
+    assert_eq!(
+        (accepted.status.as_str(), accepted.reason.as_str()),
+        ("True", "Accepted")
+    );
     assert_eq!(accepted.observed_generation, Some(1));
 
     let bind_addr: SocketAddr = "127.0.0.1:18080".parse().expect("addr");
@@ -30,13 +36,22 @@ fn demo_manifests_load_with_the_route_accepted_and_routed_to_the_echo_endpoint()
         .route_http(bind, "app.demo.test:18080", "GET", "/x", "", |_| None)
         .expect("route");
     let target = m.rule.backends[0].target.as_ref().expect("resolved");
-    assert_eq!(&target.endpoints[..], &["127.0.0.1:18081".parse::<SocketAddr>().expect("addr")]);
-    assert!(c.table.route_http(bind, "other.test", "GET", "/", "", |_| None).is_none());
+    assert_eq!(
+        &target.endpoints[..],
+        &["127.0.0.1:18081".parse::<SocketAddr>().expect("addr")]
+    );
+    assert!(c
+        .table
+        .route_http(bind, "other.test", "GET", "/", "", |_| None)
+        .is_none());
     assert_eq!(c.table.ebpf_plan().len(), 1);
 
     let json = serde_json::to_value(&c.status).expect("serialises");
     assert_eq!(json["items"][0]["kind"], "Gateway");
-    assert_eq!(json["items"][0]["status"]["listeners"][0]["attachedRoutes"], 1);
+    assert_eq!(
+        json["items"][0]["status"]["listeners"][0]["attachedRoutes"],
+        1
+    );
 }
 
 #[test]
@@ -54,6 +69,9 @@ fn a_directory_is_read_recursively_and_every_problem_is_reported() {
         .expect_err("ill-formed input");
     assert_eq!(err.problems.len(), 2, "{err}");
     let text = err.to_string();
-    assert!(text.contains("a.yaml:4: v1 Service default/a: field spec.ports[0].port"), "{text}");
+    assert!(
+        text.contains("a.yaml:4: v1 Service default/a: field spec.ports[0].port"),
+        "{text}"
+    );
     assert!(text.contains("b.yml:"), "{text}");
 }

@@ -139,12 +139,7 @@ pub async fn run(state: Arc<State>, mut triggers: mpsc::Receiver<Trigger>) {
             }
             else => return,
         };
-        loop {
-            match tokio::time::timeout(DEBOUNCE, events.recv()).await {
-                Ok(Some(_)) => continue,
-                Ok(None) | Err(_) => break,
-            }
-        }
+        while let Ok(Some(_)) = tokio::time::timeout(DEBOUNCE, events.recv()).await {}
         let state = state.clone();
         let result = tokio::task::spawn_blocking(move || state.reload().map(|_| ())).await;
         match result {

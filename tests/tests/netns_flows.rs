@@ -99,12 +99,12 @@ impl Drop for NsGatewayd {
     }
 }
 
-fn find_flow<'a>(
-    flows: &'a [serde_json::Value],
+fn find_flow(
+    flows: &[serde_json::Value],
     src: Ipv4Addr,
     dst: Ipv4Addr,
     dst_port: u16,
-) -> Option<&'a serde_json::Value> {
+) -> Option<&serde_json::Value> {
     flows.iter().find(|f| {
         f["protocol"] == "tcp"
             && f["src_addr"] == src.to_string()
