@@ -12,6 +12,7 @@ use std::{
 
 use arc_swap::ArcSwapOption;
 use gateway_config::{CompileOptions, Compiled};
+use tokio::sync::watch;
 
 use crate::ebpf::{Attachment, Dataplane, Flow, StatsTotal};
 
@@ -52,6 +53,9 @@ pub struct State {
     pub config_paths: Vec<PathBuf>,
     pub compile_options: CompileOptions,
     config: ArcSwapOption<Snapshot>,
+    /// Publishes every snapshot that was swapped in, for the parts that must act on a new
+    /// configuration (listeners to bind or close, eBPF maps to update).
+    published: watch::Sender<Option<Arc<Snapshot>>>,
     reloads: AtomicU64,
     reload_errors: AtomicU64,
     last_ok: AtomicBool,
@@ -66,6 +70,7 @@ impl State {
             config_paths,
             compile_options,
             config: ArcSwapOption::empty(),
+            published: watch::Sender::new(None),
             reloads: AtomicU64::new(0),
             reload_errors: AtomicU64::new(0),
             last_ok: AtomicBool::new(false),
@@ -97,6 +102,7 @@ impl State {
                 }
                 let snapshot = Arc::new(Snapshot::new(compiled));
                 self.config.store(Some(snapshot.clone()));
+                self.published.send_replace(Some(snapshot.clone()));
                 self.reloads.fetch_add(1, Ordering::Relaxed);
                 self.last_ok.store(true, Ordering::Relaxed);
                 *lock(&self.last_error) = None;
@@ -109,6 +115,11 @@ impl State {
                 Err(err)
             }
         }
+    }
+
+    /// A receiver that sees the current snapshot and every later one swapped in.
+    pub fn subscribe(&self) -> watch::Receiver<Option<Arc<Snapshot>>> {
+        self.published.subscribe()
     }
 
     pub fn config_counters(&self) -> ConfigCounters {
