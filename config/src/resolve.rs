@@ -19,6 +19,7 @@ use gateway_api::experimental::gateways::{
     Gateway, GatewayListenersAllowedRoutesNamespacesFrom as From_, GatewayListenersTlsMode,
     GatewayStatus, GatewayStatusAddresses, GatewayStatusListeners,
     GatewayStatusListenersSupportedKinds, GatewayTlsFrontendDefaultValidationMode,
+    GatewayTlsFrontendPerPortTlsValidationMode,
 };
 use gateway_api::experimental::grpcroutes::{
     GrpcRoute, GrpcRouteRulesMatchesHeadersType, GrpcRouteRulesMatchesMethodType, GrpcRouteStatus,
@@ -286,6 +287,8 @@ struct LState {
     accepted: Cond,
     resolved: Cond,
     conflicted: Cond,
+    /// Another terminating listener on the port has an overlapping hostname.
+    overlapping_tls: bool,
     certs: Vec<Arc<CertifiedKeyDer>>,
     frontend: Option<Arc<FrontendValidation>>,
     attached: BTreeSet<(RouteKind, usize)>,
@@ -360,6 +363,20 @@ macro_rules! parent_in {
             name: $p.name.clone(),
             section_name: $p.section_name.clone(),
             port: $p.port,
+        }
+    };
+}
+
+/// The `backendRef` of a `RequestMirror` filter (a distinct type per filter position).
+macro_rules! mirror_ref {
+    ($b:expr) => {
+        BackendRefIn {
+            group: $b.group.as_deref(),
+            kind: $b.kind.as_deref(),
+            name: &$b.name,
+            namespace: $b.namespace.as_deref(),
+            port: $b.port,
+            weight: Some(1),
         }
     };
 }
@@ -854,6 +871,7 @@ impl<'m> Compiler<'m> {
             accepted,
             resolved,
             conflicted: Cond::new("Conflicted", false, "NoConflicts", "no conflicts"),
+            overlapping_tls: false,
             certs,
             frontend,
             attached: BTreeSet::new(),
@@ -1210,6 +1228,16 @@ impl<'m> Compiler<'m> {
                             port: b.port,
                             weight: b.weight,
                         });
+                        for f in b.filters.iter().flatten() {
+                            if let Some(mr) = &f.request_mirror {
+                                out.push(mirror_ref!(mr.backend_ref));
+                            }
+                        }
+                    }
+                    for f in rule.filters.iter().flatten() {
+                        if let Some(mr) = &f.request_mirror {
+                            out.push(mirror_ref!(mr.backend_ref));
+                        }
                     }
                 }
             }
@@ -1224,6 +1252,11 @@ impl<'m> Compiler<'m> {
                             port: b.port,
                             weight: b.weight,
                         });
+                    }
+                    for f in rule.filters.iter().flatten() {
+                        if let Some(mr) = &f.request_mirror {
+                            out.push(mirror_ref!(mr.backend_ref));
+                        }
                     }
                 }
             }
@@ -1464,7 +1497,29 @@ impl<'m> Compiler<'m> {
                     break;
                 }
             }
-            let unsupported = self.unsupported(&r);
+            if resolved.ok {
+                if let Some(why) = self.extension_ref(&r) {
+                    resolved = Cond::new("ResolvedRefs", false, "InvalidKind", why);
+                }
+            }
+            // Invalid rules are dropped; a route with no valid rule is not accepted.
+            let problems = self.rule_problems(&r);
+            let dropped: Vec<(usize, &String)> = problems
+                .iter()
+                .enumerate()
+                .filter_map(|(i, p)| p.as_ref().map(|p| (i, p)))
+                .collect();
+            let unsupported = (!dropped.is_empty() && dropped.len() == problems.len())
+                .then(|| dropped[0].1.clone());
+            let partially = (!dropped.is_empty() && unsupported.is_none()).then(|| {
+                let list: Vec<String> = dropped.iter().map(|(i, p)| format!("{i} ({p})")).collect();
+                Cond::new(
+                    "PartiallyInvalid",
+                    true,
+                    "UnsupportedValue",
+                    format!("Dropped Rule(s) {}", list.join(", ")),
+                )
+            });
             let mut parents = Vec::new();
             for p in &r.parents {
                 let group_ok = p.group.as_deref().is_none_or(|g| g == GROUP);
@@ -1499,46 +1554,80 @@ impl<'m> Compiler<'m> {
                     continue;
                 };
                 let accepted = self.attach(&r, p, gi, unsupported.as_deref());
-                parents.push((p.clone(), vec![accepted, resolved.clone()]));
+                let mut conds = vec![accepted, resolved.clone()];
+                if let Some(pi) = partially.as_ref().filter(|_| conds[0].ok) {
+                    conds.push(pi.clone());
+                }
+                parents.push((p.clone(), conds));
             }
             out.push((r, parents));
         }
         out
     }
 
-    /// Why a route can't be accepted regardless of parent (unsupported filters, bad regex).
-    fn unsupported(&self, r: &RouteIn<'m>) -> Option<String> {
+    /// Why each rule of a route is invalid (unsupported filter or value, bad regex), in
+    /// rule order; `None` for a valid rule. Invalid rules are dropped (spec
+    /// `PartiallyInvalid`, approach "Drop Rule(s)").
+    fn rule_problems(&self, r: &RouteIn<'m>) -> Vec<Option<String>> {
         if r.kind != RouteKind::Http {
-            return None;
+            return Vec::new();
         }
         let route = &self.ix.m.http_routes[r.idx].obj;
-        for rule in route.spec.rules.iter().flatten() {
-            for m in rule.matches.iter().flatten() {
-                if let Err(e) = compile_match(m) {
-                    return Some(e);
-                }
-            }
-            for f in rule.filters.iter().flatten() {
-                if !matches!(
-                    f.r#type,
-                    HttpRouteRulesFiltersType::RequestHeaderModifier
-                        | HttpRouteRulesFiltersType::ResponseHeaderModifier
-                        | HttpRouteRulesFiltersType::RequestRedirect
-                        | HttpRouteRulesFiltersType::UrlRewrite
-                        | HttpRouteRulesFiltersType::RequestMirror
-                ) {
-                    return Some(format!("filter {:?} is not supported", f.r#type));
-                }
-            }
-            if let Some(t) = &rule.timeouts {
-                for d in [&t.request, &t.backend_request].into_iter().flatten() {
-                    if parse_duration(d).is_err() {
-                        return Some(format!("invalid duration {d:?}"));
+        route
+            .spec
+            .rules
+            .iter()
+            .flatten()
+            .map(http_rule_problem)
+            .collect()
+    }
+
+    /// The first `ExtensionRef` filter of a route: gatewayd supports no extension
+    /// kind, so the reference is to an unsupported Group/Kind (`InvalidKind`). The filter
+    /// is not skipped: its rule answers with an error (`HttpRule::invalid`).
+    fn extension_ref(&self, r: &RouteIn<'m>) -> Option<String> {
+        let m = self.ix.m;
+        let describe = |g: &str, k: &str, n: &str| {
+            format!("ExtensionRef filter {g}/{k} {n}: the kind is not supported")
+        };
+        match r.kind {
+            RouteKind::Http => {
+                for rule in m.http_routes[r.idx].obj.spec.rules.iter().flatten() {
+                    let rule_refs = rule.filters.iter().flatten().filter_map(|f| {
+                        f.extension_ref
+                            .as_ref()
+                            .map(|e| describe(&e.group, &e.kind, &e.name))
+                    });
+                    let backend_refs = rule
+                        .backend_refs
+                        .iter()
+                        .flatten()
+                        .flat_map(|b| b.filters.iter().flatten())
+                        .filter_map(|f| {
+                            f.extension_ref
+                                .as_ref()
+                                .map(|e| describe(&e.group, &e.kind, &e.name))
+                        });
+                    if let Some(d) = rule_refs.chain(backend_refs).next() {
+                        return Some(d);
                     }
                 }
+                None
             }
+            RouteKind::Grpc => m.grpc_routes[r.idx]
+                .obj
+                .spec
+                .rules
+                .iter()
+                .flatten()
+                .flat_map(|rule| rule.filters.iter().flatten())
+                .find_map(|f| {
+                    f.extension_ref
+                        .as_ref()
+                        .map(|e| describe(&e.group, &e.kind, &e.name))
+                }),
+            RouteKind::Tls => None,
         }
-        None
     }
 
     /// Attach a route to a Gateway parentRef: pick listeners, check kinds, namespaces and
@@ -1621,9 +1710,7 @@ impl<'m> Compiler<'m> {
             );
         }
         if let Some(why) = unsupported {
-            for (li, _) in &attached {
-                self.gws[gi].listeners[*li].attached.insert((r.kind, r.idx));
-            }
+            // Not Accepted, so not counted in attachedRoutes (spec ListenerStatus).
             return Cond::new("Accepted", false, "UnsupportedValue", why.to_string());
         }
         for (li, hosts) in attached {
@@ -1754,6 +1841,9 @@ impl<'m> Compiler<'m> {
                 _ => vec![&default_rule],
             };
         for (ri, rule) in rules.into_iter().enumerate() {
+            if http_rule_problem(rule).is_some() {
+                continue; // dropped (PartiallyInvalid)
+            }
             let matches: Vec<HttpMatch> = match &rule.matches {
                 Some(ms) if !ms.is_empty() => {
                     ms.iter().filter_map(|m| compile_match(m).ok()).collect()
@@ -2136,8 +2226,35 @@ impl<'m> Compiler<'m> {
                     "no listener could be programmed",
                 )
             });
-            if let Some(r) = &g.resolved {
-                gconds.push(r.clone());
+            // ResolvedRefs: the Gateway's own references (backend client certificate),
+            // then a summary of the listeners' ResolvedRefs.
+            let unresolved: Vec<&str> = g
+                .listeners
+                .iter()
+                .filter(|l| !l.resolved.ok)
+                .map(|l| l.name.as_str())
+                .collect();
+            gconds.push(match &g.resolved {
+                Some(r) if !r.ok => r.clone(),
+                _ if !unresolved.is_empty() => Cond::new(
+                    "ResolvedRefs",
+                    false,
+                    "ListenersNotResolved",
+                    format!(
+                        "listeners with unresolved references: {}",
+                        unresolved.join(", ")
+                    ),
+                ),
+                Some(r) => r.clone(),
+                None => Cond::new("ResolvedRefs", true, "ResolvedRefs", "references resolved"),
+            });
+            if insecure_frontend_validation(g.gw) {
+                gconds.push(Cond::new(
+                    "InsecureFrontendValidationMode",
+                    true,
+                    "ConfigurationChanged",
+                    "client certificate validation allows insecure fallback",
+                ));
             }
             let listeners = g
                 .listeners
@@ -2148,18 +2265,23 @@ impl<'m> Compiler<'m> {
                     } else {
                         Cond::new("Programmed", false, "Invalid", "listener not programmed")
                     };
+                    let mut lconds = vec![
+                        l.accepted.clone(),
+                        programmed,
+                        l.resolved.clone(),
+                        l.conflicted.clone(),
+                    ];
+                    if l.overlapping_tls {
+                        lconds.push(Cond::new(
+                            "OverlappingTLSConfig",
+                            true,
+                            "OverlappingHostnames",
+                            "another HTTPS/TLS listener on this port has an overlapping hostname",
+                        ));
+                    }
                     GatewayStatusListeners {
                         attached_routes: i32::try_from(l.attached.len()).unwrap_or(i32::MAX),
-                        conditions: conditions(
-                            &[
-                                l.accepted.clone(),
-                                programmed,
-                                l.resolved.clone(),
-                                l.conflicted.clone(),
-                            ],
-                            gen,
-                            now,
-                        ),
+                        conditions: conditions(&lconds, gen, now),
                         name: l.name.clone(),
                         supported_kinds: Some(
                             l.kinds
@@ -2300,7 +2422,91 @@ fn item(kind: &str, meta: ObjectMeta, status: ObjectStatus) -> StatusItem {
     }
 }
 
-/// Listener conflicts within one Gateway on a shared port.
+/// Does the Gateway's `spec.tls.frontend` (default or a per-port override) use
+/// `AllowInsecureFallback` client certificate validation?
+fn insecure_frontend_validation(gw: &Gateway) -> bool {
+    let Some(f) = gw.spec.tls.as_ref().and_then(|t| t.frontend.as_ref()) else {
+        return false;
+    };
+    let default = f.default.validation.as_ref().is_some_and(|v| {
+        matches!(
+            v.mode,
+            Some(GatewayTlsFrontendDefaultValidationMode::AllowInsecureFallback)
+        )
+    });
+    let per_port = f.per_port.iter().flatten().any(|p| {
+        p.tls.validation.as_ref().is_some_and(|v| {
+            matches!(
+                v.mode,
+                Some(GatewayTlsFrontendPerPortTlsValidationMode::AllowInsecureFallback)
+            )
+        })
+    });
+    default || per_port
+}
+
+/// Why an HTTPRoute rule is invalid: a match that does not compile (bad regex), a
+/// filter type gatewayd does not implement, or a malformed duration. `ExtensionRef` is
+/// not here: its rule stays and answers with an error.
+fn http_rule_problem(
+    rule: &gateway_api::experimental::httproutes::HttpRouteRules,
+) -> Option<String> {
+    for m in rule.matches.iter().flatten() {
+        if let Err(e) = compile_match(m) {
+            return Some(e);
+        }
+    }
+    for f in rule.filters.iter().flatten() {
+        if !matches!(
+            f.r#type,
+            HttpRouteRulesFiltersType::RequestHeaderModifier
+                | HttpRouteRulesFiltersType::ResponseHeaderModifier
+                | HttpRouteRulesFiltersType::RequestRedirect
+                | HttpRouteRulesFiltersType::UrlRewrite
+                | HttpRouteRulesFiltersType::RequestMirror
+                | HttpRouteRulesFiltersType::ExtensionRef
+        ) {
+            return Some(format!("filter {:?} is not supported", f.r#type));
+        }
+    }
+    if let Some(t) = &rule.timeouts {
+        for d in [&t.request, &t.backend_request].into_iter().flatten() {
+            if parse_duration(d).is_err() {
+                return Some(format!("invalid duration {d:?}"));
+            }
+        }
+    }
+    None
+}
+
+/// The `protocol` field a listener was declared with (`TLS` for both TLS modes).
+fn spec_protocol(p: ListenerProtocol) -> &'static str {
+    match p {
+        ListenerProtocol::Http => "HTTP",
+        ListenerProtocol::Https => "HTTPS",
+        ListenerProtocol::TlsTerminate | ListenerProtocol::TlsPassthrough => "TLS",
+    }
+}
+
+/// Do two listener hostnames match a common host? No hostname matches every host.
+fn hostnames_overlap(a: Option<&str>, b: Option<&str>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => hostname::intersect(Some(a), b).is_some(),
+        _ => true,
+    }
+}
+
+/// Listener conflicts within one Gateway on a shared port (spec `Gateway.listeners`,
+/// "Handling indistinct Listeners"), and overlapping TLS configuration.
+///
+/// * Plain HTTP and a TLS protocol on one port cannot be told apart: `ProtocolConflict`.
+/// * Two listeners with the same hostname are indistinct: `HostnameConflict` when they
+///   declare the same protocol (the TLS mode does not make them distinct), else
+///   `ProtocolConflict` (HTTPS and TLS on one hostname: the SNI cannot choose).
+/// * No conflicting listener is picked as a winner: every one of them is Conflicted and
+///   not Accepted (reason `Invalid`, as the conformance suite expects).
+/// * Terminating listeners whose hostnames overlap get `OverlappingTLSConfig`
+///   (`OverlappingHostnames`), which does not stop them from being served.
 fn conflicts(ls: &mut [LState]) {
     let n = ls.len();
     for i in 0..n {
@@ -2311,24 +2517,50 @@ fn conflicts(ls: &mut [LState]) {
             let (Some(a), Some(b)) = (ls[i].protocol, ls[j].protocol) else {
                 continue;
             };
-            if a.is_tls() != b.is_tls() {
+            let same_host = ls[i].hostname == ls[j].hostname;
+            if a.is_tls() != b.is_tls() || (same_host && spec_protocol(a) != spec_protocol(b)) {
                 ls[i].conflicted = Cond::new(
                     "Conflicted",
                     true,
                     "ProtocolConflict",
-                    format!("port {} is used with another protocol", ls[i].port),
+                    format!(
+                        "port {} is used with another protocol by listener {}",
+                        ls[i].port, ls[j].name
+                    ),
                 );
-            } else if ls[i].hostname == ls[j].hostname && ls[i].conflicted.reason == "NoConflicts" {
+            } else if same_host && ls[i].conflicted.reason == "NoConflicts" {
                 ls[i].conflicted = Cond::new(
                     "Conflicted",
                     true,
                     "HostnameConflict",
                     format!(
-                        "another listener on port {} has the same hostname",
-                        ls[i].port
+                        "listener {} on port {} has the same hostname",
+                        ls[j].name, ls[i].port
                     ),
                 );
             }
+            let terminates = |p: ListenerProtocol| {
+                matches!(p, ListenerProtocol::Https | ListenerProtocol::TlsTerminate)
+            };
+            if terminates(a)
+                && terminates(b)
+                && hostnames_overlap(ls[i].hostname.as_deref(), ls[j].hostname.as_deref())
+            {
+                ls[i].overlapping_tls = true;
+            }
+        }
+    }
+    for l in ls.iter_mut() {
+        if l.conflicted.ok && l.accepted.ok {
+            l.accepted = Cond::new(
+                "Accepted",
+                false,
+                "Invalid",
+                format!(
+                    "listener conflicts with another listener: {}",
+                    l.conflicted.message
+                ),
+            );
         }
     }
 }

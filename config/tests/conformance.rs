@@ -182,7 +182,8 @@ spec:
         ("HTTPRouteHostnameIntersection without a match", http_route("apps", "r", "{name: gw, namespace: infra, sectionName: wild}", "  hostnames: [foo.example.net]\n"), ("False", "NoMatchingListenerHostname"), ("True", "ResolvedRefs"), false),
         ("listener namespace Selector admits a labelled namespace", http_route("apps", "r", "{name: gw, namespace: infra, sectionName: wild}", "  hostnames: ['*.com']\n"), ("True", "Accepted"), ("True", "ResolvedRefs"), false),
         ("listener namespace Selector refuses an unlabelled namespace", http_route("other", "r", "{name: gw, namespace: infra, sectionName: wild}", ""), ("False", "NotAllowedByListeners"), ("True", "ResolvedRefs"), false),
-        ("ExtensionRef filter is unsupported", http_route("infra", "r", "{name: gw}", "  rules: [{filters: [{type: ExtensionRef, extensionRef: {group: x.io, kind: F, name: f}}], backendRefs: [{name: web, port: 8080}]}]\n"), ("False", "UnsupportedValue"), ("True", "ResolvedRefs"), false),
+        ("unsupported filter type on the only rule", http_route("infra", "r", "{name: gw}", "  rules: [{filters: [{type: CORS, cors: {allowOrigins: ['https://a.com']}}], backendRefs: [{name: web, port: 8080}]}]\n"), ("False", "UnsupportedValue"), ("True", "ResolvedRefs"), false),
+        ("ExtensionRef to an unsupported filter kind", http_route("infra", "r", "{name: gw}", "  rules: [{filters: [{type: ExtensionRef, extensionRef: {group: x.io, kind: F, name: f}}], backendRefs: [{name: web, port: 8080}]}]\n"), ("True", "Accepted"), ("False", "InvalidKind"), false),
     ];
     for (scenario, r, accepted, resolved, with_grant) in cases {
         let mut docs = vec![INFRA, GW, r.as_str()];
@@ -841,4 +842,282 @@ spec:
     assert_eq!(hit("echo.Echo", "Ping").as_deref(), Some("exact"));
     assert_eq!(hit("echo.Echo", "Other").as_deref(), Some("any-in-service"));
     assert_eq!(hit("other.Svc", "Ping"), None);
+}
+
+// ------------------------------------------------------------------ spec review
+// Each test below pins one place where an earlier build differed from the Gateway API
+// v1 spec or its conformance suite (the scenario or spec field is named in the test).
+
+fn gateway_conditions(c: &Compiled, ns: &str, name: &str) -> Vec<Condition> {
+    c.status
+        .gateway(ns, name)
+        .expect("gateway status")
+        .conditions
+        .clone()
+        .expect("conditions")
+}
+
+#[test]
+fn https_and_tls_listeners_on_one_port_and_hostname_are_a_protocol_conflict_and_not_accepted() {
+    // GatewayListenerProtocolAndRouteKindConflicts: HTTPS and TLS listeners on one port
+    // with the same (empty) hostname are both Conflicted/ProtocolConflict, Accepted
+    // False (reason Invalid) and not Programmed; the distinct listener is unaffected.
+    let gw = r#"apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: tlsroutes-only, namespace: infra}
+spec:
+  gatewayClassName: x
+  addresses: [{value: 127.0.0.1}]
+  listeners:
+  - {name: tls, port: 443, protocol: TLS, hostname: abc.example.com, tls: {mode: Passthrough}}
+  - {name: conflicted-https, port: 8443, protocol: HTTPS, tls: {certificateRefs: [{name: cert}]}}
+  - {name: conflicted-tls, port: 8443, protocol: TLS, tls: {mode: Passthrough}}
+  - {name: same-a, port: 80, protocol: HTTP, hostname: a.com}
+  - {name: same-b, port: 80, protocol: HTTP, hostname: a.com}"#;
+    let secret = tls_secret("infra", "cert");
+    let c = build(&[INFRA, gw, &secret]);
+    for l in ["conflicted-https", "conflicted-tls"] {
+        let (conds, attached, _) = listener_conds(&c, "infra/tlsroutes-only", l);
+        assert_cond(&conds, "Conflicted", "True", "ProtocolConflict", 1);
+        assert_cond(&conds, "Accepted", "False", "Invalid", 1);
+        assert_cond(&conds, "Programmed", "False", "Invalid", 1);
+        assert_eq!(attached, 0, "{l}");
+    }
+    for l in ["same-a", "same-b"] {
+        let (conds, _, _) = listener_conds(&c, "infra/tlsroutes-only", l);
+        assert_cond(&conds, "Conflicted", "True", "HostnameConflict", 1);
+        assert_cond(&conds, "Accepted", "False", "Invalid", 1);
+    }
+    let (conds, _, _) = listener_conds(&c, "infra/tlsroutes-only", "tls");
+    assert_cond(&conds, "Conflicted", "False", "NoConflicts", 1);
+    assert_cond(&conds, "Accepted", "True", "Accepted", 1);
+    assert_cond(&conds, "Programmed", "True", "Programmed", 1);
+    let g = gateway_conditions(&c, "infra", "tlsroutes-only");
+    assert_cond(&g, "Accepted", "True", "ListenersNotValid", 1);
+    // Neither conflicted listener serves port 8443.
+    assert!(c
+        .table
+        .bind_for("127.0.0.1:8443".parse().expect("addr"))
+        .is_none());
+}
+
+#[test]
+fn https_listeners_with_overlapping_hostnames_on_one_port_report_overlapping_tls_config() {
+    // GatewayOverlappingTLSConfigHostnames (ListenerConditionOverlappingTLSConfig:
+    // "Controllers MUST detect the presence of overlapping hostnames"; negative
+    // polarity, never set False).
+    let gw = r#"apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: gateway-overlapping-hostnames, namespace: infra}
+spec:
+  gatewayClassName: x
+  addresses: [{value: 127.0.0.1}]
+  listeners:
+  - {name: foo-https, port: 443, protocol: HTTPS, hostname: foo.example.com, tls: {certificateRefs: [{name: cert}]}}
+  - {name: bar-https, port: 443, protocol: HTTPS, hostname: bar.bar.example.com, tls: {certificateRefs: [{name: cert}]}}
+  - {name: wildcard-https, port: 443, protocol: HTTPS, hostname: "*.example.com", tls: {certificateRefs: [{name: cert}]}}
+  - {name: not-overlapping-https, port: 443, protocol: HTTPS, hostname: example.com, tls: {certificateRefs: [{name: cert}]}}
+  - {name: not-overlapping-other-port, port: 9443, protocol: HTTPS, hostname: foo.example.com, tls: {certificateRefs: [{name: cert}]}}"#;
+    let secret = tls_secret("infra", "cert");
+    let c = build(&[INFRA, gw, &secret]);
+    let gwname = "infra/gateway-overlapping-hostnames";
+    for l in ["foo-https", "bar-https", "wildcard-https"] {
+        let (conds, _, _) = listener_conds(&c, gwname, l);
+        assert_cond(
+            &conds,
+            "OverlappingTLSConfig",
+            "True",
+            "OverlappingHostnames",
+            1,
+        );
+        assert_cond(&conds, "Accepted", "True", "Accepted", 1);
+    }
+    for l in ["not-overlapping-https", "not-overlapping-other-port"] {
+        let (conds, _, _) = listener_conds(&c, gwname, l);
+        assert!(
+            conds.iter().all(|c| c.type_ != "OverlappingTLSConfig"),
+            "{l}: {conds:?}"
+        );
+    }
+}
+
+#[test]
+fn routes_that_are_not_accepted_are_not_counted_in_attached_routes() {
+    // ListenerStatus.attachedRoutes: "Routes with any other value for the Accepted
+    // condition MUST NOT be included in this count."
+    let bad = http_route(
+        "infra",
+        "bad",
+        "{name: gw, sectionName: http}",
+        "  rules: [{filters: [{type: CORS, cors: {allowOrigins: ['https://a.com']}}], backendRefs: [{name: web, port: 8080}]}]\n",
+    );
+    let unresolved = http_route(
+        "infra",
+        "unresolved",
+        "{name: gw, sectionName: http}",
+        "  rules: [{backendRefs: [{name: nope, port: 8080}]}]\n",
+    );
+    let c = build(&[INFRA, GW, &bad, &unresolved]);
+    assert_cond(
+        &route(&c, "HTTPRoute", "infra/bad", "gw"),
+        "Accepted",
+        "False",
+        "UnsupportedValue",
+        1,
+    );
+    // A route with unresolved refs is still Accepted, so it counts.
+    assert_cond(
+        &route(&c, "HTTPRoute", "infra/unresolved", "gw"),
+        "Accepted",
+        "True",
+        "Accepted",
+        1,
+    );
+    let (_, attached, _) = listener_conds(&c, "infra/gw", "http");
+    assert_eq!(attached, 1);
+}
+
+#[test]
+fn a_route_with_valid_and_invalid_rules_is_accepted_partially_invalid_and_serves_the_valid_rules() {
+    // RouteConditionPartiallyInvalid ("Drop Rule(s)": message starts with "Dropped
+    // Rule", Accepted stays True) and RouteParentStatus.conditions: "A Route MUST be
+    // considered Accepted if at least one of the Route's rules is implemented".
+    let r = http_route(
+        "infra",
+        "r",
+        "{name: gw, sectionName: http}",
+        "  rules:\n  - matches: [{path: {type: PathPrefix, value: /good}}]\n    backendRefs: [{name: web, port: 8080}]\n  - matches: [{path: {type: RegularExpression, value: '/bad/(['}}]\n    backendRefs: [{name: web, port: 8080}]\n  - matches: [{path: {type: PathPrefix, value: /cors}}]\n    filters: [{type: CORS, cors: {allowOrigins: ['https://a.com']}}]\n    backendRefs: [{name: web, port: 8080}]\n",
+    );
+    let c = build(&[INFRA, GW, &r]);
+    let conds = route(&c, "HTTPRoute", "infra/r", "gw");
+    assert_cond(&conds, "Accepted", "True", "Accepted", 1);
+    assert_cond(&conds, "PartiallyInvalid", "True", "UnsupportedValue", 1);
+    let p = cond(&conds, "PartiallyInvalid");
+    assert!(p.message.starts_with("Dropped Rule"), "{p:?}");
+    assert!(p.message.contains('1') && p.message.contains('2'), "{p:?}");
+    let (_, attached, _) = listener_conds(&c, "infra/gw", "http");
+    assert_eq!(attached, 1);
+    let b = bind(&c, 80);
+    let m = c
+        .table
+        .route_http(b, "h", "GET", "/good/x", "", |_| None)
+        .expect("valid rule served");
+    assert_eq!(m.rule.source.rule_index, 0);
+    assert!(c
+        .table
+        .route_http(b, "h", "GET", "/cors", "", |_| None)
+        .is_none());
+    // A fully valid route never carries PartiallyInvalid.
+    let ok = http_route("infra", "ok", "{name: gw}", "");
+    let c = build(&[INFRA, GW, &ok]);
+    let conds = route(&c, "HTTPRoute", "infra/ok", "gw");
+    assert!(conds.iter().all(|c| c.type_ != "PartiallyInvalid"));
+}
+
+#[test]
+fn an_unresolvable_extension_ref_filter_is_not_skipped_and_its_rule_answers_with_an_error() {
+    // HTTPRouteFilter.type: "If a reference to a custom filter type cannot be resolved,
+    // the filter MUST NOT be skipped. Instead, requests that would have been processed
+    // by that filter MUST receive a HTTP error response." The reference names a
+    // Group/Kind gatewayd does not support: ResolvedRefs False, InvalidKind.
+    let r = http_route(
+        "infra",
+        "r",
+        "{name: gw, sectionName: http}",
+        "  rules: [{matches: [{path: {value: /ext}}], filters: [{type: ExtensionRef, extensionRef: {group: x.io, kind: F, name: f}}], backendRefs: [{name: web, port: 8080}]}]\n",
+    );
+    let fallback = http_route(
+        "infra",
+        "fallback",
+        "{name: gw, sectionName: http}",
+        "  rules: [{backendRefs: [{name: web, port: 8080}]}]\n",
+    );
+    let c = build(&[INFRA, GW, &r, &fallback]);
+    let conds = route(&c, "HTTPRoute", "infra/r", "gw");
+    assert_cond(&conds, "Accepted", "True", "Accepted", 1);
+    assert_cond(&conds, "ResolvedRefs", "False", "InvalidKind", 1);
+    let m = c
+        .table
+        .route_http(bind(&c, 80), "h", "GET", "/ext/a", "", |_| None)
+        .expect("the rule is programmed");
+    assert_eq!(&*m.rule.source.route.name, "r");
+    assert!(m.rule.invalid.is_some(), "the dataplane answers 500");
+}
+
+#[test]
+fn request_mirror_backend_refs_count_for_resolved_refs() {
+    // HTTPRequestMirrorFilter.backendRef: "If the referent cannot be found ... the
+    // controller must ensure the ResolvedRefs condition on the Route status is set to
+    // status: False"; cross-namespace without a grant: RefNotPermitted.
+    for (mirror, reason) in [
+        ("{name: nope, port: 8080}", "BackendNotFound"),
+        (
+            "{name: web, namespace: apps, port: 8080}",
+            "RefNotPermitted",
+        ),
+    ] {
+        let r = http_route(
+            "infra",
+            "r",
+            "{name: gw, sectionName: http}",
+            &format!("  rules: [{{filters: [{{type: RequestMirror, requestMirror: {{backendRef: {mirror}}}}}], backendRefs: [{{name: web, port: 8080}}]}}]\n"),
+        );
+        let c = build(&[INFRA, GW, &r]);
+        let conds = route(&c, "HTTPRoute", "infra/r", "gw");
+        assert_cond(&conds, "ResolvedRefs", "False", reason, 1);
+        assert_cond(&conds, "Accepted", "True", "Accepted", 1);
+    }
+}
+
+#[test]
+fn insecure_fallback_client_validation_sets_the_insecure_frontend_validation_mode_condition() {
+    // GatewayFrontendClientCertificateValidationInsecureFallback: the Gateway has
+    // InsecureFrontendValidationMode True, reason ConfigurationChanged.
+    let ca = ca_config_map("infra", "ca", &pem("ec.crt"));
+    let secret = tls_secret("infra", "cert");
+    let gw = |mode: &str| {
+        format!("apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: t, namespace: infra}}\nspec:\n  gatewayClassName: x\n  addresses: [{{value: 127.0.0.1}}]\n  tls: {{frontend: {{default: {{validation: {{mode: {mode}, caCertificateRefs: [{{group: '', kind: ConfigMap, name: ca}}]}}}}}}}}\n  listeners:\n  - {{name: l, protocol: HTTPS, port: 443, tls: {{certificateRefs: [{{name: cert}}]}}}}\n")
+    };
+    let g = gw("AllowInsecureFallback");
+    let c = build(&[INFRA, &g, &ca, &secret]);
+    assert_cond(
+        &gateway_conditions(&c, "infra", "t"),
+        "InsecureFrontendValidationMode",
+        "True",
+        "ConfigurationChanged",
+        1,
+    );
+    let g = gw("AllowValidOnly");
+    let c = build(&[INFRA, &g, &ca, &secret]);
+    assert!(gateway_conditions(&c, "infra", "t")
+        .iter()
+        .all(|c| c.type_ != "InsecureFrontendValidationMode"));
+}
+
+#[test]
+fn gateway_resolved_refs_summarises_the_listeners_resolved_refs() {
+    // GatewayConditionResolvedRefs: "also provides a positive-polarity summary of
+    // Listener's ResolvedRefs condition" (reason ListenersNotResolved).
+    let gw = |listener: &str| {
+        format!("apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: t, namespace: infra}}\nspec:\n  gatewayClassName: x\n  listeners:\n{listener}")
+    };
+    let bad =
+        gw("  - {name: l, protocol: HTTPS, port: 443, tls: {certificateRefs: [{name: nope}]}}\n");
+    let c = build(&[INFRA, &bad]);
+    assert_cond(
+        &gateway_conditions(&c, "infra", "t"),
+        "ResolvedRefs",
+        "False",
+        "ListenersNotResolved",
+        1,
+    );
+    let good = gw("  - {name: l, protocol: HTTP, port: 80}\n");
+    let c = build(&[INFRA, &good]);
+    assert_cond(
+        &gateway_conditions(&c, "infra", "t"),
+        "ResolvedRefs",
+        "True",
+        "ResolvedRefs",
+        1,
+    );
 }
