@@ -292,6 +292,9 @@ struct LState {
     certs: Vec<Arc<CertifiedKeyDer>>,
     frontend: Option<Arc<FrontendValidation>>,
     attached: BTreeSet<(RouteKind, usize)>,
+    /// Effective hostnames of each HTTPRoute/GRPCRoute attached here, in attachment
+    /// (age) order, for the cross-serving rule.
+    served_hosts: Vec<(RouteKind, Vec<Option<String>>)>,
     id: Option<ListenerId>,
 }
 
@@ -875,6 +878,7 @@ impl<'m> Compiler<'m> {
             certs,
             frontend,
             attached: BTreeSet::new(),
+            served_hosts: Vec::new(),
             id: None,
         }
     }
@@ -1713,7 +1717,50 @@ impl<'m> Compiler<'m> {
             // Not Accepted, so not counted in attachedRoutes (spec ListenerStatus).
             return Cond::new("Accepted", false, "UnsupportedValue", why.to_string());
         }
+        // Cross serving (GRPCRoute.spec.hostnames): an HTTPRoute and a GRPCRoute with
+        // intersecting hostnames on one listener: only the older is accepted there.
+        // Routes attach oldest first, so a route of the other kind already here wins.
+        let other = match r.kind {
+            RouteKind::Http => Some(RouteKind::Grpc),
+            RouteKind::Grpc => Some(RouteKind::Http),
+            RouteKind::Tls => None,
+        };
+        if let Some(other) = other {
+            let mut clash_with = None;
+            let listeners = &self.gws[gi].listeners;
+            attached.retain(|(li, hosts)| {
+                let clash = listeners[*li].served_hosts.iter().any(|(k, served)| {
+                    *k == other
+                        && served.iter().any(|a| {
+                            hosts
+                                .iter()
+                                .any(|b| hostnames_overlap(a.as_deref(), b.as_deref()))
+                        })
+                });
+                if clash {
+                    clash_with.get_or_insert_with(|| listeners[*li].name.clone());
+                }
+                !clash
+            });
+            if attached.is_empty() {
+                return Cond::new(
+                    "Accepted",
+                    false,
+                    "HostnameConflict",
+                    format!(
+                        "an older {} on listener {} has an intersecting hostname",
+                        other.name(),
+                        clash_with.unwrap_or_default()
+                    ),
+                );
+            }
+        }
         for (li, hosts) in attached {
+            if other.is_some() {
+                self.gws[gi].listeners[li]
+                    .served_hosts
+                    .push((r.kind, hosts.clone()));
+            }
             self.gws[gi].listeners[li].attached.insert((r.kind, r.idx));
             if let Some(id) = self.gws[gi].listeners[li].id {
                 self.index_route(r, gi, id, &hosts);
@@ -2295,7 +2342,8 @@ impl<'m> Compiler<'m> {
                     }
                 })
                 .collect();
-            let addresses = g.gw.spec.addresses.as_ref().map(|_| {
+            // Every address the listeners are bound to, requested or assigned.
+            let addresses = (g.accepted.ok && programmed_any).then(|| {
                 g.addrs
                     .iter()
                     .map(|a| GatewayStatusAddresses {

@@ -1121,3 +1121,65 @@ fn gateway_resolved_refs_summarises_the_listeners_resolved_refs() {
         1,
     );
 }
+
+#[test]
+fn an_httproute_and_a_grpcroute_with_intersecting_hostnames_on_one_listener_accept_only_the_older()
+{
+    // GRPCRoute.spec.hostnames ("cross serving"): the implementation MUST accept exactly
+    // one of the two routes, the oldest (then namespace/name); the other is
+    // Accepted=False for that parent.
+    let grpc = |name: &str, created: &str, hosts: &str| {
+        format!("apiVersion: gateway.networking.k8s.io/v1\nkind: GRPCRoute\nmetadata: {{name: {name}, namespace: infra, creationTimestamp: \"{created}\"}}\nspec:\n  parentRefs: [{{name: gw, sectionName: http}}]\n  hostnames: {hosts}\n  rules: [{{backendRefs: [{{name: web, port: 8080}}]}}]")
+    };
+    let http = |name: &str, created: &str, hosts: &str| {
+        format!("apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: {name}, namespace: infra, creationTimestamp: \"{created}\"}}\nspec:\n  parentRefs: [{{name: gw, sectionName: http}}]\n  hostnames: {hosts}\n  rules: [{{backendRefs: [{{name: web, port: 8080}}]}}]")
+    };
+    let old_http = http("old-http", "2020-01-01T00:00:00Z", "['*.example.com']");
+    let new_grpc = grpc("new-grpc", "2021-01-01T00:00:00Z", "[api.example.com]");
+    let other_grpc = grpc("other-grpc", "2021-01-01T00:00:00Z", "[api.example.net]");
+    let c = build(&[INFRA, GW, &old_http, &new_grpc, &other_grpc]);
+    assert_cond(
+        &route(&c, "HTTPRoute", "infra/old-http", "gw"),
+        "Accepted",
+        "True",
+        "Accepted",
+        1,
+    );
+    let conds = route(&c, "GRPCRoute", "infra/new-grpc", "gw");
+    assert_eq!(cond(&conds, "Accepted").status, "False", "{conds:?}");
+    assert_cond(
+        &route(&c, "GRPCRoute", "infra/other-grpc", "gw"),
+        "Accepted",
+        "True",
+        "Accepted",
+        1,
+    );
+    let b = bind(&c, 80);
+    assert!(c
+        .table
+        .route_grpc(b, "api.example.com", "svc", "M", |_| None)
+        .is_none());
+    assert!(c
+        .table
+        .route_grpc(b, "api.example.net", "svc", "M", |_| None)
+        .is_some());
+    let (_, attached, _) = listener_conds(&c, "infra/gw", "http");
+    assert_eq!(attached, 2);
+}
+
+#[test]
+fn gateway_status_lists_the_addresses_its_listeners_are_bound_to() {
+    // GatewaySpec.addresses: "The implementation MUST bind all Listeners to every
+    // GatewayAddress that it assigns to the Gateway and add a corresponding entry in
+    // GatewayStatus.Addresses" - also when it assigns them itself (no spec.addresses).
+    let gw = "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: t, namespace: infra}\nspec:\n  gatewayClassName: x\n  listeners:\n  - {name: l, protocol: HTTP, port: 80}\n";
+    let c = build(&[INFRA, gw]);
+    let s = c.status.gateway("infra", "t").expect("gw");
+    let addrs: Vec<String> = s
+        .addresses
+        .iter()
+        .flatten()
+        .map(|a| a.value.clone())
+        .collect();
+    assert_eq!(addrs, vec!["0.0.0.0".to_string(), "::".to_string()]);
+}
