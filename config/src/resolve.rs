@@ -918,21 +918,29 @@ impl<'m> Compiler<'m> {
                     continue;
                 }
                 let Some(proto) = l.protocol else { continue };
-                let clash = addrs.iter().any(|a| {
-                    let sa = SocketAddr::new(*a, l.port);
-                    binds
-                        .get(&sa)
-                        .is_some_and(|(tls, _, _)| *tls != proto.is_tls())
-                });
-                if clash {
+                let key = HostKey::of(l.hostname.as_deref());
+                let mut clash = None;
+                for a in &addrs {
+                    let Some((tls, _, selector)) = binds.get(&SocketAddr::new(*a, l.port)) else {
+                        continue;
+                    };
+                    if *tls != proto.is_tls() {
+                        clash = Some("with another protocol");
+                    } else if match &key {
+                        HostKey::Any => selector.any.is_some(),
+                        HostKey::Exact(h) => selector.exact.contains_key(h),
+                        HostKey::Wildcard(s) => selector.wildcard.contains_key(s),
+                    } {
+                        // Not compatible: the older Gateway's listener gets every request.
+                        clash.get_or_insert("for the same hostname");
+                    }
+                }
+                if let Some(how) = clash {
                     self.gws[gi].listeners[li].accepted = Cond::new(
                         "Accepted",
                         false,
                         "PortUnavailable",
-                        format!(
-                            "port {} is used with another protocol by another Gateway",
-                            l.port
-                        ),
+                        format!("port {} is used {how} by another Gateway", l.port),
                     );
                     continue;
                 }
@@ -951,7 +959,6 @@ impl<'m> Compiler<'m> {
                     grpc: HostIndex::default(),
                     tls: HostIndex::default(),
                 });
-                let key = HostKey::of(l.hostname.as_deref());
                 for a in &addrs {
                     let sa = SocketAddr::new(*a, l.port);
                     let entry = binds.entry(sa).or_insert_with(|| {

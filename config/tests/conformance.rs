@@ -1183,3 +1183,25 @@ fn gateway_status_lists_the_addresses_its_listeners_are_bound_to() {
         .collect();
     assert_eq!(addrs, vec!["0.0.0.0".to_string(), "::".to_string()]);
 }
+
+#[test]
+fn a_younger_gateway_listener_that_another_gateway_already_serves_on_the_same_address_port_and_hostname_is_not_programmed(
+) {
+    // Gateway.spec.listeners "Compatible Listeners": Gateways MAY be merged onto one
+    // address only if all their listeners are compatible. The younger listener can
+    // never receive a request, so it must not report Programmed=True.
+    let gw = |name: &str, created: &str, host: &str| {
+        format!("apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: {name}, namespace: infra, creationTimestamp: \"{created}\"}}\nspec:\n  gatewayClassName: x\n  addresses: [{{value: 127.0.0.1}}]\n  listeners:\n  - {{name: l, protocol: HTTP, port: 80, hostname: {host}}}\n")
+    };
+    let old = gw("old", "2020-01-01T00:00:00Z", "a.example.com");
+    let new = gw("new", "2021-01-01T00:00:00Z", "a.example.com");
+    let other = gw("other", "2021-01-01T00:00:00Z", "b.example.com");
+    let c = build(&[INFRA, &old, &new, &other]);
+    let (conds, _, _) = listener_conds(&c, "infra/old", "l");
+    assert_cond(&conds, "Programmed", "True", "Programmed", 1);
+    let (conds, _, _) = listener_conds(&c, "infra/new", "l");
+    assert_cond(&conds, "Accepted", "False", "PortUnavailable", 1);
+    assert_cond(&conds, "Programmed", "False", "Invalid", 1);
+    let (conds, _, _) = listener_conds(&c, "infra/other", "l");
+    assert_cond(&conds, "Programmed", "True", "Programmed", 1);
+}
