@@ -291,6 +291,7 @@ struct LState {
     overlapping_tls: bool,
     certs: Vec<Arc<CertifiedKeyDer>>,
     frontend: Option<Arc<FrontendValidation>>,
+    tls_options: Box<[(Box<str>, Box<str>)]>,
     attached: BTreeSet<(RouteKind, usize)>,
     /// Effective hostnames of each HTTPRoute/GRPCRoute attached here, in attachment
     /// (age) order, for the cross-serving rule.
@@ -877,6 +878,17 @@ impl<'m> Compiler<'m> {
             overlapping_tls: false,
             certs,
             frontend,
+            // A BTreeMap: already sorted by key, as `Listener::tls_option` expects.
+            tls_options: l
+                .tls
+                .as_ref()
+                .and_then(|t| t.options.as_ref())
+                .map(|o| {
+                    o.iter()
+                        .map(|(k, v)| (k.as_str().into(), v.as_str().into()))
+                        .collect()
+                })
+                .unwrap_or_default(),
             attached: BTreeSet::new(),
             served_hosts: Vec::new(),
             id: None,
@@ -955,6 +967,7 @@ impl<'m> Compiler<'m> {
                     hostname: l.hostname.as_deref().map(Into::into),
                     certificates: l.certs.clone(),
                     frontend_validation: l.frontend.clone(),
+                    tls_options: l.tls_options.clone(),
                     http: HostIndex::default(),
                     grpc: HostIndex::default(),
                     tls: HostIndex::default(),

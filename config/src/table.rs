@@ -83,9 +83,22 @@ pub struct Listener {
     pub certificates: Vec<Arc<CertifiedKeyDer>>,
     /// Client certificate validation, if configured.
     pub frontend_validation: Option<Arc<FrontendValidation>>,
+    /// `spec.listeners[].tls.options` (implementation-specific TLS settings), sorted by key.
+    pub tls_options: Box<[(Box<str>, Box<str>)]>,
     pub(crate) http: HostIndex<HttpBucket>,
     pub(crate) grpc: HostIndex<Vec<GrpcEntry>>,
     pub(crate) tls: HostIndex<Arc<TlsTarget>>,
+}
+
+impl Listener {
+    /// The value of a `tls.options` key.
+    pub fn tls_option(&self, key: &str) -> Option<&str> {
+        self.tls_options
+            .binary_search_by(|(k, _)| (**k).cmp(key))
+            .ok()
+            .and_then(|i| self.tls_options.get(i))
+            .map(|(_, v)| &**v)
+    }
 }
 
 /// One socket to listen on: an address and port, with every listener served there.

@@ -812,6 +812,39 @@ spec:
 }
 
 #[test]
+fn listener_tls_options_are_kept_for_the_dataplane() {
+    let secret = tls_secret("infra", "cert");
+    let gw = r#"apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: s, namespace: infra}
+spec:
+  gatewayClassName: x
+  addresses: [{value: 127.0.0.1}]
+  listeners:
+  - name: https
+    protocol: HTTPS
+    port: 443
+    tls:
+      certificateRefs: [{name: cert}]
+      options: {bench.example.test/tls-session-resumption: "off", a.example/x: "1"}
+  - {name: plain, protocol: HTTPS, port: 443, hostname: foo.example.com, tls: {certificateRefs: [{name: cert}]}}"#;
+    let c = build(&[INFRA, gw, &secret]);
+    let b = bind(&c, 443);
+    let l = c.table.select_listener(b, None).expect("catch-all");
+    assert_eq!(
+        l.tls_option("bench.example.test/tls-session-resumption"),
+        Some("off")
+    );
+    assert_eq!(l.tls_option("a.example/x"), Some("1"));
+    assert_eq!(l.tls_option("missing"), None);
+    let foo = c
+        .table
+        .select_listener(b, Some("foo.example.com"))
+        .expect("foo");
+    assert!(foo.tls_options.is_empty());
+}
+
+#[test]
 fn grpc_routes_match_service_and_method() {
     let r = r#"apiVersion: gateway.networking.k8s.io/v1
 kind: GRPCRoute
