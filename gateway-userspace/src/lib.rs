@@ -1,12 +1,17 @@
 //! gatewayd: a Gateway API dataplane for Linux nodes and bare-metal edges.
 //!
 //! Stages, in the order a connection meets them: `ebpf` (kernel programs: flow tracking),
-//! then the listeners and protocol handlers, with `state` holding the compiled
+//! `listen` (one `SO_REUSEPORT` socket per bind and `worker`), `http` (HTTP/1.1 and h2c,
+//! routing, filters) and `upstream` (pooled backend connections), with `state` holding the compiled
 //! configuration that `reload` swaps whole, and `admin` exposing it all. Configuration
 //! semantics live in the pure `gateway-config` crate; this crate does the I/O.
 
 pub mod admin;
 pub mod cli;
 pub mod ebpf;
+pub mod http;
+pub mod listen;
 pub mod reload;
 pub mod state;
+pub mod upstream;
+pub mod worker;

@@ -11,8 +11,10 @@ use gateway_userspace::{
     admin,
     cli::{CheckArgs, Cli, Command, ConfigArgs, RunArgs},
     ebpf::{Dataplane, EbpfMode},
+    listen::Listeners,
     reload::{self, Trigger},
     state::State,
+    worker::{RuntimeMode, Workers},
 };
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, info, warn};
@@ -69,9 +71,11 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .map(usize::from)
         .or_else(|| std::thread::available_parallelism().ok().map(usize::from))
         .unwrap_or(1);
+    // This runtime runs the control plane only (admin, reload, signals, eBPF); the data
+    // path has its own `workers` threads (worker.rs).
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers)
-        .thread_name("gatewayd-worker")
+        .worker_threads(workers.min(2))
+        .thread_name("gatewayd-control")
         .enable_all()
         .build()
         .context("starting the runtime")?;
@@ -122,6 +126,17 @@ async fn serve(args: RunArgs, workers: usize) -> anyhow::Result<ExitCode> {
     let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(4);
     let reload_task = tokio::spawn(reload::run(state.clone(), reload_rx));
 
+    // ---- HTTP data path (listen/, http/, upstream/, worker.rs) ----
+    // `listeners.socket_fds()` lists the listening sockets per (bind, worker), and
+    // `listeners.subscribe()` ticks when they change.
+    let data_workers = Arc::new(
+        Workers::start(workers, RuntimeMode::from_env())
+            .context("starting the data-path workers")?,
+    );
+    let listeners = Listeners::new(state.clone(), data_workers.clone());
+    let listen_task = tokio::spawn(listeners.clone().run());
+    // ---- end HTTP data path ----
+
     loop {
         tokio::select! {
             _ = sigterm.recv() => { info!("SIGTERM: shutting down"); break; }
@@ -137,6 +152,11 @@ async fn serve(args: RunArgs, workers: usize) -> anyhow::Result<ExitCode> {
 
     admin_task.abort();
     reload_task.abort();
+    // ---- HTTP data path: stop accepting, then stop the workers ----
+    listen_task.abort();
+    listeners.close_all();
+    data_workers.shutdown();
+    // ---- end HTTP data path ----
     let state_for_detach = Arc::clone(&state);
     if let Err(err) =
         tokio::task::spawn_blocking(move || state_for_detach.shutdown_dataplane()).await

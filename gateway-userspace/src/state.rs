@@ -61,6 +61,17 @@ pub struct State {
     last_ok: AtomicBool,
     last_error: Mutex<Option<String>>,
     dataplane: Mutex<Option<Dataplane>>,
+    /// Which snapshot the listeners were last synced to, and what failed to bind then.
+    listening: Mutex<ListenStatus>,
+}
+
+/// The listeners' view for `/readyz`: ready only when every bind of the serving snapshot
+/// is bound.
+struct ListenStatus {
+    /// The snapshot the listeners were synced to (compared by identity).
+    synced: std::sync::Weak<Snapshot>,
+    /// `None` when every bind was bound; otherwise what failed.
+    problem: Option<String>,
 }
 
 impl State {
@@ -76,6 +87,10 @@ impl State {
             last_ok: AtomicBool::new(false),
             last_error: Mutex::new(None),
             dataplane: Mutex::new(None),
+            listening: Mutex::new(ListenStatus {
+                synced: std::sync::Weak::new(),
+                problem: None,
+            }),
         })
     }
 
@@ -145,12 +160,26 @@ impl State {
         report
     }
 
-    /// `None` when ready; otherwise why not.
-    pub fn not_ready_reason(&self) -> Option<&'static str> {
-        if self.snapshot().is_none() {
-            return Some("no configuration loaded");
+    /// `None` when ready (a configuration is loaded and every listener of it is bound);
+    /// otherwise why not.
+    pub fn not_ready_reason(&self) -> Option<String> {
+        let Some(snapshot) = self.snapshot() else {
+            return Some("no configuration loaded".into());
+        };
+        let listening = lock(&self.listening);
+        if !std::ptr::eq(listening.synced.as_ptr(), Arc::as_ptr(&snapshot)) {
+            return Some("listeners not bound yet".into());
         }
-        None
+        listening.problem.clone()
+    }
+
+    /// The listeners report that they were synced to `snapshot`; `problem` names the binds
+    /// that failed, `None` when all are bound.
+    pub fn set_listeners_synced(&self, snapshot: &Arc<Snapshot>, problem: Option<String>) {
+        *lock(&self.listening) = ListenStatus {
+            synced: Arc::downgrade(snapshot),
+            problem,
+        };
     }
 
     pub fn set_dataplane(&self, dataplane: Option<Dataplane>) {

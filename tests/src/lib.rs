@@ -1,7 +1,9 @@
 //! Helpers shared by the integration tests in `tests/tests/`: locating and running the real
 //! `gatewayd` binary, small HTTP over raw sockets, and network namespaces with veth pairs.
 
+pub mod echo;
 pub mod netns;
+pub mod scenario;
 
 use std::{
     io::{Read as _, Write as _},

@@ -1,0 +1,283 @@
+//! One client connection: hyper's HTTP/1.1 + h2c (prior knowledge) server over the
+//! accepted socket, watched for the DESIGN §6 timers.
+//!
+//! hyper's own `header_read_timeout` starts whenever a keep-alive connection waits for a
+//! request, so it would also close idle connections after 10 s; instead this module keeps
+//! two timers of its own, checked lazily by one sleep per connection: a request head (or,
+//! on a new connection, the first request) must be complete within
+//! [`HEADER_READ_TIMEOUT`], and a connection with no request in flight is closed after
+//! [`IDLE_TIMEOUT`].
+
+use std::{
+    convert::Infallible,
+    future::Future,
+    io,
+    net::SocketAddr,
+    pin::Pin,
+    sync::{
+        atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering},
+        Arc,
+    },
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use hyper::{body::Incoming, header::HeaderValue, Request, Response, Version};
+use hyper_util::rt::TokioIo;
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::TcpStream,
+};
+use tracing::debug;
+
+use super::{body::RespBody, proxy};
+use crate::worker::{now_ms, tokio_instant, View, WorkerCtx};
+
+/// A request head must be complete this long after its first byte (and a new connection
+/// must send a complete request within it).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// A connection with no request in flight is closed after this long.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a connection being closed for idleness may take to finish.
+const CLOSE_GRACE: Duration = Duration::from_secs(10);
+
+/// What the gateway knows about a client connection.
+pub struct ConnInfo {
+    /// Client address.
+    pub peer: SocketAddr,
+    /// The bind (listening address) the connection came in on.
+    pub bind: SocketAddr,
+    /// The client's IP as a header value, made once per connection (X-Forwarded-For).
+    pub peer_ip: HeaderValue,
+    /// `http` (plain listeners) or `https` (TLS listeners, a later stage).
+    pub scheme: &'static str,
+    /// The configuration the connection was accepted under; its requests use it when a
+    /// newer configuration no longer has the connection's bind.
+    pub view: Arc<View>,
+    activity: Arc<Activity>,
+}
+
+/// Timestamps and counts the connection's timers read.
+struct Activity {
+    /// Requests whose response is not finished.
+    in_flight: AtomicU32,
+    /// When the current request head started (ms since the process epoch, +1; 0: none).
+    head_since: AtomicU64,
+    /// When the last response finished (ms since the process epoch).
+    last: AtomicU64,
+    /// HTTP/2: reads are frames, not request heads, so they do not start the head timer.
+    h2: AtomicBool,
+}
+
+impl Activity {
+    fn new() -> Self {
+        let now = now_ms();
+        Activity {
+            in_flight: AtomicU32::new(0),
+            head_since: AtomicU64::new(now + 1),
+            last: AtomicU64::new(now),
+            h2: AtomicBool::new(false),
+        }
+    }
+
+    fn on_read(&self) {
+        if self.in_flight.load(Ordering::Relaxed) == 0
+            && self.head_since.load(Ordering::Relaxed) == 0
+            && !self.h2.load(Ordering::Relaxed)
+        {
+            self.head_since.store(now_ms() + 1, Ordering::Relaxed);
+        }
+    }
+
+    fn check(&self) -> Check {
+        let now = now_ms();
+        let head_ms = HEADER_READ_TIMEOUT.as_millis() as u64;
+        if self.in_flight.load(Ordering::Relaxed) > 0 {
+            return Check::Wait(now + head_ms);
+        }
+        let head = self.head_since.load(Ordering::Relaxed);
+        if head != 0 {
+            let due = head - 1 + head_ms;
+            return if now >= due {
+                Check::HeaderTimeout
+            } else {
+                Check::Wait(due)
+            };
+        }
+        let due = self.last.load(Ordering::Relaxed) + IDLE_TIMEOUT.as_millis() as u64;
+        if now >= due {
+            Check::Idle
+        } else {
+            // A request head may start at any time: look again within the head timeout.
+            Check::Wait(due.min(now + head_ms))
+        }
+    }
+}
+
+enum Check {
+    Wait(u64),
+    HeaderTimeout,
+    Idle,
+}
+
+/// Counts one request on its connection until the response body is done.
+pub struct RequestGuard {
+    activity: Arc<Activity>,
+}
+
+impl RequestGuard {
+    fn new(activity: &Arc<Activity>) -> Self {
+        activity.in_flight.fetch_add(1, Ordering::Relaxed);
+        activity.head_since.store(0, Ordering::Relaxed);
+        RequestGuard {
+            activity: activity.clone(),
+        }
+    }
+}
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        self.activity.last.store(now_ms(), Ordering::Relaxed);
+        self.activity.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The accepted socket, noting when bytes arrive.
+struct WatchedIo {
+    stream: TcpStream,
+    activity: Arc<Activity>,
+}
+
+impl AsyncRead for WatchedIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.stream).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            this.activity.on_read();
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for WatchedIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}
+
+/// The hyper service of one connection.
+#[derive(Clone)]
+struct Service {
+    ctx: Arc<WorkerCtx>,
+    conn: Arc<ConnInfo>,
+}
+
+impl hyper::service::Service<Request<Incoming>> for Service {
+    type Response = Response<RespBody>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<RespBody>, Infallible>> + Send>>;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        if req.version() == Version::HTTP_2 {
+            self.conn.activity.h2.store(true, Ordering::Relaxed);
+        }
+        let guard = RequestGuard::new(&self.conn.activity);
+        let ctx = self.ctx.clone();
+        let conn = self.conn.clone();
+        Box::pin(async move {
+            let resp = proxy::handle(&ctx, &conn, req).await;
+            Ok(resp.map(|body| body.with_guard(guard)))
+        })
+    }
+}
+
+/// Serves one accepted connection until it ends.
+pub async fn serve(stream: TcpStream, peer: SocketAddr, bind: SocketAddr, ctx: Arc<WorkerCtx>) {
+    let Some(view) = ctx.view() else {
+        return;
+    };
+    let activity = Arc::new(Activity::new());
+    let peer_ip = HeaderValue::from_str(&peer.ip().to_string())
+        .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+    let conn = Arc::new(ConnInfo {
+        peer,
+        bind,
+        peer_ip,
+        scheme: "http",
+        view,
+        activity: activity.clone(),
+    });
+    let io = TokioIo::new(WatchedIo {
+        stream,
+        activity: activity.clone(),
+    });
+    let service = Service {
+        ctx: ctx.clone(),
+        conn,
+    };
+    let connection = ctx.server.serve_connection_with_upgrades(io, service);
+    tokio::pin!(connection);
+    let timer = tokio::time::sleep(HEADER_READ_TIMEOUT);
+    tokio::pin!(timer);
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            biased;
+            result = connection.as_mut() => {
+                if let Err(err) = result {
+                    debug!(%peer, error = %err, "client connection ended with an error");
+                }
+                return;
+            }
+            () = timer.as_mut() => {
+                if closing {
+                    return;
+                }
+                match activity.check() {
+                    Check::Wait(at) => timer.as_mut().reset(tokio_instant(at)),
+                    Check::HeaderTimeout => {
+                        debug!(%peer, "request head not complete in time: closing");
+                        return;
+                    }
+                    Check::Idle => {
+                        debug!(%peer, "idle keep-alive connection: closing");
+                        closing = true;
+                        connection.as_mut().graceful_shutdown();
+                        timer
+                            .as_mut()
+                            .reset(tokio::time::Instant::now() + CLOSE_GRACE);
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,47 @@
+//! HTTP: serve HTTP/1.1 (keep-alive, pipelining) and h2c with prior knowledge on plain
+//! listeners, route each request through the snapshot's `RouteTable`, apply the filters,
+//! and proxy to a backend endpoint from the worker's pools.
+//!
+//! Stages: [`conn`] (one client connection, its timers), [`proxy`] (one request), [`filter`]
+//! (Gateway API filters), [`forward`] (hop-by-hop and forwarding headers), [`error`] (the
+//! one place that turns failures into status codes), [`body`] (response bodies).
+
+pub mod body;
+pub mod conn;
+pub mod error;
+pub mod filter;
+pub mod forward;
+pub mod proxy;
+
+use hyper_util::{rt::TokioExecutor, server::conn::auto};
+
+pub use conn::serve;
+pub use error::ProxyError;
+
+/// Largest request head (request line and headers) accepted; beyond it: 431.
+pub const MAX_HEADER_BLOCK: usize = 64 * 1024;
+/// Most header fields in a request; beyond it: 431.
+pub const MAX_HEADERS: usize = 100;
+/// Longest request target; beyond it: 414.
+pub const MAX_URI: usize = 8 * 1024;
+/// HTTP/2 streams a client may have open at once.
+pub const MAX_CONCURRENT_STREAMS: u32 = 100;
+
+/// The server side of every plain HTTP listener, built once per worker.
+pub fn server_builder() -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .keep_alive(true)
+        .max_buf_size(MAX_HEADER_BLOCK)
+        .max_headers(MAX_HEADERS)
+        // The header read and idle timers are kept by `conn` (hyper's would also close
+        // idle keep-alive connections after the header timeout).
+        .header_read_timeout(None)
+        .pipeline_flush(true);
+    builder
+        .http2()
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .max_header_list_size(MAX_HEADER_BLOCK as u32);
+    builder
+}

@@ -1,0 +1,541 @@
+//! One request, in the order of DESIGN §3: route lookup in the snapshot's table, the
+//! rule's filters, the weighted backend pick and its filters, forwarding headers, then the
+//! exchange with an endpoint (timeouts, retries, mirrors, Upgrade), and the response
+//! filters. Failures are returned as [`ProxyError`]; [`super::error::respond`] answers.
+
+use std::{sync::Arc, time::Duration};
+
+use gateway_config::{
+    Backend, BackendTls, HeaderModifier, HttpFilter, HttpMatch, Listener, RequestMirror, Retry,
+    ServicePort, Timeouts,
+};
+use hyper::{
+    body::Incoming,
+    header::{self, HeaderValue},
+    http::request::Parts,
+    Method, Request, Response, StatusCode, Version,
+};
+use hyper_util::rt::TokioIo;
+use tracing::debug;
+
+use super::{
+    body::RespBody,
+    conn::ConnInfo,
+    error::{respond, ProxyError},
+    filter, forward, MAX_URI,
+};
+use crate::{
+    upstream::{Protocol, ReqBody, UpstreamBody},
+    worker::{View, WorkerCtx},
+};
+
+/// A mirror copy gives up after this long.
+const MIRROR_TIMEOUT: Duration = Duration::from_secs(30);
+/// Pause between retries when the rule gives no `backoff`.
+const DEFAULT_BACKOFF: Duration = Duration::from_millis(10);
+
+/// Handles one request; never fails (errors become responses).
+pub async fn handle(
+    ctx: &WorkerCtx,
+    conn: &ConnInfo,
+    req: Request<Incoming>,
+) -> Response<RespBody> {
+    let grpc = forward::is_grpc(req.headers());
+    match proxy(ctx, conn, req, grpc).await {
+        Ok(resp) => resp,
+        Err(err) => respond(&err, grpc),
+    }
+}
+
+/// What a matched rule (HTTPRoute or GRPCRoute) asks for.
+struct Plan<'t> {
+    listener: &'t Listener,
+    filters: &'t [HttpFilter],
+    backends: &'t [Backend],
+    total_weight: u32,
+    matched: Option<&'t HttpMatch>,
+    timeouts: Timeouts,
+    retry: Option<&'t Retry>,
+    invalid: Option<&'t str>,
+    grpc: bool,
+}
+
+/// The configuration to serve a request of `conn` with: the newest one, unless it no longer
+/// has the connection's bind (then the one the connection was accepted under).
+fn view_for(ctx: &WorkerCtx, conn: &ConnInfo) -> Arc<View> {
+    match ctx.view() {
+        Some(v) if v.table().bind_for(conn.bind).is_some() => v,
+        _ => conn.view.clone(),
+    }
+}
+
+async fn proxy(
+    ctx: &WorkerCtx,
+    conn: &ConnInfo,
+    mut req: Request<Incoming>,
+    grpc: bool,
+) -> Result<Response<RespBody>, ProxyError> {
+    if req
+        .uri()
+        .path_and_query()
+        .is_some_and(|pq| pq.as_str().len() > MAX_URI)
+    {
+        return Err(ProxyError::UriTooLong { max: MAX_URI });
+    }
+    let view = view_for(ctx, conn);
+    let table = view.table();
+    let bind = table.bind_for(conn.bind).ok_or(ProxyError::NoRoute)?;
+
+    let plan = {
+        let host = forward::request_host(&req).unwrap_or("");
+        let path = req.uri().path();
+        let headers = req.headers();
+        let lookup = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
+        let grpc_match = if grpc {
+            let (service, method) = forward::grpc_service_method(path);
+            table.route_grpc(bind, host, service, method, lookup)
+        } else {
+            None
+        };
+        match grpc_match {
+            Some(m) => Plan {
+                listener: m.listener,
+                filters: &m.rule.filters,
+                backends: &m.rule.backends,
+                total_weight: m.rule.total_weight,
+                matched: None,
+                timeouts: Timeouts::default(),
+                retry: None,
+                invalid: None,
+                grpc: true,
+            },
+            None => {
+                let query = req.uri().query().unwrap_or("");
+                let m = table
+                    .route_http(bind, host, req.method().as_str(), path, query, lookup)
+                    .ok_or(ProxyError::NoRoute)?;
+                Plan {
+                    listener: m.listener,
+                    filters: &m.rule.filters,
+                    backends: &m.rule.backends,
+                    total_weight: m.rule.total_weight,
+                    matched: Some(m.matched),
+                    timeouts: m.rule.timeouts,
+                    retry: m.rule.retry.as_ref(),
+                    invalid: m.rule.invalid.as_deref(),
+                    grpc: false,
+                }
+            }
+        }
+    };
+    if let Some(reason) = plan.invalid {
+        return Err(ProxyError::InvalidRule {
+            reason: reason.into(),
+        });
+    }
+
+    let upgrade = forward::client_upgrade(&mut req);
+    // X-Forwarded-Host is the Host the client asked for, before any rewrite.
+    forward::add_forwarded(req.headers_mut(), conn);
+
+    let mut response_mods: Vec<&HeaderModifier> = Vec::new();
+    let mut mirrors: Vec<&RequestMirror> = Vec::new();
+    if let Some(redirect) = apply_filters(
+        plan.filters,
+        &mut req,
+        &plan,
+        conn,
+        &mut response_mods,
+        &mut mirrors,
+    )? {
+        return Ok(finish_local(redirect, &response_mods));
+    }
+
+    let backend = pick_backend(plan.backends, plan.total_weight).ok_or(ProxyError::NoBackend)?;
+    if let Some(redirect) = apply_filters(
+        &backend.filters,
+        &mut req,
+        &plan,
+        conn,
+        &mut response_mods,
+        &mut mirrors,
+    )? {
+        return Ok(finish_local(redirect, &response_mods));
+    }
+    let service = usable(backend)?;
+    let protocol = protocol_for(service, plan.grpc);
+
+    let (mut parts, body) = req.into_parts();
+    forward::strip_hop_by_hop(&mut parts.headers, upgrade.is_some());
+    // Mirrors get the request as it stands after the filters, with a copy of the body.
+    let body = if mirrors.is_empty() {
+        ReqBody::incoming(body)
+    } else {
+        spawn_mirrors(ctx, &mirrors, &parts, body)
+    };
+    forward::set_target(&mut parts.uri, &mut parts.headers, protocol)?;
+
+    let deadline = plan
+        .timeouts
+        .request
+        .map(|d| tokio::time::Instant::now() + d);
+    let exchange = exchange(ctx, service, protocol, parts, body, &plan, upgrade);
+    let resp = match deadline {
+        Some(at) => tokio::time::timeout_at(at, exchange)
+            .await
+            .map_err(|_| ProxyError::RequestTimeout)??,
+        None => exchange.await?,
+    };
+
+    let (mut parts, body) = resp.into_parts();
+    if parts.status == StatusCode::SWITCHING_PROTOCOLS {
+        // The tunnel is set up by `exchange`; hop-by-hop headers are the point here.
+        return Ok(Response::from_parts(parts, RespBody::upstream(body)));
+    }
+    forward::strip_hop_by_hop(&mut parts.headers, false);
+    parts.version = Version::default();
+    for m in &response_mods {
+        filter::modify_headers(&mut parts.headers, m);
+    }
+    let mut body = RespBody::upstream(body);
+    if let Some(at) = deadline {
+        body = body.with_deadline(at);
+    }
+    Ok(Response::from_parts(parts, body))
+}
+
+/// A response the gateway makes itself (redirects), with the response filters seen so far.
+fn finish_local(mut resp: Response<RespBody>, mods: &[&HeaderModifier]) -> Response<RespBody> {
+    for m in mods {
+        filter::modify_headers(resp.headers_mut(), m);
+    }
+    resp
+}
+
+/// Applies request filters in order. Returns a redirect response when a RequestRedirect
+/// filter answers the request.
+fn apply_filters<'t>(
+    filters: &'t [HttpFilter],
+    req: &mut Request<Incoming>,
+    plan: &Plan<'t>,
+    conn: &ConnInfo,
+    response_mods: &mut Vec<&'t HeaderModifier>,
+    mirrors: &mut Vec<&'t RequestMirror>,
+) -> Result<Option<Response<RespBody>>, ProxyError> {
+    for f in filters {
+        match f {
+            HttpFilter::RequestHeaderModifier(m) => filter::modify_headers(req.headers_mut(), m),
+            HttpFilter::ResponseHeaderModifier(m) => response_mods.push(m),
+            HttpFilter::RequestMirror(m) => mirrors.push(m),
+            HttpFilter::UrlRewrite(rw) => filter::rewrite(req, rw, plan.matched)?,
+            HttpFilter::RequestRedirect(rd) => {
+                let host = forward::request_host(req).unwrap_or("");
+                let location = filter::redirect_location(
+                    rd,
+                    conn.scheme,
+                    forward::strip_port(host),
+                    plan.listener.port,
+                    req.uri(),
+                    plan.matched,
+                );
+                let mut resp = Response::new(RespBody::empty());
+                *resp.status_mut() =
+                    StatusCode::from_u16(rd.status_code).unwrap_or(StatusCode::FOUND);
+                let location =
+                    HeaderValue::from_str(&location).map_err(|_| ProxyError::BadRequest {
+                        reason: "the redirect location is not a valid header value",
+                    })?;
+                resp.headers_mut().insert(header::LOCATION, location);
+                return Ok(Some(resp));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Weighted choice among the backendRefs of a rule; weight 0 gets nothing.
+fn pick_backend(backends: &[Backend], total_weight: u32) -> Option<&Backend> {
+    if total_weight == 0 {
+        return None;
+    }
+    if let [only] = backends {
+        return Some(only);
+    }
+    let mut r = fastrand::u32(..total_weight);
+    for b in backends {
+        if r < b.weight {
+            return Some(b);
+        }
+        r -= b.weight;
+    }
+    None
+}
+
+/// The Service port of a backend, when it can be used.
+fn usable(backend: &Backend) -> Result<&ServicePort, ProxyError> {
+    let service = backend
+        .target
+        .as_ref()
+        .map_err(|reason| ProxyError::UnresolvedBackend {
+            backend: backend.name.to_string(),
+            reason: *reason,
+        })?;
+    match backend.tls {
+        BackendTls::None => Ok(service),
+        BackendTls::Invalid => Err(ProxyError::BackendTlsInvalid {
+            backend: backend.name.to_string(),
+        }),
+        BackendTls::Profile(_) => Err(ProxyError::BackendTlsUnavailable {
+            backend: backend.name.to_string(),
+        }),
+    }
+}
+
+fn protocol_for(service: &ServicePort, grpc: bool) -> Protocol {
+    if grpc || service.app_protocol.as_deref() == Some("kubernetes.io/h2c") {
+        Protocol::H2c
+    } else {
+        Protocol::Http1
+    }
+}
+
+fn no_endpoints(service: &ServicePort) -> ProxyError {
+    ProxyError::NoEndpoints {
+        backend: service.service.to_string(),
+    }
+}
+
+/// Sends the request to an endpoint of `service`, with `timeouts.backendRequest` per attempt
+/// and the rule's `retry` when repeating the request is safe (it has no body).
+async fn exchange(
+    ctx: &WorkerCtx,
+    service: &ServicePort,
+    protocol: Protocol,
+    parts: Parts,
+    body: ReqBody,
+    plan: &Plan<'_>,
+    upgrade: Option<hyper::upgrade::OnUpgrade>,
+) -> Result<Response<UpstreamBody>, ProxyError> {
+    if let Some(client) = upgrade {
+        return exchange_upgrade(ctx, service, parts, body, client).await;
+    }
+    let retry = plan
+        .retry
+        .filter(|r| r.attempts > 0 && http_body::Body::is_end_stream(&body));
+    let Some(retry) = retry else {
+        return attempt(
+            ctx,
+            service,
+            protocol,
+            Request::from_parts(parts, body),
+            plan,
+        )
+        .await;
+    };
+    let idempotent = matches!(
+        parts.method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    );
+    let mut parts = Some(parts);
+    let mut body = Some(body);
+    for n in 0..=retry.attempts {
+        let last = n == retry.attempts;
+        let req = match (last, parts.as_ref()) {
+            (false, Some(p)) => copy_request(p),
+            _ => match (parts.take(), body.take()) {
+                (Some(p), Some(b)) => Request::from_parts(p, b),
+                _ => break,
+            },
+        };
+        let result = attempt(ctx, service, protocol, req, plan).await;
+        if last {
+            return result;
+        }
+        let again = match &result {
+            Ok(resp) => retry.codes.contains(&resp.status().as_u16()),
+            Err(ProxyError::Upstream(e)) => {
+                retry.codes.contains(&ProxyError::status_of_upstream(e))
+                    && (e.request_not_sent() || idempotent)
+            }
+            Err(ProxyError::BackendTimeout) => retry.codes.contains(&504) && idempotent,
+            Err(_) => false,
+        };
+        if !again {
+            return result;
+        }
+        debug!(attempt = n + 1, "retrying");
+        drop(result);
+        tokio::time::sleep(retry.backoff.unwrap_or(DEFAULT_BACKOFF)).await;
+    }
+    Err(ProxyError::NoBackend)
+}
+
+fn copy_request(p: &Parts) -> Request<ReqBody> {
+    let mut req = Request::new(ReqBody::empty());
+    *req.method_mut() = p.method.clone();
+    *req.uri_mut() = p.uri.clone();
+    *req.version_mut() = p.version;
+    *req.headers_mut() = p.headers.clone();
+    req
+}
+
+async fn attempt(
+    ctx: &WorkerCtx,
+    service: &ServicePort,
+    protocol: Protocol,
+    req: Request<ReqBody>,
+    plan: &Plan<'_>,
+) -> Result<Response<UpstreamBody>, ProxyError> {
+    let endpoint = ctx
+        .upstreams
+        .pick(&service.endpoints, protocol)
+        .ok_or_else(|| no_endpoints(service))?;
+    let guard = endpoint.begin();
+    let send = endpoint.send(req, guard);
+    match plan.timeouts.backend_request {
+        Some(limit) => tokio::time::timeout(limit, send)
+            .await
+            .map_err(|_| ProxyError::BackendTimeout)?
+            .map_err(Into::into),
+        None => send.await.map_err(Into::into),
+    }
+}
+
+/// `Upgrade` (WebSocket): a dedicated backend connection; on 101 both upgraded streams are
+/// spliced.
+async fn exchange_upgrade(
+    ctx: &WorkerCtx,
+    service: &ServicePort,
+    parts: Parts,
+    body: ReqBody,
+    client: hyper::upgrade::OnUpgrade,
+) -> Result<Response<UpstreamBody>, ProxyError> {
+    let endpoint = ctx
+        .upstreams
+        .pick(&service.endpoints, Protocol::Http1)
+        .ok_or_else(|| no_endpoints(service))?;
+    let guard = endpoint.begin();
+    let mut resp = endpoint
+        .send_upgrade(Request::from_parts(parts, body), guard)
+        .await?;
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let backend = hyper::upgrade::on(&mut resp);
+        tokio::spawn(async move {
+            match tokio::try_join!(client, backend) {
+                Ok((client, backend)) => {
+                    let mut client = TokioIo::new(client);
+                    let mut backend = TokioIo::new(backend);
+                    if let Err(err) = tokio::io::copy_bidirectional(&mut client, &mut backend).await
+                    {
+                        debug!(error = %err, "upgraded connection ended");
+                    }
+                }
+                Err(err) => debug!(error = %err, "upgrade failed"),
+            }
+        });
+    }
+    Ok(resp)
+}
+
+/// Starts every mirror (fire and forget) and returns the body for the real request, which
+/// copies itself to the mirrors as it streams.
+fn spawn_mirrors(
+    ctx: &WorkerCtx,
+    mirrors: &[&RequestMirror],
+    parts: &Parts,
+    body: Incoming,
+) -> ReqBody {
+    let has_body = !http_body::Body::is_end_stream(&body);
+    let mut taps = Vec::new();
+    for mirror in mirrors {
+        if mirror.denominator == 0
+            || (mirror.numerator < mirror.denominator
+                && fastrand::u32(..mirror.denominator) >= mirror.numerator)
+        {
+            continue;
+        }
+        let Ok(service) = usable(&mirror.backend) else {
+            continue;
+        };
+        let protocol = protocol_for(service, false);
+        let Some(endpoint) = ctx.upstreams.pick(&service.endpoints, protocol) else {
+            continue;
+        };
+        let mut copy = copy_request(parts);
+        let (mut head, copy_body) = copy.into_parts();
+        if forward::set_target(&mut head.uri, &mut head.headers, protocol).is_err() {
+            continue;
+        }
+        copy = Request::from_parts(head, copy_body);
+        if has_body {
+            let (mirror_body, tap) = ReqBody::mirror();
+            *copy.body_mut() = mirror_body;
+            taps.push(tap);
+        }
+        let guard = endpoint.begin();
+        tokio::spawn(async move {
+            match tokio::time::timeout(MIRROR_TIMEOUT, endpoint.send(copy, guard)).await {
+                Ok(Ok(resp)) => {
+                    // Read the answer to the end so that the connection can be reused.
+                    let _ = http_body_util::BodyExt::collect(resp.into_body()).await;
+                }
+                Ok(Err(err)) => debug!(error = %err, "mirror request failed"),
+                Err(_) => debug!("mirror request timed out"),
+            }
+        });
+    }
+    if taps.is_empty() {
+        ReqBody::incoming(body)
+    } else {
+        ReqBody::tee(body, taps)
+    }
+}
+
+impl ProxyError {
+    /// The status a gateway-made failure would have, for matching retry codes.
+    fn status_of_upstream(e: &crate::upstream::UpstreamError) -> u16 {
+        if e.is_timeout() {
+            504
+        } else {
+            502
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gateway_config::ObjectRef;
+
+    fn backend(name: &str, weight: u32) -> Backend {
+        Backend {
+            name: ObjectRef {
+                namespace: "ns".into(),
+                name: name.into(),
+            },
+            weight,
+            target: Err(gateway_config::UnresolvedBackend::NotFound),
+            tls: BackendTls::None,
+            filters: Box::new([]),
+        }
+    }
+
+    #[test]
+    fn weight_zero_backends_get_nothing_and_all_zero_gets_no_backend() {
+        let bs = [backend("a", 0), backend("b", 3), backend("c", 0)];
+        for _ in 0..200 {
+            let b = pick_backend(&bs, 3).expect("a backend");
+            assert_eq!(&*b.name.name, "b");
+        }
+        assert!(pick_backend(&[backend("a", 0)], 0).is_none());
+    }
+
+    #[test]
+    fn weights_split_traffic_in_proportion() {
+        let bs = [backend("a", 70), backend("b", 30)];
+        let a = (0..10_000)
+            .filter(|_| pick_backend(&bs, 100).is_some_and(|b| &*b.name.name == "a"))
+            .count();
+        assert!((6_500..7_500).contains(&a), "{a}");
+    }
+}

@@ -1,0 +1,231 @@
+//! Bodies crossing the gateway towards and from backends.
+
+use std::{
+    pin::Pin,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    task::{ready, Context, Poll},
+};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use tokio::sync::mpsc;
+
+use super::{Checkin, InFlight};
+
+/// The error type of bodies the gateway builds.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Frames of a request body kept for mirrors; a mirror that falls this far behind is cut
+/// off (its copy fails) instead of slowing the real request down.
+const MIRROR_BUFFER: usize = 64;
+
+#[derive(Debug, thiserror::Error)]
+#[error("the request body could not be copied to the mirror")]
+struct MirrorCutOff;
+
+/// A request body sent to a backend.
+pub struct ReqBody {
+    kind: ReqKind,
+}
+
+enum ReqKind {
+    Empty,
+    Incoming(Incoming),
+    /// The client's body, copied to mirrors as it passes.
+    Tee {
+        body: Incoming,
+        taps: Vec<Tap>,
+    },
+    /// A mirror's copy of another request's body.
+    Mirror {
+        rx: mpsc::Receiver<Bytes>,
+        cut_off: Arc<AtomicBool>,
+    },
+}
+
+/// The sending side of a mirror's body copy.
+pub struct Tap {
+    tx: mpsc::Sender<Bytes>,
+    cut_off: Arc<AtomicBool>,
+}
+
+impl ReqBody {
+    /// No body.
+    pub fn empty() -> Self {
+        ReqBody {
+            kind: ReqKind::Empty,
+        }
+    }
+
+    /// The client's body, streamed.
+    pub fn incoming(body: Incoming) -> Self {
+        if body.is_end_stream() {
+            return Self::empty();
+        }
+        ReqBody {
+            kind: ReqKind::Incoming(body),
+        }
+    }
+
+    /// A body copy for a mirror, and the tap that feeds it.
+    pub fn mirror() -> (Self, Tap) {
+        let (tx, rx) = mpsc::channel(MIRROR_BUFFER);
+        let cut_off = Arc::new(AtomicBool::new(false));
+        (
+            ReqBody {
+                kind: ReqKind::Mirror {
+                    rx,
+                    cut_off: cut_off.clone(),
+                },
+            },
+            Tap { tx, cut_off },
+        )
+    }
+
+    /// The client's body, copied to every tap as it streams.
+    pub fn tee(body: Incoming, taps: Vec<Tap>) -> Self {
+        ReqBody {
+            kind: ReqKind::Tee { body, taps },
+        }
+    }
+}
+
+fn feed(taps: &mut Vec<Tap>, data: &Bytes) {
+    taps.retain(|tap| {
+        let ok = tap.tx.try_send(data.clone()).is_ok();
+        if !ok {
+            tap.cut_off.store(true, Ordering::Relaxed);
+        }
+        ok
+    });
+}
+
+fn cut(taps: &mut Vec<Tap>) {
+    for tap in taps.drain(..) {
+        tap.cut_off.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Body for ReqBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match &mut self.get_mut().kind {
+            ReqKind::Empty => Poll::Ready(None),
+            ReqKind::Incoming(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+            ReqKind::Tee { body, taps } => match ready!(Pin::new(body).poll_frame(cx)) {
+                Some(Ok(frame)) => {
+                    if let Some(data) = frame.data_ref() {
+                        feed(taps, data);
+                    }
+                    Poll::Ready(Some(Ok(frame)))
+                }
+                Some(Err(err)) => {
+                    cut(taps);
+                    Poll::Ready(Some(Err(err.into())))
+                }
+                None => {
+                    taps.clear();
+                    Poll::Ready(None)
+                }
+            },
+            ReqKind::Mirror { rx, cut_off } => match ready!(rx.poll_recv(cx)) {
+                Some(data) => Poll::Ready(Some(Ok(Frame::data(data)))),
+                None if cut_off.load(Ordering::Relaxed) => {
+                    Poll::Ready(Some(Err(Box::new(MirrorCutOff))))
+                }
+                None => Poll::Ready(None),
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            ReqKind::Empty => true,
+            ReqKind::Incoming(body) | ReqKind::Tee { body, .. } => body.is_end_stream(),
+            ReqKind::Mirror { .. } => false,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            ReqKind::Empty => SizeHint::with_exact(0),
+            ReqKind::Incoming(body) | ReqKind::Tee { body, .. } => body.size_hint(),
+            ReqKind::Mirror { .. } => SizeHint::default(),
+        }
+    }
+}
+
+/// A response body from a backend. Its connection goes back to the pool when the body
+/// ended cleanly; an error is passed on (so that the client sees a truncated response,
+/// never a clean one) and the connection is dropped.
+pub struct UpstreamBody {
+    inner: Incoming,
+    checkin: Option<Checkin>,
+    guard: Option<InFlight>,
+}
+
+impl UpstreamBody {
+    pub(crate) fn new(inner: Incoming, checkin: Option<Checkin>, guard: InFlight) -> Self {
+        let mut body = UpstreamBody {
+            inner,
+            checkin,
+            guard: Some(guard),
+        };
+        // A body that is already complete (HEAD, 204, 304, Content-Length: 0) may never
+        // be polled: the exchange is over now.
+        if body.inner.is_end_stream() {
+            body.finish();
+        }
+        body
+    }
+
+    fn finish(&mut self) {
+        if let Some(checkin) = self.checkin.take() {
+            checkin.give_back();
+        }
+        self.guard = None;
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        match &frame {
+            None => this.finish(),
+            Some(Err(_)) => {
+                this.checkin = None;
+                this.guard = None;
+            }
+            Some(Ok(_)) => {
+                if this.inner.is_end_stream() {
+                    this.finish();
+                }
+            }
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,61 @@
+//! What can go wrong talking to a backend endpoint.
+
+use std::net::SocketAddr;
+
+/// A failure between the gateway and one endpoint, before a response head arrived.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// Nothing listens there (RST to our SYN).
+    #[error("connection to {addr} refused")]
+    ConnectRefused {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Any other connect failure (unreachable, reset during connect).
+    #[error("connecting to {addr} failed")]
+    Connect {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The TCP handshake did not finish in time.
+    #[error("connecting to {addr} timed out")]
+    ConnectTimeout { addr: SocketAddr },
+    /// The HTTP connection could not be set up (h2 preface/settings).
+    #[error("HTTP handshake with {addr} failed")]
+    Handshake {
+        addr: SocketAddr,
+        #[source]
+        source: hyper::Error,
+    },
+    /// The connection closed or was reset after the request was handed to it and before a
+    /// response head arrived.
+    #[error("connection to {addr} failed before a response")]
+    Reset {
+        addr: SocketAddr,
+        #[source]
+        source: hyper::Error,
+    },
+}
+
+impl UpstreamError {
+    pub(crate) fn connect(addr: SocketAddr, source: std::io::Error) -> Self {
+        if source.kind() == std::io::ErrorKind::ConnectionRefused {
+            UpstreamError::ConnectRefused { addr, source }
+        } else {
+            UpstreamError::Connect { addr, source }
+        }
+    }
+
+    /// `true` when the request certainly never reached the backend, so that sending it
+    /// again cannot repeat a side effect.
+    pub fn request_not_sent(&self) -> bool {
+        !matches!(self, UpstreamError::Reset { .. })
+    }
+
+    /// `true` for a timeout (answered 504), `false` for a failure (502).
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, UpstreamError::ConnectTimeout { .. })
+    }
+}

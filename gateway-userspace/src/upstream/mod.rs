@@ -1,0 +1,426 @@
+//! Upstream: connections to backend endpoints, pooled per worker.
+//!
+//! A pool is keyed by everything that changes a connection's identity ([`PoolKey`]: the
+//! endpoint address, the protocol spoken to it, and, for backend TLS later, the TLS profile
+//! and ALPN). HTTP/1.1 connections are kept idle in a bounded LIFO stack and reused one
+//! request at a time; an HTTP/2 (h2c) connection is shared by all requests to the endpoint.
+//! Endpoints of a backend are balanced by power-of-two-choices on in-flight requests.
+//!
+//! Each worker owns its own [`Upstreams`], so the locks here are uncontended in the
+//! one-worker-per-core mode; they exist so that the same code also runs on a shared
+//! multi-thread runtime.
+
+mod body;
+mod error;
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+        Arc, Mutex, MutexGuard,
+    },
+    time::{Duration, Instant},
+};
+
+use hyper::{
+    client::conn::{http1, http2},
+    Request, Response,
+};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpStream;
+use tracing::debug;
+
+use crate::worker::now_ms;
+
+pub use body::{BoxError, ReqBody, UpstreamBody};
+pub use error::UpstreamError;
+
+/// Idle HTTP/1.1 connections kept per endpoint and worker; more are closed on return.
+pub const MAX_IDLE_PER_ENDPOINT: usize = 128;
+/// An idle backend connection is closed after this long (below the usual 60 s of backends,
+/// so that the backend rarely closes a connection we are about to reuse).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Connecting to an endpoint gives up after this long (a 504).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// An endpoint's state is dropped when it has been unused this long.
+const ENDPOINT_TTL: Duration = Duration::from_secs(300);
+
+/// What is spoken to an endpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    /// HTTP/1.1 over TCP.
+    Http1,
+    /// HTTP/2 with prior knowledge over TCP (`appProtocol: kubernetes.io/h2c`, gRPC).
+    H2c,
+}
+
+/// Everything that changes a backend connection's identity. Backend TLS (a later stage)
+/// adds the TLS profile and the ALPN protocol here, so that connections verified under one
+/// policy are never reused for another.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PoolKey {
+    /// Endpoint address.
+    pub addr: SocketAddr,
+    /// Protocol.
+    pub protocol: Protocol,
+}
+
+/// The pools of one worker.
+#[derive(Default)]
+pub struct Upstreams {
+    endpoints: Mutex<HashMap<PoolKey, Arc<Endpoint>>>,
+}
+
+/// One endpoint as seen by one worker: in-flight count, idle HTTP/1.1 connections, the
+/// shared HTTP/2 connection.
+pub struct Endpoint {
+    key: PoolKey,
+    in_flight: AtomicUsize,
+    last_used: AtomicU64,
+    idle: Mutex<Vec<Idle>>,
+    h2: tokio::sync::Mutex<Option<http2::SendRequest<ReqBody>>>,
+}
+
+struct Idle {
+    tx: http1::SendRequest<ReqBody>,
+    since: Instant,
+}
+
+/// Counts a request in flight on an endpoint until dropped.
+pub struct InFlight {
+    endpoint: Arc<Endpoint>,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.endpoint.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A pooled HTTP/1.1 connection travelling with a response body; it goes back to its pool
+/// when the body ended cleanly.
+pub(crate) struct Checkin {
+    endpoint: Arc<Endpoint>,
+    tx: http1::SendRequest<ReqBody>,
+}
+
+impl Checkin {
+    pub(crate) fn give_back(self) {
+        self.endpoint.checkin(self.tx);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Upstreams {
+    /// The state of one endpoint, created on first use.
+    pub fn endpoint(&self, key: PoolKey) -> Arc<Endpoint> {
+        let mut map = lock(&self.endpoints);
+        map.entry(key)
+            .or_insert_with(|| Arc::new(Endpoint::new(key)))
+            .clone()
+    }
+
+    /// Power of two choices: of two endpoints drawn at random, the one with fewer requests
+    /// in flight on this worker. `None` when there is no endpoint.
+    pub fn pick(&self, addrs: &[SocketAddr], protocol: Protocol) -> Option<Arc<Endpoint>> {
+        let key = |addr: SocketAddr| PoolKey { addr, protocol };
+        match addrs.len() {
+            0 => None,
+            1 => Some(self.endpoint(key(addrs[0]))),
+            n => {
+                let i = fastrand::usize(..n);
+                let mut j = fastrand::usize(..n - 1);
+                if j >= i {
+                    j += 1;
+                }
+                let mut map = lock(&self.endpoints);
+                let mut get = |addr| {
+                    map.entry(key(addr))
+                        .or_insert_with(|| Arc::new(Endpoint::new(key(addr))))
+                        .clone()
+                };
+                let a = get(addrs[i]);
+                let b = get(addrs[j]);
+                if b.in_flight() < a.in_flight() {
+                    Some(b)
+                } else {
+                    Some(a)
+                }
+            }
+        }
+    }
+
+    /// Closes idle connections past [`IDLE_TIMEOUT`] and forgets endpoints unused for long.
+    pub fn sweep(&self) {
+        let now = Instant::now();
+        let now_ms = now_ms();
+        let ttl = u64::try_from(ENDPOINT_TTL.as_millis()).unwrap_or(u64::MAX);
+        let mut map = lock(&self.endpoints);
+        map.retain(|_, e| {
+            lock(&e.idle)
+                .retain(|i| now.duration_since(i.since) < IDLE_TIMEOUT && !i.tx.is_closed());
+            let idle_empty = lock(&e.idle).is_empty();
+            let h2_empty = e.h2.try_lock().map(|g| g.is_none()).unwrap_or(false);
+            let unused = now_ms.saturating_sub(e.last_used.load(Ordering::Relaxed)) > ttl;
+            !(idle_empty && h2_empty && e.in_flight() == 0 && unused)
+        });
+    }
+
+    /// Idle connections held, for tests and metrics.
+    pub fn idle_connections(&self) -> usize {
+        lock(&self.endpoints)
+            .values()
+            .map(|e| lock(&e.idle).len())
+            .sum()
+    }
+}
+
+impl Endpoint {
+    fn new(key: PoolKey) -> Self {
+        Endpoint {
+            key,
+            in_flight: AtomicUsize::new(0),
+            last_used: AtomicU64::new(now_ms()),
+            idle: Mutex::new(Vec::new()),
+            h2: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// Its pool key.
+    pub fn key(&self) -> PoolKey {
+        self.key
+    }
+
+    /// Requests in flight on this endpoint from this worker.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Counts a request until the guard is dropped.
+    pub fn begin(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight {
+            endpoint: self.clone(),
+        }
+    }
+
+    fn checkout(&self) -> Option<http1::SendRequest<ReqBody>> {
+        let mut idle = lock(&self.idle);
+        while let Some(i) = idle.pop() {
+            if !i.tx.is_closed() && i.since.elapsed() < IDLE_TIMEOUT {
+                return Some(i.tx);
+            }
+        }
+        None
+    }
+
+    fn checkin(&self, tx: http1::SendRequest<ReqBody>) {
+        if tx.is_closed() {
+            return;
+        }
+        let mut idle = lock(&self.idle);
+        if idle.len() < MAX_IDLE_PER_ENDPOINT {
+            idle.push(Idle {
+                tx,
+                since: Instant::now(),
+            });
+        }
+    }
+
+    async fn connect_tcp(&self) -> Result<TcpStream, UpstreamError> {
+        let addr = self.key.addr;
+        let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+            Err(_) => return Err(UpstreamError::ConnectTimeout { addr }),
+            Ok(Err(source)) => return Err(UpstreamError::connect(addr, source)),
+            Ok(Ok(stream)) => stream,
+        };
+        // Small requests and responses: never wait for Nagle.
+        let _ = stream.set_nodelay(true);
+        Ok(stream)
+    }
+
+    async fn connect_h1(
+        &self,
+        upgrades: bool,
+    ) -> Result<http1::SendRequest<ReqBody>, UpstreamError> {
+        let stream = self.connect_tcp().await?;
+        let addr = self.key.addr;
+        let (tx, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|source| UpstreamError::Handshake { addr, source })?;
+        if upgrades {
+            tokio::spawn(async move {
+                if let Err(err) = conn.with_upgrades().await {
+                    debug!(%addr, error = %err, "backend connection ended");
+                }
+            });
+        } else {
+            tokio::spawn(async move {
+                if let Err(err) = conn.await {
+                    debug!(%addr, error = %err, "backend connection ended");
+                }
+            });
+        }
+        Ok(tx)
+    }
+
+    async fn connect_h2(&self) -> Result<http2::SendRequest<ReqBody>, UpstreamError> {
+        let stream = self.connect_tcp().await?;
+        let addr = self.key.addr;
+        let (tx, conn) = http2::Builder::new(TokioExecutor::new())
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|source| UpstreamError::Handshake { addr, source })?;
+        tokio::spawn(async move {
+            if let Err(err) = conn.await {
+                debug!(%addr, error = %err, "backend h2 connection ended");
+            }
+        });
+        Ok(tx)
+    }
+
+    /// Sends a request and returns the response head with its body. A request that a
+    /// pooled connection did not take (it was closing) goes on another connection; an
+    /// error after the request was handed to a connection is returned (the caller decides
+    /// whether retrying is safe).
+    pub async fn send(
+        self: &Arc<Self>,
+        req: Request<ReqBody>,
+        guard: InFlight,
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        self.last_used.store(now_ms(), Ordering::Relaxed);
+        match self.key.protocol {
+            Protocol::Http1 => self.send_h1(req, guard).await,
+            Protocol::H2c => self.send_h2(req, guard).await,
+        }
+    }
+
+    async fn send_h1(
+        self: &Arc<Self>,
+        mut req: Request<ReqBody>,
+        guard: InFlight,
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        let addr = self.key.addr;
+        while let Some(mut tx) = self.checkout() {
+            if tx.ready().await.is_err() {
+                continue;
+            }
+            match tx.try_send_request(req).await {
+                Ok(resp) => return Ok(self.wrap_h1(resp, tx, guard)),
+                Err(mut err) => match err.take_message() {
+                    // Not written: the connection was closing. Try another one.
+                    Some(back) => req = back,
+                    None => {
+                        return Err(UpstreamError::Reset {
+                            addr,
+                            source: err.into_error(),
+                        })
+                    }
+                },
+            }
+        }
+        let mut tx = self.connect_h1(false).await?;
+        match tx.send_request(req).await {
+            Ok(resp) => Ok(self.wrap_h1(resp, tx, guard)),
+            Err(source) => Err(UpstreamError::Reset { addr, source }),
+        }
+    }
+
+    fn wrap_h1(
+        self: &Arc<Self>,
+        resp: Response<hyper::body::Incoming>,
+        tx: http1::SendRequest<ReqBody>,
+        guard: InFlight,
+    ) -> Response<UpstreamBody> {
+        let checkin = Checkin {
+            endpoint: self.clone(),
+            tx,
+        };
+        resp.map(|body| UpstreamBody::new(body, Some(checkin), guard))
+    }
+
+    async fn send_h2(
+        self: &Arc<Self>,
+        req: Request<ReqBody>,
+        guard: InFlight,
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        let addr = self.key.addr;
+        let mut tx = {
+            let mut slot = self.h2.lock().await;
+            match slot.as_ref() {
+                Some(tx) if !tx.is_closed() => tx.clone(),
+                _ => {
+                    let tx = self.connect_h2().await?;
+                    *slot = Some(tx.clone());
+                    tx
+                }
+            }
+        };
+        if let Err(source) = tx.ready().await {
+            return Err(UpstreamError::Reset { addr, source });
+        }
+        match tx.send_request(req).await {
+            Ok(resp) => Ok(resp.map(|body| UpstreamBody::new(body, None, guard))),
+            Err(source) => Err(UpstreamError::Reset { addr, source }),
+        }
+    }
+
+    /// Sends an `Upgrade` request on a connection of its own (never pooled: after a 101 it
+    /// carries the upgraded protocol).
+    pub async fn send_upgrade(
+        self: &Arc<Self>,
+        req: Request<ReqBody>,
+        guard: InFlight,
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        let addr = self.key.addr;
+        let mut tx = self.connect_h1(true).await?;
+        match tx.send_request(req).await {
+            Ok(resp) => Ok(resp.map(|body| UpstreamBody::new(body, None, guard))),
+            Err(source) => Err(UpstreamError::Reset { addr, source }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn power_of_two_choices_prefers_the_endpoint_with_fewer_requests_in_flight() {
+        let ups = Upstreams::default();
+        let a: SocketAddr = "127.0.0.1:1".parse().expect("addr");
+        let b: SocketAddr = "127.0.0.1:2".parse().expect("addr");
+        let busy = ups.endpoint(PoolKey {
+            addr: a,
+            protocol: Protocol::Http1,
+        });
+        let _guards: Vec<InFlight> = (0..5).map(|_| busy.begin()).collect();
+        for _ in 0..50 {
+            let picked = ups.pick(&[a, b], Protocol::Http1).expect("an endpoint");
+            assert_eq!(picked.key().addr, b);
+        }
+    }
+
+    #[test]
+    fn in_flight_counts_drop_with_their_guard() {
+        let ups = Upstreams::default();
+        let e = ups.endpoint(PoolKey {
+            addr: "127.0.0.1:3".parse().expect("addr"),
+            protocol: Protocol::H2c,
+        });
+        let g = e.begin();
+        assert_eq!(e.in_flight(), 1);
+        drop(g);
+        assert_eq!(e.in_flight(), 0);
+    }
+
+    #[test]
+    fn no_endpoint_picks_nothing() {
+        assert!(Upstreams::default().pick(&[], Protocol::Http1).is_none());
+    }
+}

@@ -1,0 +1,236 @@
+//! Data-path workers. The default is one worker per core: a thread running a
+//! single-threaded Tokio runtime with its own `SO_REUSEPORT` listening socket per bind and
+//! its own backend pools, so the request path takes no shared lock. `GATEWAYD_RUNTIME=shared`
+//! runs the same code on one multi-thread Tokio runtime instead (kept for the comparison
+//! in docs/benchmarks.md).
+
+use std::{
+    sync::{Arc, OnceLock},
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use arc_swap::ArcSwapOption;
+use gateway_config::RouteTable;
+use hyper_util::{rt::TokioExecutor, server::conn::auto};
+use tokio::{runtime::Handle, sync::oneshot};
+
+use crate::{http, state::Snapshot, upstream::Upstreams};
+
+/// How often idle backend connections past their timeout are closed.
+const SWEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// How the workers run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RuntimeMode {
+    /// One thread per worker, each with a current-thread runtime and its own pools.
+    PerCore,
+    /// One multi-thread runtime with N threads and shared pools.
+    Shared,
+}
+
+impl RuntimeMode {
+    /// `GATEWAYD_RUNTIME=shared` selects [`RuntimeMode::Shared`]; anything else is per core.
+    pub fn from_env() -> Self {
+        match std::env::var("GATEWAYD_RUNTIME").as_deref() {
+            Ok("shared") => RuntimeMode::Shared,
+            _ => RuntimeMode::PerCore,
+        }
+    }
+}
+
+/// One configuration as a worker serves it.
+pub struct View {
+    snapshot: Arc<Snapshot>,
+}
+
+impl View {
+    /// The route table.
+    pub fn table(&self) -> &RouteTable {
+        &self.snapshot.compiled.table
+    }
+}
+
+/// What one worker owns.
+pub struct WorkerCtx {
+    /// Worker index.
+    pub id: usize,
+    /// Backend pools.
+    pub upstreams: Upstreams,
+    /// The HTTP server settings.
+    pub(crate) server: auto::Builder<TokioExecutor>,
+    /// The current configuration; a per-worker copy so that reading it touches no
+    /// reference count shared with other cores.
+    view: ArcSwapOption<View>,
+}
+
+impl WorkerCtx {
+    fn new(id: usize) -> Self {
+        WorkerCtx {
+            id,
+            upstreams: Upstreams::default(),
+            server: http::server_builder(),
+            view: ArcSwapOption::empty(),
+        }
+    }
+
+    /// The configuration new requests use.
+    pub fn view(&self) -> Option<Arc<View>> {
+        self.view.load_full()
+    }
+
+    fn set_snapshot(&self, snapshot: &Arc<Snapshot>) {
+        self.view.store(Some(Arc::new(View {
+            snapshot: snapshot.clone(),
+        })));
+    }
+}
+
+/// A worker: where to spawn its tasks and what it owns.
+pub struct Worker {
+    /// Worker index.
+    pub id: usize,
+    /// Its runtime.
+    pub handle: Handle,
+    /// Its state.
+    pub ctx: Arc<WorkerCtx>,
+}
+
+/// Every data-path worker.
+pub struct Workers {
+    workers: Vec<Worker>,
+    mode: RuntimeMode,
+    stops: std::sync::Mutex<Vec<oneshot::Sender<()>>>,
+    _threads: Vec<JoinHandle<()>>,
+}
+
+impl Workers {
+    /// Starts `count` workers.
+    pub fn start(count: usize, mode: RuntimeMode) -> std::io::Result<Self> {
+        let count = count.max(1);
+        let mut workers = Vec::with_capacity(count);
+        let mut stops = Vec::new();
+        let mut threads = Vec::new();
+        match mode {
+            RuntimeMode::PerCore => {
+                for id in 0..count {
+                    let (handle, stop, thread) = spawn_runtime(id, None)?;
+                    let ctx = Arc::new(WorkerCtx::new(id));
+                    spawn_sweeper(&handle, ctx.clone());
+                    workers.push(Worker { id, handle, ctx });
+                    stops.push(stop);
+                    threads.push(thread);
+                }
+            }
+            RuntimeMode::Shared => {
+                let (handle, stop, thread) = spawn_runtime(0, Some(count))?;
+                let ctx = Arc::new(WorkerCtx::new(0));
+                spawn_sweeper(&handle, ctx.clone());
+                for id in 0..count {
+                    workers.push(Worker {
+                        id,
+                        handle: handle.clone(),
+                        ctx: ctx.clone(),
+                    });
+                }
+                stops.push(stop);
+                threads.push(thread);
+            }
+        }
+        Ok(Workers {
+            workers,
+            mode,
+            stops: std::sync::Mutex::new(stops),
+            _threads: threads,
+        })
+    }
+
+    /// The workers, one listening socket per bind each.
+    pub fn workers(&self) -> &[Worker] {
+        &self.workers
+    }
+
+    /// How they run.
+    pub fn mode(&self) -> RuntimeMode {
+        self.mode
+    }
+
+    /// New connections and requests use `snapshot` from now on.
+    pub fn set_snapshot(&self, snapshot: &Arc<Snapshot>) {
+        let mut seen: Vec<*const WorkerCtx> = Vec::new();
+        for w in &self.workers {
+            let p = Arc::as_ptr(&w.ctx);
+            if !seen.contains(&p) {
+                seen.push(p);
+                w.ctx.set_snapshot(snapshot);
+            }
+        }
+    }
+
+    /// Stops every runtime (their connections end with them).
+    pub fn shutdown(&self) {
+        let stops = std::mem::take(
+            &mut *self
+                .stops
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        for stop in stops {
+            let _ = stop.send(());
+        }
+    }
+}
+
+fn spawn_runtime(
+    id: usize,
+    threads: Option<usize>,
+) -> std::io::Result<(Handle, oneshot::Sender<()>, JoinHandle<()>)> {
+    let runtime = match threads {
+        None => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?,
+        Some(n) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .thread_name("gatewayd-data")
+            .enable_all()
+            .build()?,
+    };
+    let handle = runtime.handle().clone();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let thread = std::thread::Builder::new()
+        .name(format!("gatewayd-w{id}"))
+        .spawn(move || {
+            runtime.block_on(async {
+                let _ = stopped.await;
+            });
+            runtime.shutdown_timeout(Duration::from_millis(100));
+        })?;
+    Ok((handle, stop, thread))
+}
+
+fn spawn_sweeper(handle: &Handle, ctx: Arc<WorkerCtx>) {
+    handle.spawn(async move {
+        let mut tick = tokio::time::interval(SWEEP_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            ctx.upstreams.sweep();
+        }
+    });
+}
+
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+/// Milliseconds since the process's data-path epoch (a cheap, monotonic clock for timers
+/// that are checked lazily).
+pub fn now_ms() -> u64 {
+    u64::try_from(epoch().elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+/// A [`now_ms`] value as a Tokio instant.
+pub fn tokio_instant(ms: u64) -> tokio::time::Instant {
+    tokio::time::Instant::from_std(epoch() + Duration::from_millis(ms))
+}

@@ -1,0 +1,373 @@
+//! Test backends, run in-process on ephemeral 127.0.0.1 ports.
+//!
+//! [`Echo`] answers like the Gateway API conformance suite's echo backend: JSON with the
+//! request's path (with query), host, method, protocol, headers, its own identity (`pod`)
+//! and the TLS details it saw (`tls`, null on plain connections). It serves HTTP/1.1 and
+//! h2c (prior knowledge), gRPC (any method; the JSON travels in one gRPC message, the
+//! backend's name also in the `x-echo-backend` header), and `Upgrade` (101, then echoes
+//! bytes). Knobs: `/status/NNN` answers NNN; `?delay=1s` (or `500ms`) waits first;
+//! `X-Echo-Set-Header: Name: value,Other: value` sets response headers; and the
+//! conformance retry simulation `?responseCode=500&succeedAfter=2&uuid=U` answers
+//! `responseCode` to the first `succeedAfter` requests carrying `uuid`.
+//!
+//! [`RawBackend`] misbehaves on purpose: it dies in the middle of a response body, or
+//! resets the connection before answering.
+
+use std::{
+    collections::HashMap,
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, Mutex, OnceLock,
+    },
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full};
+use hyper::{body::Incoming, header, service::service_fn, Request, Response, StatusCode};
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo},
+    server::conn::auto,
+};
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::TcpListener,
+};
+
+/// The runtime every in-process backend and test client runs on.
+pub fn runtime() -> &'static tokio::runtime::Runtime {
+    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("test-backends")
+            .enable_all()
+            .build()
+            .expect("invariant: the test runtime starts")
+    })
+}
+
+/// An echo backend.
+pub struct Echo {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Its identity, reported as `pod`.
+    pub name: String,
+    connections: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+struct EchoState {
+    name: String,
+    retries: Mutex<HashMap<String, u32>>,
+}
+
+impl Echo {
+    /// Starts an echo backend named `name`.
+    pub fn start(name: &str) -> Echo {
+        let rt = runtime();
+        let listener = rt
+            .block_on(TcpListener::bind("127.0.0.1:0"))
+            .expect("invariant: loopback has free ports");
+        let addr = listener.local_addr().expect("invariant: bound socket");
+        let state = Arc::new(EchoState {
+            name: name.to_string(),
+            retries: Mutex::new(HashMap::new()),
+        });
+        let connections = Arc::new(AtomicUsize::new(0));
+        let counter = connections.clone();
+        let task = rt.spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+                let state = state.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |req| {
+                        let state = state.clone();
+                        async move { Ok::<_, Infallible>(answer(&state, req).await) }
+                    });
+                    let _ = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Echo {
+            addr,
+            name: name.to_string(),
+            connections,
+            task,
+        }
+    }
+
+    /// TCP connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Echo {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn parse_delay(v: &str) -> Option<Duration> {
+    if let Some(ms) = v.strip_suffix("ms") {
+        return ms.parse().ok().map(Duration::from_millis);
+    }
+    v.strip_suffix('s')
+        .and_then(|s| s.parse::<f64>().ok())
+        .map(Duration::from_secs_f64)
+}
+
+fn query_params(query: &str) -> HashMap<String, String> {
+    query
+        .split('&')
+        .filter(|kv| !kv.is_empty())
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            (k.to_string(), v.to_string())
+        })
+        .collect()
+}
+
+async fn answer(state: &EchoState, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let query = query_params(req.uri().query().unwrap_or(""));
+    if let Some(delay) = query.get("delay").and_then(|d| parse_delay(d)) {
+        tokio::time::sleep(delay).await;
+    }
+    let mut headers = serde_json::Map::new();
+    for name in req.headers().keys() {
+        let values: Vec<serde_json::Value> = req
+            .headers()
+            .get_all(name)
+            .iter()
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned().into())
+            .collect();
+        headers.insert(name.as_str().to_string(), values.into());
+    }
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .or_else(|| req.uri().authority().map(|a| a.to_string()))
+        .unwrap_or_default();
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|pq| pq.as_str().to_string())
+        .unwrap_or_default();
+    let json = serde_json::json!({
+        "path": path,
+        "host": host,
+        "method": req.method().as_str(),
+        "proto": format!("{:?}", req.version()),
+        "headers": headers,
+        "namespace": "gateway-conformance-infra",
+        "ingress": "",
+        "service": "",
+        "pod": state.name,
+        "tls": null,
+    });
+
+    let mut status = StatusCode::OK;
+    if let Some(code) = req.uri().path().strip_prefix("/status/") {
+        status = code
+            .parse()
+            .ok()
+            .and_then(|c| StatusCode::from_u16(c).ok())
+            .unwrap_or(StatusCode::BAD_REQUEST);
+    }
+    if let (Some(code), Some(after), Some(uuid)) = (
+        query.get("responseCode"),
+        query.get("succeedAfter"),
+        query.get("uuid"),
+    ) {
+        let seen = {
+            let mut retries = state
+                .retries
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let n = retries.entry(uuid.clone()).or_insert(0);
+            *n += 1;
+            *n
+        };
+        if seen <= after.parse().unwrap_or(0) {
+            status = code
+                .parse()
+                .ok()
+                .and_then(|c| StatusCode::from_u16(c).ok())
+                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        }
+    }
+    let set_headers: Vec<(String, String)> = req
+        .headers()
+        .get_all("x-echo-set-header")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|kv| kv.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect();
+
+    let grpc = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    let upgrade = req.headers().contains_key(header::UPGRADE);
+    let mut req = req;
+    let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    // Read the request body to the end (gRPC messages, POST bodies).
+    let body_len = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes().len())
+        .unwrap_or(0);
+    let mut json = json;
+    json["bodyLength"] = body_len.into();
+
+    let mut resp = if grpc {
+        let payload = serde_json::to_vec(&json).unwrap_or_default();
+        let mut framed = Vec::with_capacity(payload.len() + 5);
+        framed.push(0);
+        framed.extend_from_slice(&u32::try_from(payload.len()).unwrap_or(0).to_be_bytes());
+        framed.extend_from_slice(&payload);
+        let mut resp = Response::new(Full::new(Bytes::from(framed)));
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static("application/grpc"),
+        );
+        // Trailers-only would need a body type with trailers; grpc-status in the head is
+        // what the tests read.
+        resp.headers_mut()
+            .insert("grpc-status", header::HeaderValue::from_static("0"));
+        resp
+    } else if let Some(on_upgrade) = on_upgrade {
+        tokio::spawn(async move {
+            if let Ok(upgraded) = on_upgrade.await {
+                let mut io = TokioIo::new(upgraded);
+                let mut buf = [0u8; 1024];
+                while let Ok(n) = io.read(&mut buf).await {
+                    if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        let mut resp = Response::new(Full::new(Bytes::new()));
+        *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        resp.headers_mut().insert(
+            header::UPGRADE,
+            header::HeaderValue::from_static("websocket"),
+        );
+        resp.headers_mut().insert(
+            header::CONNECTION,
+            header::HeaderValue::from_static("upgrade"),
+        );
+        return resp;
+    } else {
+        let mut resp = Response::new(Full::new(Bytes::from(
+            serde_json::to_vec(&json).unwrap_or_default(),
+        )));
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static("application/json"),
+        );
+        resp
+    };
+    *resp.status_mut() = status;
+    if let Ok(v) = header::HeaderValue::from_str(&state.name) {
+        resp.headers_mut().insert("x-echo-backend", v);
+    }
+    for (k, v) in set_headers {
+        if let (Ok(k), Ok(v)) = (
+            header::HeaderName::from_bytes(k.as_bytes()),
+            header::HeaderValue::from_str(&v),
+        ) {
+            resp.headers_mut().append(k, v);
+        }
+    }
+    resp
+}
+
+/// How a [`RawBackend`] misbehaves.
+#[derive(Clone, Copy, Debug)]
+pub enum Misbehaviour {
+    /// `Content-Length: 100000`, 1000 bytes of body, then the connection closes.
+    DieMidBodyWithLength,
+    /// Chunked, one 1000-byte chunk, then the connection closes without the last chunk.
+    DieMidBodyChunked,
+    /// Reads the request, then resets the connection without answering.
+    ResetBeforeResponse,
+}
+
+/// A backend that breaks its responses.
+pub struct RawBackend {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RawBackend {
+    /// Starts a backend that misbehaves as `how` on every request.
+    pub fn start(how: Misbehaviour) -> RawBackend {
+        let rt = runtime();
+        let listener = rt
+            .block_on(TcpListener::bind("127.0.0.1:0"))
+            .expect("invariant: loopback has free ports");
+        let addr = listener.local_addr().expect("invariant: bound socket");
+        let task = rt.spawn(async move {
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    let mut seen = Vec::new();
+                    while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => seen.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let filler = vec![b'x'; 1000];
+                    match how {
+                        Misbehaviour::DieMidBodyWithLength => {
+                            let _ = stream
+                                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100000\r\n\r\n")
+                                .await;
+                            let _ = stream.write_all(&filler).await;
+                        }
+                        Misbehaviour::DieMidBodyChunked => {
+                            let _ = stream
+                                .write_all(
+                                    b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3e8\r\n",
+                                )
+                                .await;
+                            let _ = stream.write_all(&filler).await;
+                            let _ = stream.write_all(b"\r\n").await;
+                        }
+                        Misbehaviour::ResetBeforeResponse => {}
+                    }
+                    let _ = stream.flush().await;
+                    // Linger 0: close with RST, like a crashed process's socket.
+                    let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+                    drop(stream);
+                });
+            }
+        });
+        RawBackend { addr, task }
+    }
+}
+
+impl Drop for RawBackend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

@@ -1,0 +1,412 @@
+//! Conformance-style scenarios: the conformance suite's namespaces and backends (each an
+//! in-process [`Echo`]), a real `gatewayd` serving manifests written to a temp dir, and a
+//! small HTTP/1.1 + h2c client.
+
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    sync::OnceLock,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _};
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full};
+use hyper::{HeaderMap, Method, Request};
+use hyper_util::{
+    client::legacy::{connect::HttpConnector, Client},
+    rt::TokioExecutor,
+};
+
+use crate::{
+    echo::{runtime, Echo},
+    free_port, http_get, Gatewayd,
+};
+
+/// The conformance suite's infrastructure namespace.
+pub const INFRA: &str = "gateway-conformance-infra";
+/// The namespace of `web-backend`.
+pub const WEB: &str = "gateway-conformance-web-backend";
+/// The namespace of `app-backend-v1`/`v2`.
+pub const APP: &str = "gateway-conformance-app-backend";
+
+/// A Service (port 8080, named `http`) and its EndpointSlice pointing at `endpoints`.
+pub fn service(
+    ns: &str,
+    name: &str,
+    endpoints: &[SocketAddr],
+    app_protocol: Option<&str>,
+) -> String {
+    let app = app_protocol
+        .map(|p| format!(", appProtocol: {p}"))
+        .unwrap_or_default();
+    // One EndpointSlice per distinct port: a slice has one port list.
+    let mut slices = String::new();
+    let mut ports: Vec<u16> = endpoints.iter().map(SocketAddr::port).collect();
+    ports.sort_unstable();
+    ports.dedup();
+    for (i, p) in ports.iter().enumerate() {
+        let eps: Vec<String> = endpoints
+            .iter()
+            .filter(|a| a.port() == *p)
+            .map(|a| format!("{{addresses: ['{}']}}", a.ip()))
+            .collect();
+        slices.push_str(&format!(
+            "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {name}-{i}, namespace: {ns}, labels: {{kubernetes.io/service-name: {name}}}}}\naddressType: IPv4\nports: [{{name: http, port: {p}}}]\nendpoints: [{}]\n",
+            eps.join(", ")
+        ));
+    }
+    format!(
+        "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  ports: [{{name: http, port: 8080{app}}}]\n{slices}"
+    )
+}
+
+/// The conformance backends, each an [`Echo`] named after its Service.
+pub struct Infra {
+    /// Echo backends by Service name.
+    pub echoes: Vec<(String, Echo)>,
+    /// Namespaces, Services and EndpointSlices.
+    pub yaml: String,
+}
+
+impl Infra {
+    /// `infra-backend-v1..v3` in the infra namespace, `web-backend`, `app-backend-v1/v2`.
+    pub fn new() -> Infra {
+        let mut infra = Infra {
+            echoes: Vec::new(),
+            yaml: format!(
+                "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {INFRA}}}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {{name: {WEB}}}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {{name: {APP}}}\n"
+            ),
+        };
+        for (ns, name) in [
+            (INFRA, "infra-backend-v1"),
+            (INFRA, "infra-backend-v2"),
+            (INFRA, "infra-backend-v3"),
+            (WEB, "web-backend"),
+            (APP, "app-backend-v1"),
+            (APP, "app-backend-v2"),
+        ] {
+            infra.add(ns, name, None);
+        }
+        infra
+    }
+
+    /// Adds an echo backend behind a new Service.
+    pub fn add(&mut self, ns: &str, name: &str, app_protocol: Option<&str>) -> SocketAddr {
+        let echo = Echo::start(name);
+        let addr = echo.addr;
+        self.yaml
+            .push_str(&service(ns, name, &[addr], app_protocol));
+        self.echoes.push((name.to_string(), echo));
+        addr
+    }
+
+    /// The echo behind a Service.
+    pub fn echo(&self, name: &str) -> &Echo {
+        self.echoes
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, e)| e)
+            .expect("invariant: the test names an existing backend")
+    }
+
+    /// Starts gatewayd on these backends plus `manifests`.
+    pub fn serve(&self, manifests: &[&str]) -> Served {
+        let mut all = self.yaml.clone();
+        for m in manifests {
+            all.push_str("---\n");
+            all.push_str(m);
+            all.push('\n');
+        }
+        Served::start(&all).unwrap_or_else(|e| panic!("{e:#}"))
+    }
+}
+
+impl Default for Infra {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The conformance `same-namespace` Gateway: one HTTP listener on 127.0.0.1:`port`
+/// accepting routes of its own namespace.
+pub fn same_namespace_gateway(port: u16) -> String {
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: same-namespace, namespace: {INFRA}}}\nspec:\n  gatewayClassName: gatewayd\n  addresses: [{{type: IPAddress, value: 127.0.0.1}}]\n  listeners:\n  - name: http\n    port: {port}\n    protocol: HTTP\n    allowedRoutes: {{namespaces: {{from: Same}}}}\n"
+    )
+}
+
+/// A running gatewayd serving a manifest file.
+pub struct Served {
+    /// The process.
+    pub gw: Gatewayd,
+    /// The manifest file (rewrite it to reload).
+    pub config: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Served {
+    /// Writes `yaml`, starts `gatewayd run --ebpf off`, and waits for `/readyz`.
+    pub fn start(yaml: &str) -> anyhow::Result<Served> {
+        let dir = tempfile::tempdir()?;
+        let config = crate::write_config(dir.path(), "gateway.yaml", yaml);
+        let config_arg = config.to_string_lossy().into_owned();
+        let mut gw =
+            Gatewayd::start(&["--config", &config_arg, "--ebpf", "off", "--workers", "2"])?;
+        gw.wait_healthy()?;
+        let served = Served {
+            gw,
+            config,
+            _dir: dir,
+        };
+        served.wait_ready()?;
+        Ok(served)
+    }
+
+    /// Waits for `/readyz` to answer 200.
+    pub fn wait_ready(&self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match http_get(self.gw.admin, "/readyz") {
+                Ok(r) if r.status == 200 => return Ok(()),
+                Ok(r) if Instant::now() > deadline => {
+                    bail!("not ready: {} {}\n{}", r.status, r.body, self.gw.stderr())
+                }
+                Err(e) if Instant::now() > deadline => bail!("readyz: {e}\n{}", self.gw.stderr()),
+                _ => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+    }
+}
+
+/// A free port for a listener.
+pub fn listener_port() -> u16 {
+    free_port()
+}
+
+/// A request as a test writes it.
+#[derive(Clone, Debug)]
+pub struct Req {
+    pub method: Method,
+    pub path: String,
+    pub host: Option<String>,
+    pub headers: Vec<(String, String)>,
+    pub body: Bytes,
+    pub h2: bool,
+}
+
+impl Req {
+    /// `GET path`.
+    pub fn get(path: &str) -> Req {
+        Req {
+            method: Method::GET,
+            path: path.to_string(),
+            host: None,
+            headers: Vec::new(),
+            body: Bytes::new(),
+            h2: false,
+        }
+    }
+
+    /// Sets the Host (HTTP/1.1) or `:authority` (HTTP/2).
+    pub fn host(mut self, host: &str) -> Req {
+        self.host = Some(host.to_string());
+        self
+    }
+
+    /// Sets the method.
+    pub fn method(mut self, m: &str) -> Req {
+        self.method = Method::from_bytes(m.as_bytes()).expect("invariant: a valid method");
+        self
+    }
+
+    /// Adds a header.
+    pub fn header(mut self, name: &str, value: &str) -> Req {
+        self.headers.push((name.to_string(), value.to_string()));
+        self
+    }
+
+    /// Sets the body.
+    pub fn body(mut self, body: impl Into<Bytes>) -> Req {
+        self.body = body.into();
+        self
+    }
+
+    /// Sends it over HTTP/2 with prior knowledge.
+    pub fn h2(mut self) -> Req {
+        self.h2 = true;
+        self
+    }
+}
+
+/// A response as the client saw it.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    /// Set when the body ended with an error (a truncated response).
+    pub body_error: Option<String>,
+}
+
+impl Reply {
+    /// The echo backend's JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// Which echo backend answered (`pod`), if one did.
+    pub fn backend(&self) -> Option<String> {
+        self.json()["pod"].as_str().map(str::to_string)
+    }
+
+    /// The values the backend saw for a request header, joined with `,` (as the
+    /// conformance suite compares them); `None` when absent.
+    pub fn seen_header(&self, name: &str) -> Option<String> {
+        let v = &self.json()["headers"][name.to_ascii_lowercase()];
+        v.as_array().map(|vals| {
+            vals.iter()
+                .filter_map(|x| x.as_str())
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+    }
+
+    /// The path (with query) the backend saw.
+    pub fn seen_path(&self) -> Option<String> {
+        self.json()["path"].as_str().map(str::to_string)
+    }
+
+    /// A response header's values joined with `,`.
+    pub fn header(&self, name: &str) -> Option<String> {
+        let vals: Vec<&str> = self
+            .headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        (!vals.is_empty()).then(|| vals.join(","))
+    }
+}
+
+type TestClient = Client<HttpConnector, Full<Bytes>>;
+
+fn clients() -> &'static (TestClient, TestClient) {
+    static CLIENTS: OnceLock<(TestClient, TestClient)> = OnceLock::new();
+    CLIENTS.get_or_init(|| {
+        let _guard = runtime().enter();
+        let h1 = Client::builder(TokioExecutor::new()).build_http();
+        let h2 = Client::builder(TokioExecutor::new())
+            .http2_only(true)
+            .build_http();
+        (h1, h2)
+    })
+}
+
+/// Sends `req` to the gateway at `addr` and reads the whole response.
+pub fn send(addr: SocketAddr, req: &Req) -> anyhow::Result<Reply> {
+    let (h1, h2) = clients();
+    let client = if req.h2 { h2 } else { h1 };
+    let mut builder = Request::builder()
+        .method(req.method.clone())
+        .uri(format!("http://{addr}{}", req.path));
+    if let Some(host) = &req.host {
+        if req.h2 {
+            builder = builder.uri(format!("http://{host}{}", req.path));
+        } else {
+            builder = builder.header("host", host);
+        }
+    }
+    for (n, v) in &req.headers {
+        builder = builder.header(n, v);
+    }
+    let request = builder.body(Full::new(req.body.clone()))?;
+    runtime().block_on(async move {
+        tokio::time::timeout(Duration::from_secs(20), async move {
+            let resp = if req.h2 && req.host.is_some() {
+                // The authority names the virtual host; connect to the gateway anyway.
+                send_h2_to(addr, request).await?
+            } else {
+                client.request(request).await?
+            };
+            let status = resp.status().as_u16();
+            let headers = resp.headers().clone();
+            let mut body = Vec::new();
+            let mut body_error = None;
+            let mut incoming = resp.into_body();
+            while let Some(frame) = incoming.frame().await {
+                match frame {
+                    Ok(f) => {
+                        if let Some(d) = f.data_ref() {
+                            body.extend_from_slice(d);
+                        }
+                    }
+                    Err(e) => {
+                        body_error = Some(e.to_string());
+                        break;
+                    }
+                }
+            }
+            Ok::<_, anyhow::Error>(Reply {
+                status,
+                headers,
+                body: Bytes::from(body),
+                body_error,
+            })
+        })
+        .await
+        .context("request timed out")?
+    })
+}
+
+/// HTTP/2 with prior knowledge to `addr`, whatever the request's authority says.
+async fn send_h2_to(
+    addr: SocketAddr,
+    request: Request<Full<Bytes>>,
+) -> anyhow::Result<hyper::Response<hyper::body::Incoming>> {
+    let stream = tokio::net::TcpStream::connect(addr).await?;
+    let (mut tx, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .handshake(hyper_util::rt::TokioIo::new(stream))
+        .await?;
+    tokio::spawn(conn);
+    Ok(tx.send_request(request).await?)
+}
+
+/// Expected outcome of one request in a table-driven test.
+#[derive(Clone, Copy, Debug)]
+pub enum Expect<'a> {
+    /// 200 from this echo backend.
+    Backend(&'a str),
+    /// This status from the gateway.
+    Status(u16),
+}
+
+/// Sends every request and checks status and backend, reporting all mismatches at once.
+pub fn check_all(addr: SocketAddr, cases: &[(Req, Expect<'_>)]) {
+    let mut failures = Vec::new();
+    for (req, want) in cases {
+        let got = match send(addr, req) {
+            Ok(r) => r,
+            Err(e) => {
+                failures.push(format!("{req:?}: {e:#}"));
+                continue;
+            }
+        };
+        let ok = match want {
+            Expect::Backend(b) => got.status == 200 && got.backend().as_deref() == Some(*b),
+            Expect::Status(s) => got.status == *s,
+        };
+        if !ok {
+            failures.push(format!(
+                "{} {} host={:?} headers={:?}: want {want:?}, got {} from {:?}",
+                req.method,
+                req.path,
+                req.host,
+                req.headers,
+                got.status,
+                got.backend()
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
