@@ -1,8 +1,12 @@
 //! gatewayd's kernel programs. Built for `bpfel-unknown-none` with nightly by
 //! `gateway-userspace/build.rs` (aya-build) and embedded in the `gatewayd` binary.
 //!
+//! - `xdp_flow` (ingress): parse, drop what the ACL, the unlisted-port rule or the SYN
+//!   guard refuses (each drop counted by reason), count per listener and per flow.
+//! - `tc_reply` (TC egress): count the reply direction in the same flow entry.
+//!
 //! Depends only on `aya-ebpf` and `gateway-common` (the shared map types). Packet memory is
-//! read only through [`load`], which checks bounds against `data_end` first, as the
+//! read only through [`packet::load`], which checks bounds against `data_end` first, as the
 //! verifier requires.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
@@ -13,7 +17,15 @@
 #![allow(unsafe_code)]
 
 #[cfg(target_arch = "bpf")]
-mod prog;
+mod flow;
+#[cfg(target_arch = "bpf")]
+mod maps;
+#[cfg(target_arch = "bpf")]
+mod packet;
+#[cfg(target_arch = "bpf")]
+mod tc;
+#[cfg(target_arch = "bpf")]
+mod xdp;
 
 /// Built for the host (workspace `cargo check`/`clippy`), this crate is an empty binary; the
 /// programs only exist for the bpf target.

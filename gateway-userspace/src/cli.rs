@@ -1,10 +1,13 @@
 //! Command line: `gatewayd run` and `gatewayd check` (the external contract of DESIGN §2).
 
-use std::{net::SocketAddr, path::PathBuf};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::ebpf::EbpfMode;
+use crate::ebpf::{
+    sync::{SyncOptions, DEFAULT_FLOW_IDLE_TIMEOUT},
+    Acl, AclError, DataplaneOptions, EbpfMode, SynRateLimit,
+};
 
 pub const DEFAULT_CONTROLLER_NAME: &str = "gateway.networking.example/gatewayd";
 
@@ -61,6 +64,77 @@ pub struct RunArgs {
     /// Worker threads for the data path (default: number of CPUs).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     pub workers: Option<u16>,
+
+    #[command(flatten)]
+    pub kernel: KernelArgs,
+}
+
+/// Default `--bpf-pin-dir`.
+pub const DEFAULT_BPF_PIN_DIR: &str = "/sys/fs/bpf/gatewayd";
+
+/// What the eBPF programs filter and keep (issue 7). Effective only with eBPF on.
+#[derive(Debug, Args)]
+pub struct KernelArgs {
+    /// Drop, in XDP, TCP and UDP packets to the gateway's addresses on ports no listener
+    /// serves (the kernel's ephemeral port range excepted, for replies to the host's own
+    /// connections).
+    #[arg(long)]
+    pub xdp_drop_unlisted: bool,
+
+    /// File of denied source CIDRs, one per line, `#` comments; dropped in XDP. Reloaded
+    /// when it changes and on SIGHUP.
+    #[arg(long, value_name = "FILE")]
+    pub acl: Option<PathBuf>,
+
+    /// SYN-flood guard: at most PER_SEC TCP SYNs per second from one source address, BURST
+    /// at once (default BURST = PER_SEC). Off by default.
+    #[arg(long, value_name = "PER_SEC[:BURST]")]
+    pub syn_rate_limit: Option<SynRateLimit>,
+
+    /// bpffs directory to pin the flow table in, so a restart keeps it (a bpffs is mounted
+    /// when there is none); `none` turns pinning off.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_BPF_PIN_DIR)]
+    pub bpf_pin_dir: PathBuf,
+
+    /// Seconds without a packet after which a flow is removed from the flow table.
+    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_FLOW_IDLE_TIMEOUT.as_secs_f64(), value_parser = parse_idle_timeout)]
+    pub flow_idle_timeout: f64,
+}
+
+fn parse_idle_timeout(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(secs) if (0.1..=86_400.0 * 365.0).contains(&secs) => Ok(secs),
+        _ => Err(format!(
+            "invalid --flow-idle-timeout {s:?}: expected seconds, at least 0.1"
+        )),
+    }
+}
+
+impl KernelArgs {
+    /// The dataplane's options for `ifaces`, reading the ACL file (an unreadable or
+    /// invalid file is an error: gatewayd refuses to start on it).
+    pub fn dataplane_options(&self, ifaces: &[String]) -> Result<DataplaneOptions, AclError> {
+        let acl = self.acl.as_deref().map(Acl::load).transpose()?;
+        Ok(DataplaneOptions {
+            ifaces: ifaces.to_vec(),
+            pin_dir: (self.bpf_pin_dir.as_os_str() != "none").then(|| self.bpf_pin_dir.clone()),
+            drop_unlisted: self.xdp_drop_unlisted,
+            syn_rate_limit: self.syn_rate_limit,
+            acl,
+        })
+    }
+
+    pub fn sync_options(&self) -> SyncOptions {
+        SyncOptions {
+            acl_path: self.acl.clone(),
+            flow_idle_timeout: Duration::from_secs_f64(self.flow_idle_timeout),
+        }
+    }
+
+    /// Whether any filter was asked for (to warn when eBPF is off).
+    pub fn filters_requested(&self) -> bool {
+        self.xdp_drop_unlisted || self.acl.is_some() || self.syn_rate_limit.is_some()
+    }
 }
 
 #[derive(Debug, Args)]
@@ -135,6 +209,94 @@ mod tests {
             .map(|e| e.to_string())
             .unwrap_or_default();
         assert!(err.contains("auto, off or required"), "{err}");
+    }
+
+    fn run_args(extra: &[&str]) -> RunArgs {
+        let mut argv = vec!["gatewayd", "run", "--config", "a.yaml"];
+        argv.extend_from_slice(extra);
+        match Cli::try_parse_from(argv) {
+            Ok(Cli {
+                command: Command::Run(args),
+            }) => args,
+            other => panic!("run did not parse: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn kernel_flags_default_to_counting_only_with_a_pinned_flow_table() {
+        let args = run_args(&[]);
+        assert!(!args.kernel.xdp_drop_unlisted);
+        assert_eq!(args.kernel.acl, None);
+        assert_eq!(args.kernel.syn_rate_limit, None);
+        assert_eq!(
+            args.kernel.bpf_pin_dir,
+            PathBuf::from("/sys/fs/bpf/gatewayd")
+        );
+        let options = args
+            .kernel
+            .dataplane_options(&["eth0".into()])
+            .expect("no ACL to read");
+        assert_eq!(options.pin_dir, Some(PathBuf::from("/sys/fs/bpf/gatewayd")));
+        assert_eq!(
+            args.kernel.sync_options().flow_idle_timeout,
+            Duration::from_secs(300)
+        );
+        assert!(!args.kernel.filters_requested());
+    }
+
+    #[test]
+    fn kernel_flags_are_parsed() {
+        let dir = std::env::temp_dir().join(format!("gatewayd-cli-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let acl = dir.join("acl.txt");
+        std::fs::write(
+            &acl,
+            "10.0.0.0/8
+",
+        )
+        .expect("write ACL");
+        let acl_arg = acl.to_string_lossy().into_owned();
+        let args = run_args(&[
+            "--xdp-drop-unlisted",
+            "--acl",
+            &acl_arg,
+            "--syn-rate-limit",
+            "50:100",
+            "--bpf-pin-dir",
+            "none",
+            "--flow-idle-timeout",
+            "2.5",
+        ]);
+        let options = args.kernel.dataplane_options(&[]).expect("ACL reads");
+        assert!(options.drop_unlisted);
+        assert_eq!(
+            options.syn_rate_limit,
+            Some(SynRateLimit {
+                per_sec: 50,
+                burst: 100
+            })
+        );
+        assert_eq!(options.pin_dir, None);
+        assert_eq!(options.acl.map(|a| a.prefixes.len()), Some(1));
+        assert_eq!(
+            args.kernel.sync_options().flow_idle_timeout,
+            Duration::from_millis(2500)
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_bad_syn_rate_or_idle_timeout_is_refused() {
+        for extra in [
+            ["--syn-rate-limit", "0"],
+            ["--syn-rate-limit", "ten"],
+            ["--flow-idle-timeout", "0"],
+            ["--flow-idle-timeout", "-3"],
+        ] {
+            let mut argv = vec!["gatewayd", "run", "--config", "a"];
+            argv.extend_from_slice(&extra);
+            assert!(Cli::try_parse_from(argv).is_err(), "{extra:?}");
+        }
     }
 
     #[test]

@@ -104,17 +104,31 @@ async fn serve(args: RunArgs, workers: usize) -> anyhow::Result<ExitCode> {
     } else {
         args.xdp_iface.clone()
     };
-    let dataplane =
-        match tokio::task::spawn_blocking(move || Dataplane::start_with_mode(args.ebpf, &ifaces))
-            .await
-            .context("eBPF start-up task")?
-        {
-            Ok(dataplane) => dataplane,
-            Err(err) => {
-                eprintln!("gatewayd: eBPF is required (--ebpf required) but unavailable: {err}");
-                return Ok(ExitCode::FAILURE);
-            }
-        };
+    // ---- eBPF dataplane options (issue 7: filters, ACL file, pinning) ----
+    let ebpf_options = match args.kernel.dataplane_options(&ifaces) {
+        Ok(options) => options,
+        Err(err) => {
+            eprintln!("gatewayd: refusing to start: {err}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    if args.ebpf == EbpfMode::Off && args.kernel.filters_requested() {
+        warn!("--xdp-drop-unlisted, --acl and --syn-rate-limit ignored: --ebpf off");
+    }
+    // ---- end eBPF dataplane options ----
+    let dataplane = match tokio::task::spawn_blocking(move || {
+        Dataplane::start_with_mode(args.ebpf, &ebpf_options)
+    })
+    .await
+    .context("eBPF start-up task")?
+    {
+        Ok(dataplane) => dataplane,
+        Err(err) => {
+            eprintln!("gatewayd: eBPF is required (--ebpf required) but unavailable: {err}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let ebpf_handle = dataplane.as_ref().map(Dataplane::handle);
     state.set_dataplane(dataplane);
 
     let listener = admin::bind(args.admin)
@@ -125,6 +139,12 @@ async fn serve(args: RunArgs, workers: usize) -> anyhow::Result<ExitCode> {
 
     let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(4);
     let reload_task = tokio::spawn(reload::run(state.clone(), reload_rx));
+
+    // ---- eBPF map sync (issue 7): listener table, ACL file, host addresses, flow GC ----
+    let ebpf_sync_task = ebpf_handle.map(|handle| {
+        gateway_userspace::ebpf::sync::spawn(handle, state.subscribe(), args.kernel.sync_options())
+    });
+    // ---- end eBPF map sync ----
 
     // ---- HTTP data path (listen/, http/, upstream/, worker.rs) ----
     // `listeners.socket_fds()` lists the listening sockets per (bind, worker), and
@@ -152,6 +172,11 @@ async fn serve(args: RunArgs, workers: usize) -> anyhow::Result<ExitCode> {
 
     admin_task.abort();
     reload_task.abort();
+    // ---- eBPF map sync: stop before the programs detach ----
+    if let Some(task) = ebpf_sync_task {
+        task.abort();
+    }
+    // ---- end eBPF map sync ----
     // ---- HTTP data path: stop accepting, then stop the workers ----
     listen_task.abort();
     listeners.close_all();

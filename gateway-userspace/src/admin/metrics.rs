@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use crate::state::State;
+use crate::{ebpf::StatsTotal, state::State};
 
 /// Linux reports utime/stime in USER_HZ ticks, which is 100 on every architecture the
 /// kernel ABI exposes to userspace.
@@ -134,7 +134,7 @@ pub fn render(state: &State) -> String {
         "XDP program attachments by interface and mode (driver or generic).",
     );
     if let Some(ebpf) = &ebpf {
-        for attachment in &ebpf.attachments {
+        for attachment in ebpf.attachments.iter().filter(|a| a.hook == "xdp") {
             out.sample(
                 "gatewayd_xdp_attached",
                 &[("iface", &attachment.iface), ("mode", attachment.mode)],
@@ -142,46 +142,194 @@ pub fn render(state: &State) -> String {
             );
         }
     }
+    out.family(
+        "gatewayd_tc_attached",
+        "gauge",
+        "TC egress program (tc_reply) attachments by interface and mode (tcx or clsact).",
+    );
+    if let Some(ebpf) = &ebpf {
+        for attachment in ebpf.attachments.iter().filter(|a| a.hook == "tc") {
+            out.sample(
+                "gatewayd_tc_attached",
+                &[("iface", &attachment.iface), ("mode", attachment.mode)],
+                1,
+            );
+        }
+    }
     if let Some(ebpf) = ebpf {
-        let s = ebpf.stats;
-        out.single(
-            "gatewayd_xdp_packets_total",
-            "counter",
-            "Packets seen by xdp_flow (STATS).",
-            s.packets,
-        );
-        out.single(
-            "gatewayd_xdp_bytes_total",
-            "counter",
-            "Frame bytes seen by xdp_flow (STATS).",
-            s.bytes,
-        );
-        out.single(
-            "gatewayd_xdp_parse_failures_total",
-            "counter",
-            "Packets with a truncated or malformed header (STATS).",
-            s.parse_failures,
-        );
-        out.single(
-            "gatewayd_xdp_non_ip_total",
-            "counter",
-            "Packets that are neither IPv4 nor IPv6 (STATS).",
-            s.non_ip,
-        );
-        out.single(
-            "gatewayd_flows",
-            "gauge",
-            "Entries in the eBPF flow table (FLOWS).",
-            ebpf.flow_count,
-        );
-        out.single(
-            "gatewayd_flows_capacity",
-            "gauge",
-            "Capacity of the eBPF flow table.",
-            gateway_common::FLOWS_MAX_ENTRIES,
-        );
+        ebpf_counters(&mut out, &ebpf.stats, ebpf.flow_count);
     }
     out.0
+}
+
+fn ebpf_counters(out: &mut Out, s: &StatsTotal, flow_count: usize) {
+    out.family(
+        "gatewayd_ebpf_feature",
+        "gauge",
+        "1 when a kernel-side feature runs (xdp, tc, pinning, acl, drop_unlisted, syn_guard); 0 when off or refused by the kernel.",
+    );
+    for feature in &s.features {
+        out.sample(
+            "gatewayd_ebpf_feature",
+            &[("feature", feature.name)],
+            u8::from(feature.on),
+        );
+    }
+    out.single(
+        "gatewayd_xdp_packets_total",
+        "counter",
+        "Packets seen by xdp_flow (STATS).",
+        s.packets,
+    );
+    out.single(
+        "gatewayd_xdp_bytes_total",
+        "counter",
+        "Frame bytes seen by xdp_flow (STATS).",
+        s.bytes,
+    );
+    out.single(
+        "gatewayd_xdp_parse_failures_total",
+        "counter",
+        "Packets with a truncated or malformed header (STATS).",
+        s.parse_failures,
+    );
+    out.single(
+        "gatewayd_xdp_non_ip_total",
+        "counter",
+        "Packets that are neither IPv4 nor IPv6 (STATS).",
+        s.non_ip,
+    );
+    out.family(
+        "gatewayd_xdp_drops_total",
+        "counter",
+        "Packets xdp_flow dropped, by reason (acl, unlisted, syn_flood).",
+    );
+    for (reason, count) in &s.drops {
+        out.sample("gatewayd_xdp_drops_total", &[("reason", reason)], count);
+    }
+    out.single(
+        "gatewayd_tc_packets_total",
+        "counter",
+        "Packets seen by tc_reply on egress (STATS).",
+        s.tc.packets,
+    );
+    out.single(
+        "gatewayd_tc_bytes_total",
+        "counter",
+        "Bytes (skb length) seen by tc_reply on egress (STATS).",
+        s.tc.bytes,
+    );
+    out.family(
+        "gatewayd_listener_packets_total",
+        "counter",
+        "Packets per listener (addr:port): rx towards it (xdp_flow), tx of its flows back (tc_reply).",
+    );
+    for l in &s.listeners {
+        for (direction, value) in [("rx", l.rx_packets), ("tx", l.tx_packets)] {
+            out.sample(
+                "gatewayd_listener_packets_total",
+                &[
+                    ("listener", &l.listener),
+                    ("protocol", l.protocol),
+                    ("direction", direction),
+                ],
+                value,
+            );
+        }
+    }
+    out.family(
+        "gatewayd_listener_bytes_total",
+        "counter",
+        "L3 bytes per listener (addr:port), rx and tx as for gatewayd_listener_packets_total.",
+    );
+    for l in &s.listeners {
+        for (direction, value) in [("rx", l.rx_bytes), ("tx", l.tx_bytes)] {
+            out.sample(
+                "gatewayd_listener_bytes_total",
+                &[
+                    ("listener", &l.listener),
+                    ("protocol", l.protocol),
+                    ("direction", direction),
+                ],
+                value,
+            );
+        }
+    }
+    out.single(
+        "gatewayd_ebpf_listeners",
+        "gauge",
+        "Entries in the kernel listener table (LISTENERS).",
+        s.listeners.len(),
+    );
+    out.single(
+        "gatewayd_ebpf_listener_syncs_total",
+        "counter",
+        "Listener-table syncs (one per configuration swapped in).",
+        s.listener_syncs,
+    );
+    out.single(
+        "gatewayd_ebpf_listener_sync_errors_total",
+        "counter",
+        "Listener-table syncs with a failed map write.",
+        s.listener_sync_errors,
+    );
+    out.single(
+        "gatewayd_ebpf_gateway_addresses",
+        "gauge",
+        "Addresses treated as the gateway's by --xdp-drop-unlisted (GATEWAY_ADDRS).",
+        s.gateway_addrs,
+    );
+    out.family(
+        "gatewayd_acl_prefixes",
+        "gauge",
+        "Denied source prefixes in the kernel ACL, by family.",
+    );
+    out.sample(
+        "gatewayd_acl_prefixes",
+        &[("family", "ipv4")],
+        s.acl_v4_prefixes,
+    );
+    out.sample(
+        "gatewayd_acl_prefixes",
+        &[("family", "ipv6")],
+        s.acl_v6_prefixes,
+    );
+    out.single(
+        "gatewayd_acl_reloads_total",
+        "counter",
+        "ACL file reloads applied to the kernel.",
+        s.acl_reloads,
+    );
+    out.single(
+        "gatewayd_acl_reload_errors_total",
+        "counter",
+        "ACL file reloads that failed; the previous ACL kept applying.",
+        s.acl_reload_errors,
+    );
+    out.single(
+        "gatewayd_flows",
+        "gauge",
+        "Entries in the eBPF flow table (FLOWS).",
+        flow_count,
+    );
+    out.single(
+        "gatewayd_flows_capacity",
+        "gauge",
+        "Capacity of the eBPF flow table.",
+        gateway_common::FLOWS_MAX_ENTRIES,
+    );
+    out.single(
+        "gatewayd_flows_occupancy_ratio",
+        "gauge",
+        "Entries in the flow table over its capacity.",
+        flow_count as f64 / f64::from(gateway_common::FLOWS_MAX_ENTRIES),
+    );
+    out.single(
+        "gatewayd_flows_gc_evicted_total",
+        "counter",
+        "Flows removed after --flow-idle-timeout without a packet.",
+        s.flows_gc_evicted,
+    );
 }
 
 #[cfg(test)]
@@ -193,6 +341,41 @@ mod tests {
         let mut out = Out(String::new());
         out.sample("m", &[("iface", "a\"b\\c\nd")], 1);
         assert_eq!(out.0, "m{iface=\"a\\\"b\\\\c\\nd\"} 1\n");
+    }
+
+    #[test]
+    fn kernel_counters_render_with_their_labels() {
+        let stats = StatsTotal {
+            drops: vec![("acl", 3), ("unlisted", 0), ("syn_flood", 7)],
+            listeners: vec![crate::ebpf::ListenerCounters {
+                id: 0,
+                listener: "0.0.0.0:8080".into(),
+                protocol: "http",
+                rx_packets: 10,
+                rx_bytes: 600,
+                tx_packets: 9,
+                tx_bytes: 540,
+            }],
+            features: vec![crate::ebpf::Feature {
+                name: "tc",
+                on: true,
+            }],
+            ..StatsTotal::default()
+        };
+        let mut out = Out(String::new());
+        ebpf_counters(&mut out, &stats, 16_384);
+        let text = out.0;
+        for line in [
+            "gatewayd_xdp_drops_total{reason=\"acl\"} 3",
+            "gatewayd_xdp_drops_total{reason=\"syn_flood\"} 7",
+            "gatewayd_listener_packets_total{listener=\"0.0.0.0:8080\",protocol=\"http\",direction=\"rx\"} 10",
+            "gatewayd_listener_bytes_total{listener=\"0.0.0.0:8080\",protocol=\"http\",direction=\"tx\"} 540",
+            "gatewayd_ebpf_feature{feature=\"tc\"} 1",
+            "gatewayd_flows 16384",
+            "gatewayd_flows_occupancy_ratio 0.25",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing from:\n{text}");
+        }
     }
 
     #[test]

@@ -17,7 +17,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tracing::{debug, warn};
 
-use crate::state::State;
+use crate::{ebpf::FlowQuery, state::State};
 
 type Body = Full<Bytes>;
 
@@ -114,8 +114,19 @@ async fn route(req: Request<Incoming>, state: &Arc<State>) -> Response<Body> {
             }
         }
         "/flows" => {
+            // ?protocol=&addr=&port=&listener=&top=N (see ebpf::FlowQuery).
+            let query = match FlowQuery::parse(req.uri().query().unwrap_or_default()) {
+                Ok(query) => query,
+                Err(err) => {
+                    return respond(
+                        StatusCode::BAD_REQUEST,
+                        "text/plain; charset=utf-8",
+                        format!("{err}\n"),
+                    )
+                }
+            };
             let state = state.clone();
-            match tokio::task::spawn_blocking(move || state.flows()).await {
+            match tokio::task::spawn_blocking(move || query.apply(state.flows())).await {
                 Ok(flows) => json(StatusCode::OK, &flows),
                 Err(err) => respond(
                     StatusCode::INTERNAL_SERVER_ERROR,

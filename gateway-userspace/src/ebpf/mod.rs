@@ -1,22 +1,58 @@
-//! Loading, attaching and reading the kernel programs embedded in `gatewayd`.
+//! Loading, attaching and feeding the kernel programs embedded in `gatewayd`.
 //!
-//! The object is built by `build.rs` from `gateway-ebpf`. [`Dataplane::start`] loads it,
-//! attaches `xdp_flow` to every `--xdp-iface` (driver mode, falling back to generic), and
-//! keeps the maps userspace reads. Dropping the [`Dataplane`] detaches every program.
+//! The object is built by `build.rs` from `gateway-ebpf`. [`Dataplane::start`] loads it
+//! (reusing the pinned flow table under `--bpf-pin-dir` when there is one), writes the
+//! filter configuration and the ACL, then attaches `xdp_flow` (driver mode, falling back
+//! to generic) and `tc_reply` (TC egress: TCX, falling back to a clsact qdisc) to every
+//! `--xdp-iface`. [`sync`] keeps the maps in step with the configuration: the listener
+//! table on every reload, the ACL file, the host's addresses, flow-table GC.
+//!
+//! Under `--ebpf auto` a feature the kernel or the privileges refuse (one interface, TC,
+//! pinning) is turned off with one warning and the rest runs. Dropping the [`Dataplane`]
+//! detaches every program; the pinned flow table stays.
 
+mod acl;
 mod flow;
+mod host;
+mod listener;
+mod maps;
+mod pin;
+pub mod sync;
 
-use std::{fmt, str::FromStr};
+use std::{
+    collections::BTreeSet,
+    fmt,
+    net::IpAddr,
+    path::PathBuf,
+    str::FromStr,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex, MutexGuard,
+    },
+    time::Duration,
+};
 
 use aya::{
-    maps::{HashMap, MapData, PerCpuArray},
-    programs::{Xdp, XdpMode},
-    Ebpf,
+    maps::MapType,
+    programs::{
+        tc::{self, NlOptions, TcAttachOptions},
+        LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode,
+    },
+    Ebpf, EbpfLoader,
 };
-use gateway_common::{FlowKey, FlowValue, Stats, MAP_FLOWS, MAP_STATS, PROG_XDP_FLOW};
+use gateway_common::{
+    AddrKey, DataplaneConfig, DropReason, FlowKey, FlowValue, CONFIG_ACL_V4, CONFIG_ACL_V6,
+    CONFIG_DROP_UNLISTED, CONFIG_SYN_GUARD, FAMILY_IPV4, FAMILY_IPV6, FLOWS_MAX_ENTRIES,
+    MAP_ACL_V4, MAP_ACL_V6, MAP_FLOWS, MAP_GATEWAY_ADDRS, MAP_LISTENERS, PROG_TC_REPLY,
+    PROG_XDP_FLOW, STATS_TC, STATS_XDP,
+};
+use gateway_config::EbpfListenerEntry;
 use tracing::{info, warn};
 
-pub use flow::Flow;
+pub use acl::{Acl, AclError, AclLineError, Prefix};
+pub use flow::{Flow, FlowQuery, FlowQueryError};
+
+use maps::Maps;
 
 /// The eBPF object built by `build.rs` (empty when built with `AYA_BUILD_SKIP=1`).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gateway"));
@@ -62,7 +98,69 @@ impl fmt::Display for EbpfMode {
     }
 }
 
-/// Why the kernel programs are not running.
+/// `--syn-rate-limit PER_SEC[:BURST]`: SYNs a source may send per second, and at once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SynRateLimit {
+    pub per_sec: u32,
+    pub burst: u32,
+}
+
+impl FromStr for SynRateLimit {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || {
+            format!("invalid --syn-rate-limit {s:?}: expected PER_SEC[:BURST], e.g. 100 or 100:200, both at least 1")
+        };
+        let (rate, burst) = match s.split_once(':') {
+            Some((rate, burst)) => (rate, Some(burst)),
+            None => (s, None),
+        };
+        let per_sec: u32 = rate.parse().map_err(|_| bad())?;
+        let burst: u32 = match burst {
+            Some(burst) => burst.parse().map_err(|_| bad())?,
+            None => per_sec,
+        };
+        if per_sec == 0 || burst == 0 || per_sec > 1_000_000_000 {
+            return Err(bad());
+        }
+        Ok(Self { per_sec, burst })
+    }
+}
+
+impl SynRateLimit {
+    /// GCRA parameters: nanoseconds per SYN, and how far ahead a source may run.
+    pub fn gcra(&self) -> (u64, u64) {
+        let interval = 1_000_000_000 / u64::from(self.per_sec);
+        (interval, interval * u64::from(self.burst - 1))
+    }
+}
+
+/// Everything the command line says about the kernel side.
+#[derive(Clone, Debug, Default)]
+pub struct DataplaneOptions {
+    /// Interfaces to attach `xdp_flow` and `tc_reply` to.
+    pub ifaces: Vec<String>,
+    /// bpffs directory to pin the flow table in; `None`: no pinning.
+    pub pin_dir: Option<PathBuf>,
+    /// `--xdp-drop-unlisted`.
+    pub drop_unlisted: bool,
+    /// `--syn-rate-limit`; `None`: the SYN guard is off.
+    pub syn_rate_limit: Option<SynRateLimit>,
+    /// The ACL read at start-up (`--acl`).
+    pub acl: Option<Acl>,
+}
+
+impl DataplaneOptions {
+    /// Counting only: attach to `ifaces`, no pinning, no filter.
+    pub fn ifaces(ifaces: &[String]) -> Self {
+        Self {
+            ifaces: ifaces.to_vec(),
+            ..Self::default()
+        }
+    }
+}
+
+/// Why the kernel programs (or one of their features) are not running.
 #[derive(Debug, thiserror::Error)]
 pub enum EbpfError {
     #[error("this gatewayd was built without its eBPF object (AYA_BUILD_SKIP)")]
@@ -95,31 +193,113 @@ fn chain(err: &dyn std::error::Error) -> String {
     out
 }
 
-/// Where `xdp_flow` runs on one interface.
+/// Where a program runs on one interface.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Attachment {
     pub iface: String,
-    /// `driver` (native XDP) or `generic` (SKB mode).
+    /// `xdp` or `tc`.
+    pub hook: &'static str,
+    /// xdp: `driver` (native XDP) or `generic` (SKB mode); tc: `tcx` or `clsact`.
     pub mode: &'static str,
 }
 
-/// Global counters summed over CPUs.
+/// A kernel-side feature and whether it runs.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Feature {
+    pub name: &'static str,
+    pub on: bool,
+}
+
+/// Counters of one program summed over CPUs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
-pub struct StatsTotal {
+pub struct ProgramStats {
     pub packets: u64,
     pub bytes: u64,
     pub parse_failures: u64,
     pub non_ip: u64,
 }
 
+/// Counters of one listener summed over CPUs.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ListenerCounters {
+    pub id: u32,
+    /// `addr:port`.
+    pub listener: String,
+    pub protocol: &'static str,
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+}
+
+/// What `/metrics` shows of the kernel side, beyond the attachments and the flow count.
+/// The top-level packet counters are `xdp_flow`'s.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct StatsTotal {
+    pub packets: u64,
+    pub bytes: u64,
+    pub parse_failures: u64,
+    pub non_ip: u64,
+    /// `tc_reply`'s counters.
+    pub tc: ProgramStats,
+    /// `(reason, packets dropped)` for every [`DropReason`].
+    pub drops: Vec<(&'static str, u64)>,
+    pub listeners: Vec<ListenerCounters>,
+    pub features: Vec<Feature>,
+    /// Entries in `GATEWAY_ADDRS`.
+    pub gateway_addrs: usize,
+    pub acl_v4_prefixes: usize,
+    pub acl_v6_prefixes: usize,
+    pub acl_reloads: u64,
+    pub acl_reload_errors: u64,
+    pub flows_gc_evicted: u64,
+    pub listener_syncs: u64,
+    pub listener_sync_errors: u64,
+}
+
+/// Counters the sync task keeps.
+#[derive(Default)]
+struct Counters {
+    gc_evicted: AtomicU64,
+    acl_reloads: AtomicU64,
+    acl_reload_errors: AtomicU64,
+    listener_syncs: AtomicU64,
+    listener_sync_errors: AtomicU64,
+}
+
+/// The maps and what userspace last wrote into them.
+struct Inner {
+    maps: Maps,
+    slots: listener::Slots,
+    /// The listener plan of the serving configuration (to recompute the gateway's
+    /// addresses when the host's change).
+    plan: Vec<EbpfListenerEntry>,
+    gateway_addrs: BTreeSet<AddrKey>,
+    acl: Acl,
+    config: DataplaneConfig,
+}
+
+/// State shared by the [`Dataplane`] (admin reads) and its [`DataplaneHandle`]s (sync).
+struct Shared {
+    inner: Mutex<Inner>,
+    features: Vec<Feature>,
+    counters: Counters,
+    drop_unlisted: bool,
+}
+
 /// The loaded programs and the maps userspace reads. Programs detach when it is dropped.
 pub struct Dataplane {
-    flows: HashMap<MapData, FlowKey, FlowValue>,
-    stats: PerCpuArray<MapData, Stats>,
+    shared: Arc<Shared>,
     attachments: Vec<Attachment>,
-    /// Owns the programs and their links; must outlive nothing else here but is kept last
-    /// so that maps are closed after the programs detach.
+    /// Owns the programs and their links; dropping it detaches them.
     _ebpf: Ebpf,
+}
+
+/// The maps of a running [`Dataplane`], for the task that keeps them in step with the
+/// configuration. Holding one does not keep the programs attached.
+#[derive(Clone)]
+pub struct DataplaneHandle {
+    shared: Arc<Shared>,
 }
 
 impl fmt::Debug for Dataplane {
@@ -130,78 +310,105 @@ impl fmt::Debug for Dataplane {
     }
 }
 
+/// A poisoned lock only means a thread panicked while holding it; the maps are kernel
+/// objects and the mirrors are rewritten whole, so carry on.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns`.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec for clock_gettime to fill.
+    #[allow(unsafe_code)]
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    if rc != 0 {
+        return 0;
+    }
+    u64::try_from(ts.tv_sec)
+        .unwrap_or(0)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(u64::try_from(ts.tv_nsec).unwrap_or(0))
+}
+
+fn addr_key(addr: IpAddr) -> AddrKey {
+    let mut key = AddrKey::default();
+    match addr {
+        IpAddr::V4(v4) => {
+            key.family = FAMILY_IPV4;
+            key.addr[..4].copy_from_slice(&v4.octets());
+        }
+        IpAddr::V6(v6) => {
+            key.family = FAMILY_IPV6;
+            key.addr = v6.octets();
+        }
+    }
+    key
+}
+
+/// The gateway's own addresses: every explicit listener address, and every address of
+/// the host for a family some listener binds unspecified.
+fn gateway_addrs(plan: &[EbpfListenerEntry], host: &BTreeSet<IpAddr>) -> BTreeSet<AddrKey> {
+    let any_v4 = plan
+        .iter()
+        .any(|e| e.addr.is_ipv4() && e.addr.is_unspecified());
+    let any_v6 = plan
+        .iter()
+        .any(|e| e.addr.is_ipv6() && e.addr.is_unspecified());
+    let explicit = plan
+        .iter()
+        .filter(|e| !e.addr.is_unspecified())
+        .map(|e| e.addr);
+    let from_host = host
+        .iter()
+        .filter(|a| (a.is_ipv4() && any_v4) || (a.is_ipv6() && any_v6))
+        .copied();
+    explicit.chain(from_host).map(addr_key).collect()
+}
+
+/// Warnings for features that failed, printed only once the object loaded (when the whole
+/// of eBPF is unavailable, that one warning says it all).
+struct Degraded {
+    mode: EbpfMode,
+    warnings: Vec<String>,
+}
+
+impl Degraded {
+    /// A feature failed: an error under `--ebpf required`, else a warning for later.
+    fn feature(&mut self, err: EbpfError, what: &str) -> Result<(), EbpfError> {
+        if self.mode == EbpfMode::Required {
+            return Err(err);
+        }
+        self.warnings
+            .push(format!("{what} off (--ebpf auto): {err}"));
+        Ok(())
+    }
+}
+
 impl Dataplane {
-    /// Loads the embedded object and attaches `xdp_flow` to each interface in `ifaces`.
+    /// Loads the embedded object and attaches both programs to each interface in `ifaces`,
+    /// counting only. See [`Dataplane::start_with_mode`].
     pub fn start(ifaces: &[String]) -> Result<Self, EbpfError> {
-        if OBJECT.is_empty() {
-            return Err(EbpfError::NotBuilt);
-        }
-        let mut ebpf = Ebpf::load(OBJECT).map_err(|e| EbpfError::Load { reason: chain(&e) })?;
-        let program: &mut Xdp = ebpf
-            .program_mut(PROG_XDP_FLOW)
-            .ok_or(EbpfError::MissingProgram {
-                name: PROG_XDP_FLOW,
-            })?
-            .try_into()
-            .map_err(|e: aya::programs::ProgramError| EbpfError::Load { reason: chain(&e) })?;
-        program
-            .load()
-            .map_err(|e| EbpfError::Load { reason: chain(&e) })?;
-
-        let mut attachments = Vec::with_capacity(ifaces.len());
-        for iface in ifaces {
-            let mode = match program.attach(iface, XdpMode::Driver) {
-                Ok(_) => "driver",
-                Err(driver_err) => {
-                    info!(iface = %iface, reason = %chain(&driver_err), "native XDP unavailable, trying generic mode");
-                    program
-                        .attach(iface, XdpMode::Skb)
-                        .map_err(|e| EbpfError::Attach {
-                            program: PROG_XDP_FLOW,
-                            iface: iface.clone(),
-                            reason: chain(&e),
-                        })?;
-                    "generic"
-                }
-            };
-            info!(iface = %iface, mode, "attached {PROG_XDP_FLOW}");
-            attachments.push(Attachment {
-                iface: iface.clone(),
-                mode,
-            });
-        }
-
-        let flows = ebpf
-            .take_map(MAP_FLOWS)
-            .ok_or(EbpfError::MissingMap { name: MAP_FLOWS })?;
-        let flows = HashMap::try_from(flows).map_err(|e| EbpfError::Map {
-            name: MAP_FLOWS,
-            reason: chain(&e),
-        })?;
-        let stats = ebpf
-            .take_map(MAP_STATS)
-            .ok_or(EbpfError::MissingMap { name: MAP_STATS })?;
-        let stats = PerCpuArray::try_from(stats).map_err(|e| EbpfError::Map {
-            name: MAP_STATS,
-            reason: chain(&e),
-        })?;
-        Ok(Self {
-            flows,
-            stats,
-            attachments,
-            _ebpf: ebpf,
-        })
+        Self::start_with(EbpfMode::Required, &DataplaneOptions::ifaces(ifaces))
     }
 
     /// Starts the dataplane as `mode` says. `Ok(None)`: running without eBPF.
-    pub fn start_with_mode(mode: EbpfMode, ifaces: &[String]) -> Result<Option<Self>, EbpfError> {
+    pub fn start_with_mode(
+        mode: EbpfMode,
+        options: &DataplaneOptions,
+    ) -> Result<Option<Self>, EbpfError> {
         match mode {
             EbpfMode::Off => {
                 info!("eBPF off (--ebpf off)");
                 Ok(None)
             }
-            EbpfMode::Required => Self::start(ifaces).map(Some),
-            EbpfMode::Auto => match Self::start(ifaces) {
+            EbpfMode::Required => Self::start_with(mode, options).map(Some),
+            EbpfMode::Auto => match Self::start_with(mode, options) {
                 Ok(dataplane) => Ok(Some(dataplane)),
                 Err(err) => {
                     warn!("eBPF unavailable, serving from userspace only (--ebpf auto): {err}");
@@ -211,37 +418,667 @@ impl Dataplane {
         }
     }
 
+    fn start_with(mode: EbpfMode, options: &DataplaneOptions) -> Result<Self, EbpfError> {
+        if OBJECT.is_empty() {
+            return Err(EbpfError::NotBuilt);
+        }
+        let mut degraded = Degraded {
+            mode,
+            warnings: Vec::new(),
+        };
+
+        let (mut ebpf, pinned) = load_object(options.pin_dir.as_deref(), &mut degraded)?;
+        let xdp: &mut Xdp = ebpf
+            .program_mut(PROG_XDP_FLOW)
+            .ok_or(EbpfError::MissingProgram {
+                name: PROG_XDP_FLOW,
+            })?
+            .try_into()
+            .map_err(|e: aya::programs::ProgramError| EbpfError::Load { reason: chain(&e) })?;
+        xdp.load()
+            .map_err(|e| EbpfError::Load { reason: chain(&e) })?;
+        let tc_loaded = match load_tc(&mut ebpf) {
+            Ok(()) => true,
+            Err(err) => {
+                degraded.feature(err, "counting replies (TC egress)")?;
+                false
+            }
+        };
+
+        // Filters and the ACL are in place before the first packet is seen.
+        let maps = Maps::take(&mut ebpf)?;
+        let (ephemeral_low, ephemeral_high) = host::ephemeral_ports();
+        let (syn_interval_ns, syn_tolerance_ns) =
+            options.syn_rate_limit.map_or((0, 0), |limit| limit.gcra());
+        let mut inner = Inner {
+            maps,
+            slots: listener::Slots::default(),
+            plan: Vec::new(),
+            gateway_addrs: BTreeSet::new(),
+            acl: Acl::default(),
+            config: DataplaneConfig {
+                flags: if options.drop_unlisted {
+                    CONFIG_DROP_UNLISTED
+                } else {
+                    0
+                } | if options.syn_rate_limit.is_some() {
+                    CONFIG_SYN_GUARD
+                } else {
+                    0
+                },
+                ephemeral_low,
+                ephemeral_high,
+                syn_interval_ns,
+                syn_tolerance_ns,
+            },
+        };
+        inner.maps.set_config(&inner.config)?;
+        if let Some(acl) = &options.acl {
+            apply_acl(&mut inner, acl)?;
+        }
+
+        let mut attachments = Vec::with_capacity(options.ifaces.len() * 2);
+        let mut xdp_everywhere = true;
+        let mut tc_everywhere = tc_loaded;
+        for iface in &options.ifaces {
+            match attach_xdp(&mut ebpf, iface) {
+                Ok(mode) => {
+                    info!(iface = %iface, mode, "attached {PROG_XDP_FLOW}");
+                    attachments.push(Attachment {
+                        iface: iface.clone(),
+                        hook: "xdp",
+                        mode,
+                    });
+                }
+                Err(err) => {
+                    degraded.feature(err, &format!("XDP on {iface}"))?;
+                    xdp_everywhere = false;
+                    // Replies alone would make one-sided flows: leave TC off there too.
+                    continue;
+                }
+            }
+            if !tc_loaded {
+                continue;
+            }
+            match attach_tc(&mut ebpf, iface) {
+                Ok(mode) => {
+                    info!(iface = %iface, mode, "attached {PROG_TC_REPLY} (TC egress)");
+                    attachments.push(Attachment {
+                        iface: iface.clone(),
+                        hook: "tc",
+                        mode,
+                    });
+                }
+                Err(err) => {
+                    degraded.feature(err, &format!("counting replies (TC egress) on {iface}"))?;
+                    tc_everywhere = false;
+                }
+            }
+        }
+        for warning in &degraded.warnings {
+            warn!("{warning}");
+        }
+
+        let features = vec![
+            Feature {
+                name: "xdp",
+                on: xdp_everywhere,
+            },
+            Feature {
+                name: "tc",
+                on: tc_everywhere,
+            },
+            Feature {
+                name: "pinning",
+                on: pinned,
+            },
+            Feature {
+                name: "acl",
+                on: options.acl.is_some(),
+            },
+            Feature {
+                name: "drop_unlisted",
+                on: options.drop_unlisted,
+            },
+            Feature {
+                name: "syn_guard",
+                on: options.syn_rate_limit.is_some(),
+            },
+        ];
+        Ok(Self {
+            shared: Arc::new(Shared {
+                inner: Mutex::new(inner),
+                features,
+                counters: Counters::default(),
+                drop_unlisted: options.drop_unlisted,
+            }),
+            attachments,
+            _ebpf: ebpf,
+        })
+    }
+
+    /// A handle on the maps for the sync task.
+    pub fn handle(&self) -> DataplaneHandle {
+        DataplaneHandle {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+
     pub fn attachments(&self) -> &[Attachment] {
         &self.attachments
     }
 
-    /// `STATS` summed over every CPU.
+    /// Every counter `/metrics` shows, summed over CPUs.
     pub fn stats(&self) -> Result<StatsTotal, EbpfError> {
-        let per_cpu = self.stats.get(&0, 0).map_err(|e| EbpfError::Map {
-            name: MAP_STATS,
-            reason: chain(&e),
-        })?;
-        Ok(per_cpu
+        let shared = &self.shared;
+        let inner = lock(&shared.inner);
+        let xdp = inner.maps.stats(STATS_XDP)?;
+        let tc = inner.maps.stats(STATS_TC)?;
+        let drops = DropReason::ALL
             .iter()
-            .fold(StatsTotal::default(), |acc, s| StatsTotal {
-                packets: acc.packets + s.packets,
-                bytes: acc.bytes + s.bytes,
-                parse_failures: acc.parse_failures + s.parse_failures,
-                non_ip: acc.non_ip + s.non_ip,
-            }))
+            .map(|reason| Ok((reason.name(), inner.maps.drops(*reason as u32)?)))
+            .collect::<Result<Vec<_>, EbpfError>>()?;
+        let listeners = inner
+            .slots
+            .iter()
+            .map(|(_, slot)| {
+                let s = inner.maps.listener_stats(slot.id)?;
+                Ok(ListenerCounters {
+                    id: slot.id,
+                    listener: slot.label(),
+                    protocol: slot.protocol_name(),
+                    rx_packets: s.rx_packets,
+                    rx_bytes: s.rx_bytes,
+                    tx_packets: s.tx_packets,
+                    tx_bytes: s.tx_bytes,
+                })
+            })
+            .collect::<Result<Vec<_>, EbpfError>>()?;
+        let counters = &shared.counters;
+        Ok(StatsTotal {
+            packets: xdp.packets,
+            bytes: xdp.bytes,
+            parse_failures: xdp.parse_failures,
+            non_ip: xdp.non_ip,
+            tc: ProgramStats {
+                packets: tc.packets,
+                bytes: tc.bytes,
+                parse_failures: tc.parse_failures,
+                non_ip: tc.non_ip,
+            },
+            drops,
+            listeners,
+            features: shared.features.clone(),
+            gateway_addrs: inner.gateway_addrs.len(),
+            acl_v4_prefixes: inner.acl.v4_len(),
+            acl_v6_prefixes: inner.acl.v6_len(),
+            acl_reloads: counters.acl_reloads.load(Ordering::Relaxed),
+            acl_reload_errors: counters.acl_reload_errors.load(Ordering::Relaxed),
+            flows_gc_evicted: counters.gc_evicted.load(Ordering::Relaxed),
+            listener_syncs: counters.listener_syncs.load(Ordering::Relaxed),
+            listener_sync_errors: counters.listener_sync_errors.load(Ordering::Relaxed),
+        })
     }
 
-    /// Every entry of `FLOWS`. Entries that vanish while the map is walked are skipped.
+    /// Every entry of `FLOWS`, listeners named. Entries that vanish while the map is
+    /// walked are skipped.
     pub fn flows(&self) -> Vec<Flow> {
-        self.flows
+        let inner = lock(&self.shared.inner);
+        inner
+            .maps
+            .flows
             .iter()
             .filter_map(Result::ok)
-            .map(|(key, value)| Flow::new(&key, &value))
+            .map(|(key, value)| {
+                Flow::new(&key, &value)
+                    .with_listener(|id| inner.slots.by_id(id).map(listener::Slot::label))
+            })
             .collect()
     }
 
     /// Number of entries in `FLOWS` (its capacity is `FLOWS_MAX_ENTRIES`).
     pub fn flow_count(&self) -> usize {
-        self.flows.keys().filter(Result::is_ok).count()
+        lock(&self.shared.inner)
+            .maps
+            .flows
+            .keys()
+            .filter(Result::is_ok)
+            .count()
+    }
+}
+
+/// Loads the object, with `FLOWS` pinned under `pin_dir` when it can be. Returns whether
+/// it is pinned.
+fn load_object(
+    pin_dir: Option<&std::path::Path>,
+    degraded: &mut Degraded,
+) -> Result<(Ebpf, bool), EbpfError> {
+    let Some(dir) = pin_dir else {
+        let ebpf = Ebpf::load(OBJECT).map_err(|e| EbpfError::Load { reason: chain(&e) })?;
+        return Ok((ebpf, false));
+    };
+    let pin_path = dir.join(MAP_FLOWS);
+    let prepared = pin::prepare(dir).and_then(|()| {
+        pin::remove_if_incompatible(
+            &pin_path,
+            &pin::Expected {
+                map_type: MapType::LruHash,
+                key_size: size_of::<FlowKey>() as u32,
+                value_size: size_of::<FlowValue>() as u32,
+                max_entries: FLOWS_MAX_ENTRIES,
+            },
+        )
+    });
+    let pin_err = match prepared {
+        Ok(removed) => {
+            if removed {
+                warn!(path = %pin_path.display(), "the pinned flow table has another layout (an older gatewayd?): starting a new one");
+            }
+            match EbpfLoader::new()
+                .map_pin_path(MAP_FLOWS, pin_path.as_path())
+                .load(OBJECT)
+            {
+                Ok(ebpf) => {
+                    info!(path = %pin_path.display(), "flow table pinned");
+                    return Ok((ebpf, true));
+                }
+                Err(err) => chain(&err),
+            }
+        }
+        Err(err) => chain(&err),
+    };
+    // Without the pin, the object may still load: pinning alone is off then.
+    let ebpf = Ebpf::load(OBJECT).map_err(|e| EbpfError::Load { reason: chain(&e) })?;
+    degraded.warnings.push(format!(
+        "pinning the flow table in {} off, it will not survive a restart: {pin_err}",
+        dir.display()
+    ));
+    Ok((ebpf, false))
+}
+
+fn load_tc(ebpf: &mut Ebpf) -> Result<(), EbpfError> {
+    let program: &mut SchedClassifier = ebpf
+        .program_mut(PROG_TC_REPLY)
+        .ok_or(EbpfError::MissingProgram {
+            name: PROG_TC_REPLY,
+        })?
+        .try_into()
+        .map_err(|e: aya::programs::ProgramError| EbpfError::Load { reason: chain(&e) })?;
+    program
+        .load()
+        .map_err(|e| EbpfError::Load { reason: chain(&e) })
+}
+
+/// Native XDP first, generic as the fallback.
+fn attach_xdp(ebpf: &mut Ebpf, iface: &str) -> Result<&'static str, EbpfError> {
+    let program: &mut Xdp = ebpf
+        .program_mut(PROG_XDP_FLOW)
+        .ok_or(EbpfError::MissingProgram {
+            name: PROG_XDP_FLOW,
+        })?
+        .try_into()
+        .map_err(|e: aya::programs::ProgramError| EbpfError::Load { reason: chain(&e) })?;
+    match program.attach(iface, XdpMode::Driver) {
+        Ok(_) => Ok("driver"),
+        Err(driver_err) => {
+            info!(iface = %iface, reason = %chain(&driver_err), "native XDP unavailable, trying generic mode");
+            program
+                .attach(iface, XdpMode::Skb)
+                .map_err(|e| EbpfError::Attach {
+                    program: PROG_XDP_FLOW,
+                    iface: iface.to_owned(),
+                    reason: chain(&e),
+                })?;
+            Ok("generic")
+        }
+    }
+}
+
+/// TCX (kernel 6.6+) first; else a clsact qdisc and a netlink filter.
+fn attach_tc(ebpf: &mut Ebpf, iface: &str) -> Result<&'static str, EbpfError> {
+    let program: &mut SchedClassifier = ebpf
+        .program_mut(PROG_TC_REPLY)
+        .ok_or(EbpfError::MissingProgram {
+            name: PROG_TC_REPLY,
+        })?
+        .try_into()
+        .map_err(|e: aya::programs::ProgramError| EbpfError::Load { reason: chain(&e) })?;
+    let tcx_err = match program.attach_with_options(
+        iface,
+        TcAttachType::Egress,
+        TcAttachOptions::TcxOrder(LinkOrder::default()),
+    ) {
+        Ok(_) => return Ok("tcx"),
+        Err(err) => chain(&err),
+    };
+    // An existing clsact qdisc is fine; any other failure shows in the attach below.
+    let _ = tc::qdisc_add_clsact(iface);
+    program
+        .attach_with_options(
+            iface,
+            TcAttachType::Egress,
+            TcAttachOptions::Netlink(NlOptions::default()),
+        )
+        .map_err(|e| EbpfError::Attach {
+            program: PROG_TC_REPLY,
+            iface: iface.to_owned(),
+            reason: format!("TCX: {tcx_err}; clsact: {}", chain(&e)),
+        })?;
+    Ok("clsact")
+}
+
+/// Brings the ACL tries to `acl`: new prefixes first, then the flags, then the removals,
+/// so that no prefix in both the old and the new ACL is ever let through.
+fn apply_acl(inner: &mut Inner, acl: &Acl) -> Result<(usize, usize), EbpfError> {
+    let map_err = |name: &'static str| {
+        move |e: aya::maps::MapError| EbpfError::Map {
+            name,
+            reason: chain(&e),
+        }
+    };
+    let added: Vec<Prefix> = acl
+        .prefixes
+        .difference(&inner.acl.prefixes)
+        .copied()
+        .collect();
+    let removed: Vec<Prefix> = inner
+        .acl
+        .prefixes
+        .difference(&acl.prefixes)
+        .copied()
+        .collect();
+    for prefix in &added {
+        match prefix {
+            Prefix::V4 { addr, len } => inner
+                .maps
+                .acl_v4
+                .insert(&aya::maps::lpm_trie::Key::new(u32::from(*len), *addr), 1, 0)
+                .map_err(map_err(MAP_ACL_V4))?,
+            Prefix::V6 { addr, len } => inner
+                .maps
+                .acl_v6
+                .insert(&aya::maps::lpm_trie::Key::new(u32::from(*len), *addr), 1, 0)
+                .map_err(map_err(MAP_ACL_V6))?,
+        }
+        inner.acl.prefixes.insert(*prefix);
+    }
+    let mut flags = inner.config.flags & !(CONFIG_ACL_V4 | CONFIG_ACL_V6);
+    if acl.v4_len() > 0 {
+        flags |= CONFIG_ACL_V4;
+    }
+    if acl.v6_len() > 0 {
+        flags |= CONFIG_ACL_V6;
+    }
+    // While removals are pending the old prefixes are still in the tries: keep looking.
+    let during = flags | (inner.config.flags & (CONFIG_ACL_V4 | CONFIG_ACL_V6));
+    if during != inner.config.flags {
+        inner.config.flags = during;
+        let config = inner.config;
+        inner.maps.set_config(&config)?;
+    }
+    for prefix in &removed {
+        let result = match prefix {
+            Prefix::V4 { addr, len } => inner
+                .maps
+                .acl_v4
+                .remove(&aya::maps::lpm_trie::Key::new(u32::from(*len), *addr))
+                .map_err(map_err(MAP_ACL_V4)),
+            Prefix::V6 { addr, len } => inner
+                .maps
+                .acl_v6
+                .remove(&aya::maps::lpm_trie::Key::new(u32::from(*len), *addr))
+                .map_err(map_err(MAP_ACL_V6)),
+        };
+        result?;
+        inner.acl.prefixes.remove(prefix);
+    }
+    if flags != inner.config.flags {
+        inner.config.flags = flags;
+        let config = inner.config;
+        inner.maps.set_config(&config)?;
+    }
+    Ok((added.len(), removed.len()))
+}
+
+/// What one listener sync changed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ListenerSync {
+    pub written: usize,
+    pub removed: usize,
+    /// Listeners left out of the kernel table: it is full.
+    pub overflow: usize,
+}
+
+impl DataplaneHandle {
+    /// Brings `LISTENERS` (and the gateway's addresses) to the listener plan of a new
+    /// configuration: new and changed entries first, then removals, so a listener present
+    /// before and after is never missing in between.
+    pub fn sync_listeners(&self, plan: &[EbpfListenerEntry]) -> Result<ListenerSync, EbpfError> {
+        let result = self.sync_listeners_inner(plan);
+        let counters = &self.shared.counters;
+        counters.listener_syncs.fetch_add(1, Ordering::Relaxed);
+        if result.is_err() {
+            counters
+                .listener_sync_errors
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        result
+    }
+
+    fn sync_listeners_inner(&self, plan: &[EbpfListenerEntry]) -> Result<ListenerSync, EbpfError> {
+        let mut guard = lock(&self.shared.inner);
+        let inner = &mut *guard;
+        let map_err = |e: aya::maps::MapError| EbpfError::Map {
+            name: MAP_LISTENERS,
+            reason: chain(&e),
+        };
+        let wanted = listener::desired(plan);
+        let diff = inner.slots.diff(&wanted);
+        let mut report = ListenerSync {
+            overflow: diff.overflow,
+            ..ListenerSync::default()
+        };
+        let mut first_err = None;
+        for (key, slot, new) in diff.upserts {
+            let written = if new {
+                inner.maps.zero_listener_stats(slot.id)
+            } else {
+                Ok(())
+            }
+            .and_then(|()| {
+                inner
+                    .maps
+                    .listeners
+                    .insert(key, slot.value(), 0)
+                    .map_err(map_err)
+            });
+            match written {
+                Ok(()) => {
+                    inner.slots.upserted(key, slot);
+                    report.written += 1;
+                }
+                Err(err) => {
+                    if new {
+                        inner.slots.release(slot.id);
+                    }
+                    first_err.get_or_insert(err);
+                }
+            }
+        }
+        for key in diff.removes {
+            match inner.maps.listeners.remove(&key) {
+                Ok(()) => {
+                    inner.slots.removed(&key);
+                    report.removed += 1;
+                }
+                Err(err) => {
+                    first_err.get_or_insert(map_err(err));
+                }
+            }
+        }
+        inner.plan = plan.to_vec();
+        if self.shared.drop_unlisted {
+            sync_gateway_addrs(inner)?;
+        }
+        match first_err {
+            Some(err) => Err(err),
+            None => Ok(report),
+        }
+    }
+
+    /// Re-reads what the host says (its addresses, the ephemeral port range) and updates
+    /// `GATEWAY_ADDRS` and `CONFIG` when it changed.
+    pub fn refresh_host(&self) -> Result<(), EbpfError> {
+        if !self.shared.drop_unlisted {
+            return Ok(());
+        }
+        let mut guard = lock(&self.shared.inner);
+        let inner = &mut *guard;
+        let (low, high) = host::ephemeral_ports();
+        if (low, high) != (inner.config.ephemeral_low, inner.config.ephemeral_high) {
+            inner.config.ephemeral_low = low;
+            inner.config.ephemeral_high = high;
+            let config = inner.config;
+            inner.maps.set_config(&config)?;
+        }
+        sync_gateway_addrs(inner)
+    }
+
+    /// Replaces the ACL; returns (prefixes added, prefixes removed).
+    pub fn apply_acl(&self, acl: &Acl) -> Result<(usize, usize), EbpfError> {
+        let result = apply_acl(&mut lock(&self.shared.inner), acl);
+        let counters = &self.shared.counters;
+        match result {
+            Ok(_) => counters.acl_reloads.fetch_add(1, Ordering::Relaxed),
+            Err(_) => counters.acl_reload_errors.fetch_add(1, Ordering::Relaxed),
+        };
+        result
+    }
+
+    /// An ACL file that could not be read or parsed: counted, the old ACL stays.
+    pub fn acl_reload_failed(&self) {
+        self.shared
+            .counters
+            .acl_reload_errors
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Deletes the flows idle for longer than `idle`; returns how many.
+    pub fn collect_idle_flows(&self, idle: Duration) -> usize {
+        let cutoff =
+            monotonic_ns().saturating_sub(u64::try_from(idle.as_nanos()).unwrap_or(u64::MAX));
+        let mut inner = lock(&self.shared.inner);
+        let stale: Vec<FlowKey> = inner
+            .maps
+            .flows
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, value)| value.last_seen_ns < cutoff)
+            .map(|(key, _)| key)
+            .collect();
+        // A packet between the walk and the delete loses that flow's counts so far; the
+        // next packet starts it again. Idle means idle for `idle`, so this is rare.
+        let evicted = stale
+            .iter()
+            .filter(|key| inner.maps.flows.remove(key).is_ok())
+            .count();
+        drop(inner);
+        self.shared
+            .counters
+            .gc_evicted
+            .fetch_add(evicted as u64, Ordering::Relaxed);
+        evicted
+    }
+}
+
+/// Brings `GATEWAY_ADDRS` to the plan and the host's addresses (adds first).
+fn sync_gateway_addrs(inner: &mut Inner) -> Result<(), EbpfError> {
+    let host = host::local_addresses().map_err(|e| EbpfError::Map {
+        name: MAP_GATEWAY_ADDRS,
+        reason: format!("listing the host's addresses: {e}"),
+    })?;
+    let wanted = gateway_addrs(&inner.plan, &host);
+    let map_err = |e: aya::maps::MapError| EbpfError::Map {
+        name: MAP_GATEWAY_ADDRS,
+        reason: chain(&e),
+    };
+    for key in wanted.difference(&inner.gateway_addrs.clone()) {
+        inner
+            .maps
+            .gateway_addrs
+            .insert(key, 1, 0)
+            .map_err(map_err)?;
+        inner.gateway_addrs.insert(*key);
+    }
+    for key in inner.gateway_addrs.clone().difference(&wanted) {
+        inner.maps.gateway_addrs.remove(key).map_err(map_err)?;
+        inner.gateway_addrs.remove(key);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gateway_config::ListenerProtocol;
+
+    #[test]
+    fn syn_rate_limit_parses_rate_and_optional_burst() {
+        assert_eq!(
+            "100".parse(),
+            Ok(SynRateLimit {
+                per_sec: 100,
+                burst: 100
+            })
+        );
+        assert_eq!(
+            "5:20".parse(),
+            Ok(SynRateLimit {
+                per_sec: 5,
+                burst: 20
+            })
+        );
+        for bad in ["0", "5:0", "x", "5:", ":5", "-1"] {
+            assert!(bad.parse::<SynRateLimit>().is_err(), "{bad}");
+        }
+        let (interval, tolerance) = SynRateLimit {
+            per_sec: 4,
+            burst: 3,
+        }
+        .gcra();
+        assert_eq!((interval, tolerance), (250_000_000, 500_000_000));
+    }
+
+    fn entry(addr: &str, port: u16) -> EbpfListenerEntry {
+        EbpfListenerEntry {
+            addr: addr.parse().expect("test address"),
+            port,
+            protocol: ListenerProtocol::Http,
+            tls: false,
+            bind_index: 0,
+        }
+    }
+
+    #[test]
+    fn unspecified_listeners_make_every_host_address_of_their_family_the_gateways() {
+        let host: BTreeSet<IpAddr> = ["10.0.0.1", "127.0.0.1", "fd00::1"]
+            .iter()
+            .map(|a| a.parse().expect("test address"))
+            .collect();
+        let explicit = gateway_addrs(&[entry("192.0.2.1", 80)], &host);
+        assert_eq!(
+            explicit,
+            [addr_key("192.0.2.1".parse().expect("addr"))].into()
+        );
+        let any_v4 = gateway_addrs(&[entry("0.0.0.0", 80)], &host);
+        assert_eq!(
+            any_v4.len(),
+            2,
+            "both IPv4 host addresses, not the IPv6 one"
+        );
+        assert!(any_v4.iter().all(|k| k.family == FAMILY_IPV4));
+        let both = gateway_addrs(&[entry("0.0.0.0", 80), entry("::", 80)], &host);
+        assert_eq!(both.len(), 3);
+        assert!(gateway_addrs(&[], &host).is_empty());
     }
 }

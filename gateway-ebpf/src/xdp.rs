@@ -1,0 +1,183 @@
+//! `xdp_flow`: parse, count the packet in `STATS`, then, in this order, drop what the ACL
+//! denies (source prefix), what targets one of the gateway's addresses on a port no
+//! listener serves (`--xdp-drop-unlisted`) and SYNs beyond their source's token bucket
+//! (`--syn-rate-limit`); every drop is counted in `DROPS` by reason and makes no flow.
+//! Passed packets are counted per listener and in their flow.
+
+use aya_ebpf::{
+    bindings::xdp_action, helpers::bpf_ktime_get_ns, macros::xdp, maps::lpm_trie::Key,
+    programs::XdpContext,
+};
+use gateway_common::{
+    AddrKey, DataplaneConfig, DropReason, ListenerKey, CONFIG_ACL_V4, CONFIG_ACL_V6,
+    CONFIG_DROP_UNLISTED, CONFIG_SYN_GUARD, FAMILY_IPV4, FLOW_ORIGIN_INGRESS, IPPROTO_TCP,
+    IPPROTO_UDP, STATS_XDP, TCP_ACK, TCP_SYN,
+};
+
+use crate::{
+    flow::{count_drop, count_listener, count_stats, record, Side, Update},
+    maps::{ACL_V4, ACL_V6, CONFIG, GATEWAY_ADDRS, LISTENERS, SYN_BUCKETS},
+    packet::{parse, Parsed},
+};
+
+#[xdp]
+pub fn xdp_flow(ctx: XdpContext) -> u32 {
+    match try_xdp_flow(&ctx) {
+        Ok(action) | Err(action) => action,
+    }
+}
+
+#[inline(always)]
+fn try_xdp_flow(ctx: &XdpContext) -> Result<u32, u32> {
+    let frame_len = (ctx.data_end() - ctx.data()) as u64;
+    let mut parsed = Parsed::default();
+    let result = parse(ctx, &mut parsed);
+    count_stats(STATS_XDP, frame_len, &result);
+    if result.is_err() {
+        return Ok(xdp_action::XDP_PASS);
+    }
+    let Some(config) = CONFIG.get(0) else {
+        return Ok(xdp_action::XDP_PASS);
+    };
+    // SAFETY: bpf_ktime_get_ns has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+
+    let listener = find_listener(&parsed);
+    if let Err(reason) = admit(&parsed, config, listener, now) {
+        count_drop(reason as u32);
+        return Ok(xdp_action::XDP_DROP);
+    }
+
+    // `FlowValue::listener` is the id + 1 (0: none).
+    let listener_field = listener.map_or(0, |id| id + 1);
+    if let Some(id) = listener {
+        count_listener(id, Side::Forward, 1, parsed.l3_bytes);
+    }
+    let update = Update {
+        packets: 1,
+        l3_bytes: parsed.l3_bytes,
+        tcp_flags: parsed.tcp_flags as u64,
+        now,
+        listener: listener_field,
+        origin: FLOW_ORIGIN_INGRESS,
+    };
+    record(&parsed.key, &update);
+    Ok(xdp_action::XDP_PASS)
+}
+
+/// The id of the listener serving the packet's destination: the exact address first, then
+/// the wildcard (unspecified address) of its family.
+#[inline(always)]
+fn find_listener(parsed: &Parsed) -> Option<u32> {
+    if !parsed.has_ports {
+        return None;
+    }
+    let mut key = ListenerKey {
+        addr: parsed.key.dst_addr,
+        port: parsed.key.dst_port,
+        protocol: parsed.key.protocol,
+        family: parsed.key.family,
+    };
+    if let Some(value) = LISTENERS.get_ptr(&key) {
+        // SAFETY: a live element of LISTENERS; userspace replaces values whole.
+        return Some(unsafe { (*value).id });
+    }
+    key.addr = [0; 16];
+    // SAFETY: as above.
+    LISTENERS.get_ptr(&key).map(|value| unsafe { (*value).id })
+}
+
+/// `Err(reason)` when the packet must be dropped.
+#[inline(always)]
+fn admit(
+    parsed: &Parsed,
+    config: &DataplaneConfig,
+    listener: Option<u32>,
+    now: u64,
+) -> Result<(), DropReason> {
+    if config.flags & (CONFIG_ACL_V4 | CONFIG_ACL_V6) != 0 && acl_denies(parsed, config.flags) {
+        return Err(DropReason::Acl);
+    }
+    if config.flags & CONFIG_DROP_UNLISTED != 0 && listener.is_none() && is_unlisted(parsed, config)
+    {
+        return Err(DropReason::Unlisted);
+    }
+    if config.flags & CONFIG_SYN_GUARD != 0
+        && parsed.key.protocol == IPPROTO_TCP
+        && parsed.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+        && !syn_allowed(parsed, config, now)
+    {
+        return Err(DropReason::SynFlood);
+    }
+    Ok(())
+}
+
+/// The source address is in a denied prefix.
+#[inline(always)]
+fn acl_denies(parsed: &Parsed, flags: u32) -> bool {
+    if parsed.key.family == FAMILY_IPV4 {
+        if flags & CONFIG_ACL_V4 == 0 {
+            return false;
+        }
+        let mut addr = [0u8; 4];
+        addr.copy_from_slice(&parsed.key.src_addr[..4]);
+        ACL_V4.get(Key::new(32, addr)).is_some()
+    } else {
+        if flags & CONFIG_ACL_V6 == 0 {
+            return false;
+        }
+        ACL_V6.get(Key::new(128, parsed.key.src_addr)).is_some()
+    }
+}
+
+/// TCP or UDP (with ports) to one of the gateway's addresses on a port outside the
+/// kernel's ephemeral range; the caller knows no listener serves it.
+#[inline(always)]
+fn is_unlisted(parsed: &Parsed, config: &DataplaneConfig) -> bool {
+    let protocol = parsed.key.protocol;
+    if !parsed.has_ports || (protocol != IPPROTO_TCP && protocol != IPPROTO_UDP) {
+        return false;
+    }
+    let port = parsed.key.dst_port;
+    if port >= config.ephemeral_low && port <= config.ephemeral_high {
+        return false;
+    }
+    let addr = AddrKey {
+        addr: parsed.key.dst_addr,
+        family: parsed.key.family,
+        _pad: [0; 3],
+    };
+    GATEWAY_ADDRS.get_ptr(&addr).is_some()
+}
+
+/// The SYN guard: a generic cell rate algorithm per source address. A source may send
+/// `burst` SYNs at once and then one per `syn_interval_ns`. Concurrent CPUs may each let
+/// one SYN through for the same slot (the update is a plain store): the limit is exact on
+/// one CPU and approximate across several, which is what a flood guard needs.
+#[inline(always)]
+fn syn_allowed(parsed: &Parsed, config: &DataplaneConfig, now: u64) -> bool {
+    let source = AddrKey {
+        addr: parsed.key.src_addr,
+        family: parsed.key.family,
+        _pad: [0; 3],
+    };
+    match SYN_BUCKETS.get_ptr_mut(&source) {
+        Some(tat) => {
+            // SAFETY: a live element of SYN_BUCKETS; a u64 load/store is single-copy atomic.
+            let stored = unsafe { *tat };
+            let arrival = if stored > now { stored } else { now };
+            if arrival - now > config.syn_tolerance_ns {
+                return false;
+            }
+            // SAFETY: as above.
+            unsafe { *tat = arrival + config.syn_interval_ns };
+            true
+        }
+        None => {
+            // A full table evicts the least recently seen source: the new one starts with
+            // a full bucket either way.
+            let _ = SYN_BUCKETS.insert(&source, now + config.syn_interval_ns, 0);
+            true
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! Typed handles on every map userspace reads or writes, taken out of the loaded object.
+
+use aya::{
+    maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, PerCpuValues},
+    Ebpf,
+};
+use gateway_common::{
+    AddrKey, DataplaneConfig, FlowKey, FlowValue, ListenerKey, ListenerStats, ListenerValue, Stats,
+    MAP_ACL_V4, MAP_ACL_V6, MAP_CONFIG, MAP_DROPS, MAP_FLOWS, MAP_GATEWAY_ADDRS, MAP_LISTENERS,
+    MAP_LISTENER_STATS, MAP_STATS,
+};
+
+use super::{chain, EbpfError};
+
+pub struct Maps {
+    pub flows: HashMap<MapData, FlowKey, FlowValue>,
+    pub stats: PerCpuArray<MapData, Stats>,
+    pub drops: PerCpuArray<MapData, u64>,
+    pub listeners: HashMap<MapData, ListenerKey, ListenerValue>,
+    pub listener_stats: PerCpuArray<MapData, ListenerStats>,
+    pub gateway_addrs: HashMap<MapData, AddrKey, u32>,
+    pub acl_v4: LpmTrie<MapData, [u8; 4], u32>,
+    pub acl_v6: LpmTrie<MapData, [u8; 16], u32>,
+    pub config: Array<MapData, DataplaneConfig>,
+}
+
+/// Takes map `name` out of `ebpf` as the typed map `T`.
+fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, EbpfError>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf.take_map(name).ok_or(EbpfError::MissingMap { name })?;
+    T::try_from(map).map_err(|e| EbpfError::Map {
+        name,
+        reason: chain(&e),
+    })
+}
+
+impl Maps {
+    pub fn take(ebpf: &mut Ebpf) -> Result<Self, EbpfError> {
+        Ok(Self {
+            flows: take(ebpf, MAP_FLOWS)?,
+            stats: take(ebpf, MAP_STATS)?,
+            drops: take(ebpf, MAP_DROPS)?,
+            listeners: take(ebpf, MAP_LISTENERS)?,
+            listener_stats: take(ebpf, MAP_LISTENER_STATS)?,
+            gateway_addrs: take(ebpf, MAP_GATEWAY_ADDRS)?,
+            acl_v4: take(ebpf, MAP_ACL_V4)?,
+            acl_v6: take(ebpf, MAP_ACL_V6)?,
+            config: take(ebpf, MAP_CONFIG)?,
+        })
+    }
+
+    /// `STATS[slot]` summed over CPUs.
+    pub fn stats(&self, slot: u32) -> Result<Stats, EbpfError> {
+        let per_cpu = self.stats.get(&slot, 0).map_err(|e| EbpfError::Map {
+            name: MAP_STATS,
+            reason: chain(&e),
+        })?;
+        Ok(per_cpu.iter().fold(Stats::default(), |acc, s| Stats {
+            packets: acc.packets + s.packets,
+            bytes: acc.bytes + s.bytes,
+            parse_failures: acc.parse_failures + s.parse_failures,
+            non_ip: acc.non_ip + s.non_ip,
+        }))
+    }
+
+    /// `DROPS[reason]` summed over CPUs.
+    pub fn drops(&self, reason: u32) -> Result<u64, EbpfError> {
+        let per_cpu = self.drops.get(&reason, 0).map_err(|e| EbpfError::Map {
+            name: MAP_DROPS,
+            reason: chain(&e),
+        })?;
+        Ok(per_cpu.iter().sum())
+    }
+
+    /// `LISTENER_STATS[id]` summed over CPUs.
+    pub fn listener_stats(&self, id: u32) -> Result<ListenerStats, EbpfError> {
+        let per_cpu = self
+            .listener_stats
+            .get(&id, 0)
+            .map_err(|e| EbpfError::Map {
+                name: MAP_LISTENER_STATS,
+                reason: chain(&e),
+            })?;
+        Ok(per_cpu
+            .iter()
+            .fold(ListenerStats::default(), |acc, s| ListenerStats {
+                rx_packets: acc.rx_packets + s.rx_packets,
+                rx_bytes: acc.rx_bytes + s.rx_bytes,
+                tx_packets: acc.tx_packets + s.tx_packets,
+                tx_bytes: acc.tx_bytes + s.tx_bytes,
+            }))
+    }
+
+    /// Zeroes `LISTENER_STATS[id]` on every CPU (before a new listener takes the id).
+    pub fn zero_listener_stats(&mut self, id: u32) -> Result<(), EbpfError> {
+        let err = |reason: String| EbpfError::Map {
+            name: MAP_LISTENER_STATS,
+            reason,
+        };
+        let cpus = aya::util::nr_cpus().map_err(|(what, e)| err(format!("{what}: {e}")))?;
+        let zeros = PerCpuValues::try_from(vec![ListenerStats::default(); cpus])
+            .map_err(|e| err(e.to_string()))?;
+        self.listener_stats
+            .set(id, zeros, 0)
+            .map_err(|e| err(chain(&e)))
+    }
+
+    pub fn set_config(&mut self, config: &DataplaneConfig) -> Result<(), EbpfError> {
+        self.config.set(0, config, 0).map_err(|e| EbpfError::Map {
+            name: MAP_CONFIG,
+            reason: chain(&e),
+        })
+    }
+}
