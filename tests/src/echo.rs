@@ -56,11 +56,13 @@ pub struct Echo {
     /// Its identity, reported as `pod`.
     pub name: String,
     connections: Arc<AtomicUsize>,
+    state: Arc<EchoState>,
     task: tokio::task::JoinHandle<()>,
 }
 
 struct EchoState {
     name: String,
+    requests: AtomicUsize,
     retries: Mutex<HashMap<String, u32>>,
 }
 
@@ -74,8 +76,10 @@ impl Echo {
         let addr = listener.local_addr().expect("invariant: bound socket");
         let state = Arc::new(EchoState {
             name: name.to_string(),
+            requests: AtomicUsize::new(0),
             retries: Mutex::new(HashMap::new()),
         });
+        let served = state.clone();
         let connections = Arc::new(AtomicUsize::new(0));
         let counter = connections.clone();
         let task = rt.spawn(async move {
@@ -100,6 +104,7 @@ impl Echo {
             addr,
             name: name.to_string(),
             connections,
+            state: served,
             task,
         }
     }
@@ -107,6 +112,11 @@ impl Echo {
     /// TCP connections accepted so far.
     pub fn connections(&self) -> usize {
         self.connections.load(Ordering::Relaxed)
+    }
+
+    /// Requests answered so far.
+    pub fn requests(&self) -> usize {
+        self.state.requests.load(Ordering::Relaxed)
     }
 }
 
@@ -137,6 +147,7 @@ fn query_params(query: &str) -> HashMap<String, String> {
 }
 
 async fn answer(state: &EchoState, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    state.requests.fetch_add(1, Ordering::Relaxed);
     let query = query_params(req.uri().query().unwrap_or(""));
     if let Some(delay) = query.get("delay").and_then(|d| parse_delay(d)) {
         tokio::time::sleep(delay).await;

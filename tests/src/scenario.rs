@@ -255,6 +255,14 @@ impl Reply {
         serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
     }
 
+    /// The echo backend's JSON carried in a gRPC message (5-byte frame header).
+    pub fn json_of_grpc(&self) -> serde_json::Value {
+        self.body
+            .get(5..)
+            .and_then(|b| serde_json::from_slice(b).ok())
+            .unwrap_or(serde_json::Value::Null)
+    }
+
     /// Which echo backend answered (`pod`), if one did.
     pub fn backend(&self) -> Option<String> {
         self.json()["pod"].as_str().map(str::to_string)

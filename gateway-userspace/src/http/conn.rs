@@ -67,6 +67,10 @@ struct Activity {
     last: AtomicU64,
     /// HTTP/2: reads are frames, not request heads, so they do not start the head timer.
     h2: AtomicBool,
+    /// The connection ends on a request hyper refused (400/414/431): drain what the client
+    /// still sends before closing, so that the kernel does not reset the connection and
+    /// destroy the error response before the client reads it.
+    linger: AtomicBool,
 }
 
 impl Activity {
@@ -77,6 +81,7 @@ impl Activity {
             head_since: AtomicU64::new(now + 1),
             last: AtomicU64::new(now),
             h2: AtomicBool::new(false),
+            linger: AtomicBool::new(false),
         }
     }
 
@@ -142,10 +147,50 @@ impl Drop for RequestGuard {
     }
 }
 
-/// The accepted socket, noting when bytes arrive.
+/// How long, and how much, a refused client is drained before its socket closes.
+const LINGER_TIME: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 1 << 20;
+
+/// The accepted socket, noting when bytes arrive. `None` only while dropping.
 struct WatchedIo {
-    stream: TcpStream,
+    stream: Option<TcpStream>,
     activity: Arc<Activity>,
+}
+
+impl WatchedIo {
+    fn stream(&mut self) -> io::Result<Pin<&mut TcpStream>> {
+        self.stream
+            .as_mut()
+            .map(Pin::new)
+            .ok_or_else(|| io::ErrorKind::NotConnected.into())
+    }
+}
+
+impl Drop for WatchedIo {
+    fn drop(&mut self) {
+        if !self.activity.linger.load(Ordering::Relaxed) {
+            return;
+        }
+        let (Some(mut stream), Ok(rt)) =
+            (self.stream.take(), tokio::runtime::Handle::try_current())
+        else {
+            return;
+        };
+        rt.spawn(async move {
+            use tokio::io::AsyncReadExt as _;
+            let mut buf = vec![0u8; 16 * 1024];
+            let mut drained = 0;
+            let drain = async {
+                while drained < LINGER_BYTES {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => drained += n,
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(LINGER_TIME, drain).await;
+        });
+    }
 }
 
 impl AsyncRead for WatchedIo {
@@ -156,7 +201,7 @@ impl AsyncRead for WatchedIo {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let before = buf.filled().len();
-        let polled = Pin::new(&mut this.stream).poll_read(cx, buf);
+        let polled = this.stream()?.poll_read(cx, buf);
         if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
             this.activity.on_read();
         }
@@ -170,7 +215,7 @@ impl AsyncWrite for WatchedIo {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+        self.get_mut().stream()?.poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -178,19 +223,19 @@ impl AsyncWrite for WatchedIo {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+        self.get_mut().stream()?.poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
+        self.stream.as_ref().is_some_and(|s| s.is_write_vectored())
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+        self.get_mut().stream()?.poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+        self.get_mut().stream()?.poll_shutdown(cx)
     }
 }
 
@@ -237,7 +282,7 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, bind: SocketAddr, ctx: A
         activity: activity.clone(),
     });
     let io = TokioIo::new(WatchedIo {
-        stream,
+        stream: Some(stream),
         activity: activity.clone(),
     });
     let service = Service {
@@ -255,6 +300,9 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, bind: SocketAddr, ctx: A
             result = connection.as_mut() => {
                 if let Err(err) = result {
                     debug!(%peer, error = %err, "client connection ended with an error");
+                    if err.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_parse) {
+                        activity.linger.store(true, Ordering::Relaxed);
+                    }
                 }
                 return;
             }

@@ -17,6 +17,9 @@ pub enum ProxyError {
     /// The request URI is longer than DESIGN §6 allows.
     #[error("URI longer than {max} bytes")]
     UriTooLong { max: usize },
+    /// The request head has more header fields or bytes than DESIGN §6 allows.
+    #[error("request header fields too large")]
+    HeadersTooLarge,
     /// The chosen backendRef cannot be used (not found, invalid kind, not permitted).
     #[error("backend {backend} cannot be used: {reason:?}")]
     UnresolvedBackend {
@@ -59,6 +62,7 @@ impl ProxyError {
         match self {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
+            ProxyError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::UnresolvedBackend { .. }
             | ProxyError::NoBackend
             | ProxyError::InvalidRule { .. }
@@ -107,6 +111,16 @@ pub fn respond(err: &ProxyError, grpc: bool) -> Response<RespBody> {
     let mut resp = Response::new(RespBody::full(Bytes::from(format!("{err}\n"))));
     *resp.status_mut() = err.status();
     set_text(resp.headers_mut());
+    if matches!(
+        err,
+        ProxyError::HeadersTooLarge | ProxyError::UriTooLong { .. }
+    ) {
+        // The client broke a limit: do not wait for its next request on this connection.
+        resp.headers_mut().insert(
+            header::CONNECTION,
+            header::HeaderValue::from_static("close"),
+        );
+    }
     resp
 }
 
@@ -127,6 +141,7 @@ mod tests {
         let cases = [
             (ProxyError::NoRoute, 404),
             (ProxyError::UriTooLong { max: 8192 }, 414),
+            (ProxyError::HeadersTooLarge, 431),
             (
                 ProxyError::UnresolvedBackend {
                     backend: "a/b".into(),

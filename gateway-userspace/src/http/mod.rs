@@ -22,6 +22,9 @@ pub use error::ProxyError;
 pub const MAX_HEADER_BLOCK: usize = 64 * 1024;
 /// Most header fields in a request; beyond it: 431.
 pub const MAX_HEADERS: usize = 100;
+/// hyper's own parser limits, twice ours: the gateway answers 431 at its limits (hyper
+/// 1.12 closes without its automatic 431), and hyper closes heads beyond these outright.
+const PARSER_SLACK: usize = 2;
 /// Longest request target; beyond it: 414.
 pub const MAX_URI: usize = 8 * 1024;
 /// HTTP/2 streams a client may have open at once.
@@ -33,8 +36,8 @@ pub fn server_builder() -> auto::Builder<TokioExecutor> {
     builder
         .http1()
         .keep_alive(true)
-        .max_buf_size(MAX_HEADER_BLOCK)
-        .max_headers(MAX_HEADERS)
+        .max_buf_size(MAX_HEADER_BLOCK * PARSER_SLACK)
+        .max_headers(MAX_HEADERS * PARSER_SLACK)
         // The header read and idle timers are kept by `conn` (hyper's would also close
         // idle keep-alive connections after the header timeout).
         .header_read_timeout(None)

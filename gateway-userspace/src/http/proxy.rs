@@ -22,7 +22,7 @@ use super::{
     body::RespBody,
     conn::ConnInfo,
     error::{respond, ProxyError},
-    filter, forward, MAX_URI,
+    filter, forward, MAX_HEADERS, MAX_HEADER_BLOCK, MAX_URI,
 };
 use crate::{
     upstream::{Protocol, ReqBody, UpstreamBody},
@@ -81,6 +81,9 @@ async fn proxy(
         .is_some_and(|pq| pq.as_str().len() > MAX_URI)
     {
         return Err(ProxyError::UriTooLong { max: MAX_URI });
+    }
+    if head_too_large(&req) {
+        return Err(ProxyError::HeadersTooLarge);
     }
     let view = view_for(ctx, conn);
     let table = view.table();
@@ -202,6 +205,23 @@ async fn proxy(
         body = body.with_deadline(at);
     }
     Ok(Response::from_parts(parts, body))
+}
+
+/// More than [`MAX_HEADERS`] fields, or a head over [`MAX_HEADER_BLOCK`] bytes (counted
+/// as HTTP/1.1 would carry it).
+fn head_too_large<B>(req: &Request<B>) -> bool {
+    let headers = req.headers();
+    if headers.len() > MAX_HEADERS {
+        return true;
+    }
+    let line = req.method().as_str().len()
+        + req.uri().path_and_query().map_or(1, |pq| pq.as_str().len())
+        + 12;
+    let fields: usize = headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+        .sum();
+    line + fields > MAX_HEADER_BLOCK
 }
 
 /// A response the gateway makes itself (redirects), with the response filters seen so far.

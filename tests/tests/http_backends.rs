@@ -1,0 +1,490 @@
+//! Backends through a real gatewayd: weights, timeouts, retries, invalid references, the
+//! exact failure codes (500/502/503/504), responses cut by a dying backend, h2c and
+//! WebSocket backends, forwarding headers, pooling, DESIGN §6 limits, and listeners
+//! following reloads.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpStream},
+    time::Duration,
+};
+
+use gateway_tests::{
+    echo::{Misbehaviour, RawBackend},
+    free_port, http_get,
+    scenario::{
+        check_all, listener_port, same_namespace_gateway, send, service, Expect, Infra, Req,
+        Served, APP, INFRA, WEB,
+    },
+};
+use Expect::{Backend, Status};
+
+fn route(name: &str, spec: &str) -> String {
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: {name}, namespace: {INFRA}}}\nspec:\n  parentRefs: [{{name: same-namespace}}]\n{spec}"
+    )
+}
+
+fn addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// HTTPRouteWeight: 70/30/0 over 500 requests, each share within 5 points.
+#[test]
+fn weights_split_traffic_70_30_0() {
+    let infra = Infra::new();
+    let port = listener_port();
+    let spec = "  rules:\n  - backendRefs:\n    - {name: infra-backend-v1, port: 8080, weight: 70}\n    - {name: infra-backend-v2, port: 8080, weight: 30}\n    - {name: infra-backend-v3, port: 8080, weight: 0}\n";
+    let _gw = infra.serve(&[
+        &same_namespace_gateway(port),
+        &route("weighted-backends", spec),
+    ]);
+    let mut counts = std::collections::BTreeMap::<String, u32>::new();
+    for _ in 0..500 {
+        let reply = send(addr(port), &Req::get("/")).expect("request");
+        assert_eq!(reply.status, 200);
+        *counts.entry(reply.backend().expect("backend")).or_default() += 1;
+    }
+    let share = |b: &str| f64::from(counts.get(b).copied().unwrap_or(0)) / 5.0;
+    assert!(
+        (share("infra-backend-v1") - 70.0).abs() <= 5.0,
+        "{counts:?}"
+    );
+    assert!(
+        (share("infra-backend-v2") - 30.0).abs() <= 5.0,
+        "{counts:?}"
+    );
+    assert_eq!(counts.get("infra-backend-v3"), None, "{counts:?}");
+}
+
+/// HTTPRouteTimeoutRequest and HTTPRouteTimeoutBackendRequest: 504 past the timeout;
+/// `0s` disables it.
+#[test]
+fn request_and_backend_request_timeouts_answer_504() {
+    let infra = Infra::new();
+    let port = listener_port();
+    let spec = "  rules:\n  - matches: [{path: {type: PathPrefix, value: /request-timeout}}]\n    timeouts: {request: 500ms}\n    backendRefs: [{name: infra-backend-v1, port: 8080}]\n  - matches: [{path: {type: PathPrefix, value: /backend-timeout}}]\n    timeouts: {request: 5s, backendRequest: 500ms}\n    backendRefs: [{name: infra-backend-v1, port: 8080}]\n  - matches: [{path: {type: PathPrefix, value: /disabled}}]\n    timeouts: {request: 0s}\n    backendRefs: [{name: infra-backend-v1, port: 8080}]\n";
+    let _gw = infra.serve(&[
+        &same_namespace_gateway(port),
+        &route("request-timeout", spec),
+    ]);
+    check_all(
+        addr(port),
+        &[
+            (Req::get("/request-timeout"), Backend("infra-backend-v1")),
+            (Req::get("/request-timeout?delay=1s"), Status(504)),
+            (Req::get("/backend-timeout"), Backend("infra-backend-v1")),
+            (Req::get("/backend-timeout?delay=1s"), Status(504)),
+            (
+                Req::get("/disabled?delay=600ms"),
+                Backend("infra-backend-v1"),
+            ),
+        ],
+    );
+}
+
+/// HTTPRouteRetry: retries on the listed codes up to `attempts` retries, then the last
+/// answer; codes that are not listed are not retried.
+#[test]
+fn retries_follow_codes_and_attempts() {
+    let infra = Infra::new();
+    let port = listener_port();
+    let spec = "  rules:\n  - matches: [{path: {type: PathPrefix, value: /retry/code-500-attempts-3}}]\n    retry: {codes: [500], attempts: 3, backoff: 1ms}\n    backendRefs: [{name: infra-backend-v3, port: 8080}]\n  - matches: [{path: {type: PathPrefix, value: /retry/code-all-attempts-2}}]\n    retry: {codes: [500, 502, 503, 504], attempts: 2}\n    backendRefs: [{name: infra-backend-v3, port: 8080}]\n  - matches: [{path: {type: PathPrefix, value: /retry/code-all-attempts-0}}]\n    retry: {codes: [500, 502, 503, 504], attempts: 0}\n    backendRefs: [{name: infra-backend-v3, port: 8080}]\n";
+    let _gw = infra.serve(&[&same_namespace_gateway(port), &route("retries", spec)]);
+    let cases = [
+        ("/retry/code-500-attempts-3", 500, 2, 200),
+        ("/retry/code-500-attempts-3", 500, 4, 500),
+        ("/retry/code-500-attempts-3", 503, 2, 503),
+        ("/retry/code-all-attempts-2", 500, 1, 200),
+        ("/retry/code-all-attempts-2", 500, 3, 500),
+        ("/retry/code-all-attempts-2", 502, 1, 200),
+        ("/retry/code-all-attempts-2", 502, 3, 502),
+        ("/retry/code-all-attempts-2", 503, 1, 200),
+        ("/retry/code-all-attempts-2", 503, 3, 503),
+        ("/retry/code-all-attempts-2", 504, 1, 200),
+        ("/retry/code-all-attempts-2", 504, 3, 504),
+        ("/retry/code-all-attempts-0", 500, 1, 500),
+    ];
+    for (i, (path, code, after, want)) in cases.into_iter().enumerate() {
+        let uri = format!("{path}?responseCode={code}&succeedAfter={after}&uuid=case-{i}");
+        let reply = send(addr(port), &Req::get(&uri)).expect("request");
+        assert_eq!(reply.status, want, "{uri}");
+        assert_eq!(
+            reply.backend().as_deref(),
+            Some("infra-backend-v3"),
+            "{uri}"
+        );
+    }
+}
+
+/// HTTPRouteInvalidNonExistentBackendRef, HTTPRouteInvalidBackendRefUnknownKind,
+/// HTTPRouteInvalidCrossNamespaceBackendRef, HTTPRouteInvalidReferenceGrant,
+/// HTTPRouteReferenceGrant, HTTPRoutePartiallyInvalidViaInvalidReferenceGrant and
+/// HTTPRouteAllBackendsWeightZero: unusable backends answer 500, usable rules keep working.
+#[test]
+fn invalid_backend_references_answer_500_and_valid_ones_keep_working() {
+    let infra = Infra::new();
+    let port = listener_port();
+    let spec = format!(
+        "  rules:\n  - matches: [{{path: {{type: PathPrefix, value: /nonexistent}}}}]\n    backendRefs: [{{name: nonexistent, port: 8080}}]\n  - matches: [{{path: {{type: PathPrefix, value: /unknown-kind}}}}]\n    backendRefs: [{{group: unknown.example.com, kind: UnknownKind, name: infra-backend-v1, port: 8080}}]\n  - matches: [{{path: {{type: PathPrefix, value: /no-grant}}}}]\n    backendRefs: [{{name: web-backend, namespace: {WEB}, port: 8080}}]\n  - matches: [{{path: {{type: PathPrefix, value: /wrong-grant}}}}]\n    backendRefs: [{{name: app-backend-v1, namespace: {APP}, port: 8080}}]\n  - matches: [{{path: {{type: PathPrefix, value: /granted}}}}]\n    backendRefs: [{{name: app-backend-v2, namespace: {APP}, port: 8080}}]\n  - matches: [{{path: {{type: PathPrefix, value: /all-zero}}}}]\n    backendRefs: [{{name: infra-backend-v1, port: 8080, weight: 0}}, {{name: infra-backend-v2, port: 8080, weight: 0}}]\n  - matches: [{{path: {{type: PathPrefix, value: /unsupported-filter}}}}]\n    filters: [{{type: ExtensionRef, extensionRef: {{group: example.com, kind: Foo, name: bar}}}}]\n    backendRefs: [{{name: infra-backend-v1, port: 8080}}]\n  - backendRefs: [{{name: infra-backend-v1, port: 8080}}]\n"
+    );
+    // A grant for app-backend-v2 only, and one from the wrong namespace for v1.
+    let grants = format!(
+        "apiVersion: gateway.networking.k8s.io/v1beta1\nkind: ReferenceGrant\nmetadata: {{name: specific, namespace: {APP}}}\nspec:\n  from: [{{group: gateway.networking.k8s.io, kind: HTTPRoute, namespace: {INFRA}}}]\n  to: [{{group: '', kind: Service, name: app-backend-v2}}]\n---\napiVersion: gateway.networking.k8s.io/v1beta1\nkind: ReferenceGrant\nmetadata: {{name: wrong-from, namespace: {APP}}}\nspec:\n  from: [{{group: gateway.networking.k8s.io, kind: HTTPRoute, namespace: {WEB}}}]\n  to: [{{group: '', kind: Service, name: app-backend-v1}}]\n"
+    );
+    let _gw = infra.serve(&[
+        &same_namespace_gateway(port),
+        &route("invalid-backends", &spec),
+        &grants,
+    ]);
+    check_all(
+        addr(port),
+        &[
+            (Req::get("/nonexistent"), Status(500)),
+            (Req::get("/unknown-kind"), Status(500)),
+            (Req::get("/no-grant"), Status(500)),
+            (Req::get("/wrong-grant"), Status(500)),
+            (Req::get("/granted"), Backend("app-backend-v2")),
+            (Req::get("/all-zero"), Status(500)),
+            (Req::get("/unsupported-filter"), Status(500)),
+            (Req::get("/"), Backend("infra-backend-v1")),
+        ],
+    );
+}
+
+/// Failure codes: no ready endpoint 503, connection refused 502, reset before a response
+/// 502.
+#[test]
+fn endpoint_failures_map_to_503_and_502() {
+    let mut infra = Infra::new();
+    let refused = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr")
+    };
+    let reset = RawBackend::start(Misbehaviour::ResetBeforeResponse);
+    infra
+        .yaml
+        .push_str(&service(INFRA, "refusing", &[refused], None));
+    infra
+        .yaml
+        .push_str(&service(INFRA, "resetting", &[reset.addr], None));
+    infra.yaml.push_str(&format!(
+        "---\napiVersion: v1\nkind: Service\nmetadata: {{name: no-endpoints, namespace: {INFRA}}}\nspec: {{ports: [{{name: http, port: 8080}}]}}\n"
+    ));
+    let port = listener_port();
+    let spec = "  rules:\n  - matches: [{path: {type: PathPrefix, value: /refused}}]\n    backendRefs: [{name: refusing, port: 8080}]\n  - matches: [{path: {type: PathPrefix, value: /reset}}]\n    backendRefs: [{name: resetting, port: 8080}]\n  - matches: [{path: {type: PathPrefix, value: /empty}}]\n    backendRefs: [{name: no-endpoints, port: 8080}]\n";
+    let _gw = infra.serve(&[&same_namespace_gateway(port), &route("failures", spec)]);
+    check_all(
+        addr(port),
+        &[
+            (Req::get("/refused"), Status(502)),
+            (Req::get("/reset"), Status(502)),
+            (Req::get("/empty"), Status(503)),
+        ],
+    );
+}
+
+/// A backend that dies in the middle of its body: the client's response must end in an
+/// error (truncated), never as a clean, complete body; over HTTP/1.1 and HTTP/2.
+#[test]
+fn a_backend_dying_mid_body_truncates_the_client_response() {
+    let mut infra = Infra::new();
+    let with_length = RawBackend::start(Misbehaviour::DieMidBodyWithLength);
+    let chunked = RawBackend::start(Misbehaviour::DieMidBodyChunked);
+    infra.yaml.push_str(&service(
+        INFRA,
+        "dies-with-length",
+        &[with_length.addr],
+        None,
+    ));
+    infra
+        .yaml
+        .push_str(&service(INFRA, "dies-chunked", &[chunked.addr], None));
+    let port = listener_port();
+    let spec = "  rules:\n  - matches: [{path: {type: PathPrefix, value: /length}}]\n    backendRefs: [{name: dies-with-length, port: 8080}]\n  - matches: [{path: {type: PathPrefix, value: /chunked}}]\n    backendRefs: [{name: dies-chunked, port: 8080}]\n";
+    let _gw = infra.serve(&[&same_namespace_gateway(port), &route("dying", spec)]);
+    for req in [
+        Req::get("/length"),
+        Req::get("/chunked"),
+        Req::get("/length").h2(),
+        Req::get("/chunked").h2(),
+    ] {
+        let reply = send(addr(port), &req).expect("response head");
+        assert_eq!(reply.status, 200, "{req:?}");
+        assert!(
+            reply.body_error.is_some(),
+            "{req:?}: clean body of {} bytes",
+            reply.body.len()
+        );
+        assert!(reply.body.len() < 100_000, "{req:?}");
+    }
+    // On the wire: a chunked response without its last chunk.
+    let mut s = TcpStream::connect(addr(port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    s.write_all(b"GET /chunked HTTP/1.1\r\nhost: x\r\n\r\n")
+        .expect("write");
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(
+        !text.ends_with("0\r\n\r\n"),
+        "the response must not end cleanly"
+    );
+}
+
+/// `appProtocol: kubernetes.io/h2c` backends get HTTP/2 with prior knowledge; others
+/// HTTP/1.1, whatever the client spoke.
+#[test]
+fn h2c_app_protocol_backends_are_spoken_to_over_http2() {
+    let mut infra = Infra::new();
+    infra.add(INFRA, "h2c-backend", Some("kubernetes.io/h2c"));
+    let port = listener_port();
+    let spec = "  rules:\n  - matches: [{path: {type: PathPrefix, value: /h2c}}]\n    backendRefs: [{name: h2c-backend, port: 8080}]\n  - backendRefs: [{name: infra-backend-v1, port: 8080}]\n";
+    let _gw = infra.serve(&[
+        &same_namespace_gateway(port),
+        &route("backend-protocol-h2c", spec),
+    ]);
+    let h2 = send(addr(port), &Req::get("/h2c")).expect("request");
+    assert_eq!(h2.backend().as_deref(), Some("h2c-backend"));
+    assert_eq!(h2.json()["proto"], "HTTP/2.0");
+    let h1 = send(addr(port), &Req::get("/").h2()).expect("request");
+    assert_eq!(h1.backend().as_deref(), Some("infra-backend-v1"));
+    assert_eq!(h1.json()["proto"], "HTTP/1.1");
+}
+
+/// WebSocket (`appProtocol: kubernetes.io/ws`): the Upgrade passes through and bytes flow
+/// both ways after the 101.
+#[test]
+fn websocket_upgrades_pass_through() {
+    let mut infra = Infra::new();
+    infra.add(INFRA, "ws-backend", Some("kubernetes.io/ws"));
+    let port = listener_port();
+    let spec = "  rules:\n  - backendRefs: [{name: ws-backend, port: 8080}]\n";
+    let _gw = infra.serve(&[
+        &same_namespace_gateway(port),
+        &route("backend-protocol-ws", spec),
+    ]);
+    let mut s = TcpStream::connect(addr(port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    s.write_all(
+        b"GET /ws HTTP/1.1\r\nhost: ws.example\r\nconnection: Upgrade\r\nupgrade: websocket\r\nsec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .expect("write");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).expect("101 head");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: websocket"), "{head}");
+    s.write_all(b"ping over the tunnel").expect("write");
+    let mut echoed = [0u8; 20];
+    s.read_exact(&mut echoed).expect("echo");
+    assert_eq!(&echoed, b"ping over the tunnel");
+}
+
+/// X-Forwarded-For (appended), X-Forwarded-Proto and X-Forwarded-Host reach the backend;
+/// hop-by-hop headers do not.
+#[test]
+fn forwarding_headers_are_added_and_hop_by_hop_headers_removed() {
+    let infra = Infra::new();
+    let port = listener_port();
+    let _gw = infra.serve(&[
+        &same_namespace_gateway(port),
+        &route(
+            "forwarded",
+            "  rules:\n  - backendRefs: [{name: infra-backend-v1, port: 8080}]\n",
+        ),
+    ]);
+    let reply = send(
+        addr(port),
+        &Req::get("/")
+            .host("app.example:8080")
+            .header("x-forwarded-for", "192.0.2.7")
+            .header("connection", "x-private")
+            .header("x-private", "secret")
+            .header("proxy-connection", "keep-alive"),
+    )
+    .expect("request");
+    assert_eq!(
+        reply.seen_header("x-forwarded-for").as_deref(),
+        Some("192.0.2.7, 127.0.0.1")
+    );
+    assert_eq!(
+        reply.seen_header("x-forwarded-proto").as_deref(),
+        Some("http")
+    );
+    assert_eq!(
+        reply.seen_header("x-forwarded-host").as_deref(),
+        Some("app.example:8080")
+    );
+    assert_eq!(reply.json()["host"], "app.example:8080");
+    assert_eq!(reply.seen_header("x-private"), None);
+    assert_eq!(reply.seen_header("proxy-connection"), None);
+}
+
+/// Backend connections are pooled: many sequential requests reuse a few connections.
+#[test]
+fn backend_connections_are_reused_across_requests() {
+    let infra = Infra::new();
+    let port = listener_port();
+    let _gw = infra.serve(&[
+        &same_namespace_gateway(port),
+        &route(
+            "pooled",
+            "  rules:\n  - backendRefs: [{name: infra-backend-v1, port: 8080}]\n",
+        ),
+    ]);
+    for _ in 0..50 {
+        // A new client connection each time: connections land on either worker.
+        let r = http_get(addr(port), "/").expect("request");
+        assert_eq!(r.status, 200);
+    }
+    let echo = infra.echo("infra-backend-v1");
+    assert_eq!(echo.requests(), 50);
+    assert!(
+        echo.connections() <= 4,
+        "{} backend connections for 50 requests",
+        echo.connections()
+    );
+}
+
+/// DESIGN §6: a header block over 64 KiB or more than 100 headers gets 431, a URI over
+/// 8 KiB gets 414.
+#[test]
+fn oversized_requests_get_431_and_414() {
+    let infra = Infra::new();
+    let port = listener_port();
+    let _gw = infra.serve(&[
+        &same_namespace_gateway(port),
+        &route(
+            "limits",
+            "  rules:\n  - backendRefs: [{name: infra-backend-v1, port: 8080}]\n",
+        ),
+    ]);
+    let raw = |request: &str| {
+        let mut s = TcpStream::connect(addr(port)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let _ = s.write_all(request.as_bytes());
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out.split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse::<u16>().ok())
+    };
+    let big = "a".repeat(70 * 1024);
+    assert_eq!(
+        raw(&format!(
+            "GET / HTTP/1.1\r\nhost: x\r\nx-big: {big}\r\n\r\n"
+        )),
+        Some(431)
+    );
+    let many: String = (0..101).map(|i| format!("x-h{i}: v\r\n")).collect();
+    assert_eq!(
+        raw(&format!("GET / HTTP/1.1\r\nhost: x\r\n{many}\r\n")),
+        Some(431)
+    );
+    let long = "a".repeat(9 * 1024);
+    assert_eq!(
+        raw(&format!(
+            "GET /{long} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+        )),
+        Some(414)
+    );
+    let fine: String = (0..90).map(|i| format!("x-h{i}: v\r\n")).collect();
+    assert_eq!(
+        raw(&format!(
+            "GET / HTTP/1.1\r\nhost: x\r\n{fine}connection: close\r\n\r\n"
+        )),
+        Some(200)
+    );
+}
+
+/// `/readyz` is 503 while a listener cannot be bound, and listeners follow reloads: a new
+/// listener is bound, a removed one is closed, and an established connection on the
+/// removed listener keeps being served.
+#[test]
+fn listeners_follow_reloads_and_readiness_waits_for_them() {
+    let infra = Infra::new();
+    let (port_a, port_b) = (listener_port(), listener_port());
+    let gateway = |ports: &[u16]| {
+        let listeners: String = ports
+            .iter()
+            .map(|p| format!("  - {{name: l{p}, port: {p}, protocol: HTTP}}\n"))
+            .collect();
+        format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: same-namespace, namespace: {INFRA}}}\nspec:\n  gatewayClassName: gatewayd\n  addresses: [{{type: IPAddress, value: 127.0.0.1}}]\n  listeners:\n{listeners}"
+        )
+    };
+    let r = route(
+        "reload",
+        "  rules:\n  - backendRefs: [{name: infra-backend-v1, port: 8080}]\n",
+    );
+    let config = |ports: &[u16]| format!("{}---\n{}\n---\n{r}\n", infra.yaml, gateway(ports));
+    let served = Served::start(&config(&[port_a])).expect("start");
+    check_all(
+        addr(port_a),
+        &[(Req::get("/"), Backend("infra-backend-v1"))],
+    );
+
+    // A keep-alive connection on port A, then a reload that moves the listener to B.
+    let mut kept = TcpStream::connect(addr(port_a)).expect("connect");
+    kept.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let ask = |s: &mut TcpStream| {
+        s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+            .expect("write");
+        let mut buf = vec![0u8; 64 * 1024];
+        let n = s.read(&mut buf).expect("read");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    assert!(ask(&mut kept).starts_with("HTTP/1.1 200"));
+    std::fs::write(&served.config, config(&[port_b])).expect("rewrite config");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(addr(port_b)).is_err() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    served.wait_ready().expect("ready after reload");
+    check_all(
+        addr(port_b),
+        &[(Req::get("/"), Backend("infra-backend-v1"))],
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(addr(port_a)).is_ok() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        TcpStream::connect(addr(port_a)).is_err(),
+        "port A still accepts"
+    );
+    assert!(
+        ask(&mut kept).starts_with("HTTP/1.1 200"),
+        "the established connection was dropped"
+    );
+
+    // A port held by another socket: not ready, with the reason.
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let held = holder.local_addr().expect("addr").port();
+    std::fs::write(&served.config, config(&[port_b, held])).expect("rewrite config");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut last = None;
+    while std::time::Instant::now() < deadline {
+        let r = http_get(served.gw.admin, "/readyz").expect("readyz");
+        if r.status == 503 {
+            last = Some(r.body);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let reason = last.expect("readyz stayed 200 with an unbound listener");
+    assert!(reason.contains(&held.to_string()), "{reason}");
+    drop(holder);
+    served.wait_ready().expect("ready once the port is free");
+    let _ = free_port();
+}
