@@ -2,7 +2,9 @@
 //!
 //! Stages, in the order a connection meets them: `ebpf` (kernel programs: flow tracking),
 //! `listen` (one `SO_REUSEPORT` socket per bind and `worker`), `http` (HTTP/1.1 and h2c,
-//! routing, filters) and `upstream` (pooled backend connections), with `state` holding the compiled
+//! routing, filters), `tls` (edge termination: certificates by SNI, resumption, client
+//! certificates), `passthrough` (ClientHello peek, routing by SNI, splice) and `upstream`
+//! (pooled backend connections), with `state` holding the compiled
 //! configuration that `reload` swaps whole, and `admin` exposing it all. Configuration
 //! semantics live in the pure `gateway-config` crate; this crate does the I/O.
 
@@ -11,7 +13,9 @@ pub mod cli;
 pub mod ebpf;
 pub mod http;
 pub mod listen;
+pub mod passthrough;
 pub mod reload;
 pub mod state;
+pub mod tls;
 pub mod upstream;
 pub mod worker;
