@@ -4,6 +4,7 @@
 //! task runs it first.
 
 mod demo;
+mod fuzz;
 mod setup;
 
 use std::{
@@ -45,6 +46,13 @@ enum Task {
     Bench {
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
+    },
+    /// Run every cargo-fuzz target (nightly; installs cargo-fuzz when missing) for a
+    /// bounded time each.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+        seconds: u64,
     },
 }
 
@@ -160,6 +168,10 @@ fn main() -> anyhow::Result<()> {
                 cmd.arg("--").args(&args);
             }
             run(&mut cmd)
+        }
+        Task::Fuzz { seconds } => {
+            setup::setup()?;
+            fuzz::fuzz(seconds)
         }
     }
 }
