@@ -187,6 +187,7 @@ fn spawn_runtime(
 ) -> std::io::Result<(Handle, oneshot::Sender<()>, JoinHandle<()>)> {
     let runtime = match threads {
         None => tokio::runtime::Builder::new_current_thread()
+            .event_interval(event_interval())
             .enable_all()
             .build()?,
         Some(n) => tokio::runtime::Builder::new_multi_thread()
@@ -206,6 +207,15 @@ fn spawn_runtime(
             runtime.shutdown_timeout(Duration::from_millis(100));
         })?;
     Ok((handle, stop, thread))
+}
+
+/// Task polls between two looks at the I/O driver (`GATEWAYD_EVENT_INTERVAL`, Tokio's
+/// default 61).
+fn event_interval() -> u32 {
+    std::env::var("GATEWAYD_EVENT_INTERVAL")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(61)
 }
 
 fn spawn_sweeper(handle: &Handle, ctx: Arc<WorkerCtx>) {

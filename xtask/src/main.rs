@@ -42,8 +42,13 @@ enum Task {
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
-    /// Run the criterion benches.
+    /// Run the criterion benches; with `--anchors`, run gatewayd side by side with HAProxy
+    /// and nginx in ../shared/bench/anchors instead (MODES, SCENARIOS, PROXIES, DURATION
+    /// and the harness's other knobs pass through the environment).
     Bench {
+        /// Side-by-side load test against HAProxy and nginx (installs them if missing).
+        #[arg(long)]
+        anchors: bool,
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
@@ -141,6 +146,48 @@ fn require_ebpf_tests() -> &'static str {
     }
 }
 
+/// Runs ../shared/bench/anchors with gatewayd as the candidate (xtask/candidate.sh), by
+/// default mode `http`, scenarios `ka close`, next to HAProxy and nginx; results go to
+/// target/anchors/.
+fn anchors() -> anyhow::Result<()> {
+    let root = workspace_root();
+    let harness = std::env::var_os("ANCHORS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("../shared/bench/anchors"));
+    if !harness.exists() {
+        bail!(
+            "the anchors harness is not at {} (set ANCHORS=path/to/anchors)",
+            harness.display()
+        );
+    }
+    // The eBPF object is not needed: the candidate runs with --ebpf off.
+    let mut build = cargo();
+    build
+        .args(["build", "--release", "-p", "gateway-userspace", "--bin", "gatewayd"])
+        .env("AYA_BUILD_SKIP", "1");
+    run(&mut build)?;
+    let gatewayd = target_dir().join("release/gatewayd");
+    let results = target_dir().join("anchors");
+    std::fs::create_dir_all(&results)
+        .with_context(|| format!("creating {}", results.display()))?;
+    let candidate = format!(
+        "GATEWAYD_BIN={} {}",
+        gatewayd.display(),
+        root.join("xtask/candidate.sh").display()
+    );
+    let env_or = |k: &str, v: &str| std::env::var(k).unwrap_or_else(|_| v.to_string());
+    let mut cmd = Command::new(&harness);
+    cmd.env("CANDIDATE_CMD", candidate)
+        .env("CANDIDATE_NAME", "gatewayd")
+        .env("MODES", env_or("MODES", "http"))
+        .env("SCENARIOS", env_or("SCENARIOS", "ka close"))
+        .env("PROXIES", env_or("PROXIES", "haproxy nginx gatewayd"))
+        .env("RESULTS_DIR", &results);
+    run(&mut cmd)?;
+    eprintln!("anchors: rows appended to {}/anchors-*.tsv", results.display());
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.task {
@@ -160,7 +207,11 @@ fn main() -> anyhow::Result<()> {
             setup::setup()?;
             test(&args)
         }
-        Task::Bench { args } => {
+        Task::Bench { anchors: true, .. } => {
+            setup::setup_bench()?;
+            anchors()
+        }
+        Task::Bench { args, .. } => {
             setup::setup()?;
             let mut cmd = cargo();
             cmd.args(["bench", "-p", "gateway-benches"]);

@@ -162,3 +162,39 @@ pub fn setup() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// `(command or file, Debian package)` the side-by-side benchmark (`cargo xtask bench
+/// --anchors`, ../shared/bench/anchors) needs.
+const BENCH_TOOLS: &[(&str, &str)] = &[
+    ("haproxy", "haproxy"),
+    ("nginx", "nginx"),
+    ("/usr/lib/nginx/modules/ngx_stream_module.so", "libnginx-mod-stream"),
+    ("wrk", "wrk"),
+    ("h2load", "nghttp2-client"),
+    ("openssl", "openssl"),
+    ("curl", "curl"),
+];
+
+/// Installs what the anchors harness runs (HAProxy, nginx with the stream module, wrk,
+/// h2load). Only `cargo xtask bench --anchors` calls it.
+pub fn setup_bench() -> anyhow::Result<()> {
+    let missing: Vec<&str> = BENCH_TOOLS
+        .iter()
+        .filter(|(what, _)| {
+            if what.starts_with('/') {
+                !Path::new(what).exists()
+            } else {
+                !have_command(what)
+            }
+        })
+        .map(|(_, package)| *package)
+        .collect();
+    if missing.is_empty() {
+        report("bench tools (haproxy, nginx, wrk, h2load)", "present");
+        return Ok(());
+    }
+    let mut apt = Apt { updated: false };
+    apt.install(&missing, "the side-by-side benchmark")?;
+    report("bench tools", &format!("installed {}", missing.join(" ")));
+    Ok(())
+}
