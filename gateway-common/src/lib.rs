@@ -16,6 +16,9 @@ pub const MAP_DROPS: &str = "DROPS";
 pub const MAP_LISTENERS: &str = "LISTENERS";
 /// Per-CPU array of [`ListenerStats`], indexed by `ListenerValue::id`.
 pub const MAP_LISTENER_STATS: &str = "LISTENER_STATS";
+/// Array of [`LISTENER_PORT_WORDS`] `u64`: bit `port % 64` of word `port / 64` is set when
+/// some listener uses that port, so packets to other ports skip the `LISTENERS` lookups.
+pub const MAP_LISTENER_PORTS: &str = "LISTENER_PORTS";
 /// Hash `AddrKey -> u32`: the gateway's own addresses (for `--xdp-drop-unlisted`).
 pub const MAP_GATEWAY_ADDRS: &str = "GATEWAY_ADDRS";
 /// LPM trie of denied IPv4 source prefixes (`Key<[u8; 4]> -> u32`).
@@ -39,6 +42,8 @@ pub const PROG_TC_REPLY: &str = "tc_reply";
 pub const FLOWS_MAX_ENTRIES: u32 = 65_536;
 /// Capacity of `LISTENERS`, and number of `LISTENER_STATS` slots.
 pub const LISTENERS_MAX_ENTRIES: u32 = 1_024;
+/// Words of the `LISTENER_PORTS` bitmap (65,536 ports).
+pub const LISTENER_PORT_WORDS: u32 = 1_024;
 /// Capacity of `GATEWAY_ADDRS`.
 pub const GATEWAY_ADDRS_MAX_ENTRIES: u32 = 4_096;
 /// Capacity of each ACL trie.
@@ -119,8 +124,8 @@ pub const FLOW_ORIGIN_EGRESS: u32 = 1;
 pub struct FlowValue {
     pub packets: u64,
     pub bytes: u64,
-    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) of the first packet and of the last packet in
-    /// either direction.
+    /// `bpf_ktime_get_coarse_ns()` (CLOCK_MONOTONIC at tick resolution, 1-10 ms) of the
+    /// first packet and of the last packet in either direction.
     pub first_seen_ns: u64,
     pub last_seen_ns: u64,
     /// Bitwise OR of the TCP flags byte of every forward packet (FIN=0x01 ... CWR=0x80).

@@ -7,7 +7,9 @@
 use core::intrinsics::{atomic_or, atomic_xadd, AtomicOrdering};
 
 use aya_ebpf::bindings::BPF_NOEXIST;
-use gateway_common::{FlowKey, FlowValue, ListenerStats, Stats, FLOW_ORIGIN_INGRESS};
+use gateway_common::{
+    FlowKey, FlowValue, ListenerStats, Stats, FLOW_ORIGIN_EGRESS, FLOW_ORIGIN_INGRESS,
+};
 
 use crate::{
     maps::{DROPS, FLOWS, LISTENER_STATS, STATS},
@@ -128,12 +130,22 @@ fn add_to_existing(key: &FlowKey, side: Side, update: &Update) -> Option<u32> {
 /// stack frame of their own instead of adding to the caller's 512 bytes.
 #[inline(never)]
 pub fn record(key: &FlowKey, update: &Update) -> u32 {
-    if add_to_existing(key, Side::Forward, update).is_some() {
-        return 0;
-    }
     let reversed = key.reversed();
-    if let Some(listener) = add_to_existing(&reversed, Side::Reverse, update) {
-        return listener;
+    // Most egress packets are replies to flows xdp_flow made: look there first.
+    if update.origin == FLOW_ORIGIN_EGRESS {
+        if let Some(listener) = add_to_existing(&reversed, Side::Reverse, update) {
+            return listener;
+        }
+        if add_to_existing(key, Side::Forward, update).is_some() {
+            return 0;
+        }
+    } else {
+        if add_to_existing(key, Side::Forward, update).is_some() {
+            return 0;
+        }
+        if let Some(listener) = add_to_existing(&reversed, Side::Reverse, update) {
+            return listener;
+        }
     }
     let value = FlowValue {
         packets: update.packets,

@@ -9,7 +9,7 @@ use aya_ebpf::{
 use gateway_common::{
     AddrKey, DataplaneConfig, FlowKey, FlowValue, ListenerKey, ListenerStats, ListenerValue, Stats,
     ACL_MAX_ENTRIES, DROP_REASONS, FLOWS_MAX_ENTRIES, GATEWAY_ADDRS_MAX_ENTRIES,
-    LISTENERS_MAX_ENTRIES, STATS_SLOTS, SYN_BUCKETS_MAX_ENTRIES,
+    LISTENERS_MAX_ENTRIES, LISTENER_PORT_WORDS, STATS_SLOTS, SYN_BUCKETS_MAX_ENTRIES,
 };
 
 #[map(name = "FLOWS")]
@@ -29,6 +29,9 @@ pub static LISTENERS: HashMap<ListenerKey, ListenerValue> =
 #[map(name = "LISTENER_STATS")]
 pub static LISTENER_STATS: PerCpuArray<ListenerStats> =
     PerCpuArray::with_max_entries(LISTENERS_MAX_ENTRIES, 0);
+
+#[map(name = "LISTENER_PORTS")]
+pub static LISTENER_PORTS: Array<u64> = Array::with_max_entries(LISTENER_PORT_WORDS, 0);
 
 #[map(name = "GATEWAY_ADDRS")]
 pub static GATEWAY_ADDRS: HashMap<AddrKey, u32> =

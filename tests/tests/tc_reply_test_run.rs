@@ -54,8 +54,8 @@ fn a_reply_on_egress_is_counted_on_the_reverse_side_of_the_ingress_flow() {
         }
     );
     assert!(
-        value.last_seen_ns > value.first_seen_ns,
-        "the replies move last_seen"
+        value.first_seen_ns > 0 && value.last_seen_ns >= value.first_seen_ns,
+        "timestamps of the coarse monotonic clock"
     );
     assert_eq!(prog.stats(STATS_TC).packets, 3);
     assert_eq!(prog.stats(STATS_XDP).packets, 2);

@@ -22,7 +22,8 @@ pub struct Flow {
     pub packets: u64,
     /// L3 bytes: IP headers and payload.
     pub bytes: u64,
-    /// CLOCK_MONOTONIC nanoseconds of the first and last packet.
+    /// CLOCK_MONOTONIC nanoseconds (tick resolution) of the first packet and of the last
+    /// packet either way.
     pub first_seen_ns: u64,
     pub last_seen_ns: u64,
     /// TCP flags seen on any packet, e.g. `["SYN", "ACK", "PSH"]`.

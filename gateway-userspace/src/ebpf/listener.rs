@@ -12,7 +12,7 @@ use std::{
 
 use gateway_common::{
     ListenerKey, ListenerValue, FAMILY_IPV4, FAMILY_IPV6, IPPROTO_TCP, LISTENERS_MAX_ENTRIES,
-    LISTENER_PROTOCOL_SHIFT, LISTENER_PROTO_HTTP, LISTENER_PROTO_HTTPS,
+    LISTENER_PORT_WORDS, LISTENER_PROTOCOL_SHIFT, LISTENER_PROTO_HTTP, LISTENER_PROTO_HTTPS,
     LISTENER_PROTO_TLS_PASSTHROUGH, LISTENER_PROTO_TLS_TERMINATE, LISTENER_TLS,
 };
 use gateway_config::{EbpfListenerEntry, ListenerProtocol};
@@ -101,6 +101,15 @@ pub fn desired(plan: &[EbpfListenerEntry]) -> BTreeMap<ListenerKey, Wanted> {
             )
         })
         .collect()
+}
+
+/// The `LISTENER_PORTS` bitmap of `wanted`: bit `port % 64` of word `port / 64`.
+pub fn port_bitmap<'a>(keys: impl IntoIterator<Item = &'a ListenerKey>) -> Vec<u64> {
+    let mut words = vec![0u64; LISTENER_PORT_WORDS as usize];
+    for key in keys {
+        words[usize::from(key.port >> 6)] |= 1 << (key.port & 63);
+    }
+    words
 }
 
 /// What to change in `LISTENERS`: upserts first (new ids are zeroed before), then removes.
@@ -268,6 +277,22 @@ mod tests {
             https.flags,
             (LISTENER_PROTO_HTTPS << LISTENER_PROTOCOL_SHIFT) | LISTENER_TLS
         );
+    }
+
+    #[test]
+    fn the_port_bitmap_has_one_bit_per_listener_port() {
+        let wanted = desired(&[
+            entry("0.0.0.0", 80, ListenerProtocol::Http),
+            entry("::", 80, ListenerProtocol::Http),
+            entry("10.0.0.1", 443, ListenerProtocol::Https),
+            entry("0.0.0.0", 65535, ListenerProtocol::Http),
+        ]);
+        let words = port_bitmap(wanted.keys());
+        assert_eq!(words.len(), 1024);
+        assert_eq!(words[1], 1 << (80 - 64));
+        assert_eq!(words[6], 1 << (443 - 6 * 64));
+        assert_eq!(words[1023], 1 << 63);
+        assert_eq!(words.iter().map(|w| w.count_ones()).sum::<u32>(), 3);
     }
 
     #[test]

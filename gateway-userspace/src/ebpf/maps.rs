@@ -7,7 +7,7 @@ use aya::{
 use gateway_common::{
     AddrKey, DataplaneConfig, FlowKey, FlowValue, ListenerKey, ListenerStats, ListenerValue, Stats,
     MAP_ACL_V4, MAP_ACL_V6, MAP_CONFIG, MAP_DROPS, MAP_FLOWS, MAP_GATEWAY_ADDRS, MAP_LISTENERS,
-    MAP_LISTENER_STATS, MAP_STATS,
+    MAP_LISTENER_PORTS, MAP_LISTENER_STATS, MAP_STATS,
 };
 
 use super::{chain, EbpfError};
@@ -18,6 +18,7 @@ pub struct Maps {
     pub drops: PerCpuArray<MapData, u64>,
     pub listeners: HashMap<MapData, ListenerKey, ListenerValue>,
     pub listener_stats: PerCpuArray<MapData, ListenerStats>,
+    pub listener_ports: Array<MapData, u64>,
     pub gateway_addrs: HashMap<MapData, AddrKey, u32>,
     pub acl_v4: LpmTrie<MapData, [u8; 4], u32>,
     pub acl_v6: LpmTrie<MapData, [u8; 16], u32>,
@@ -44,6 +45,7 @@ impl Maps {
             drops: take(ebpf, MAP_DROPS)?,
             listeners: take(ebpf, MAP_LISTENERS)?,
             listener_stats: take(ebpf, MAP_LISTENER_STATS)?,
+            listener_ports: take(ebpf, MAP_LISTENER_PORTS)?,
             gateway_addrs: take(ebpf, MAP_GATEWAY_ADDRS)?,
             acl_v4: take(ebpf, MAP_ACL_V4)?,
             acl_v6: take(ebpf, MAP_ACL_V6)?,
@@ -105,6 +107,22 @@ impl Maps {
         self.listener_stats
             .set(id, zeros, 0)
             .map_err(|e| err(chain(&e)))
+    }
+
+    /// Writes the words of the port bitmap that differ from `current` (which is updated).
+    pub fn set_ports(&mut self, current: &mut [u64], wanted: &[u64]) -> Result<(), EbpfError> {
+        for (index, (have, want)) in current.iter_mut().zip(wanted).enumerate() {
+            if *have != *want {
+                self.listener_ports
+                    .set(index as u32, *want, 0)
+                    .map_err(|e| EbpfError::Map {
+                        name: MAP_LISTENER_PORTS,
+                        reason: chain(&e),
+                    })?;
+                *have = *want;
+            }
+        }
+        Ok(())
     }
 
     pub fn set_config(&mut self, config: &DataplaneConfig) -> Result<(), EbpfError> {

@@ -271,6 +271,8 @@ struct Counters {
 struct Inner {
     maps: Maps,
     slots: listener::Slots,
+    /// `LISTENER_PORTS` as written.
+    ports: Vec<u64>,
     /// The listener plan of the serving configuration (to recompute the gateway's
     /// addresses when the host's change).
     plan: Vec<EbpfListenerEntry>,
@@ -453,6 +455,7 @@ impl Dataplane {
         let mut inner = Inner {
             maps,
             slots: listener::Slots::default(),
+            ports: vec![0; gateway_common::LISTENER_PORT_WORDS as usize],
             plan: Vec::new(),
             gateway_addrs: BTreeSet::new(),
             acl: Acl::default(),
@@ -874,6 +877,19 @@ impl DataplaneHandle {
         };
         let wanted = listener::desired(plan);
         let diff = inner.slots.diff(&wanted);
+        // Ports of old and new listeners while both may be in the table; only the new
+        // ones once the removals are done.
+        let new_ports = listener::port_bitmap(wanted.keys());
+        let during: Vec<u64> = inner
+            .ports
+            .iter()
+            .zip(&new_ports)
+            .map(|(old, new)| old | new)
+            .collect();
+        let mut ports = std::mem::take(&mut inner.ports);
+        let widened = inner.maps.set_ports(&mut ports, &during);
+        inner.ports = ports;
+        widened?;
         let mut report = ListenerSync {
             overflow: diff.overflow,
             ..ListenerSync::default()
@@ -915,6 +931,12 @@ impl DataplaneHandle {
                     first_err.get_or_insert(map_err(err));
                 }
             }
+        }
+        let mut ports = std::mem::take(&mut inner.ports);
+        let narrowed = inner.maps.set_ports(&mut ports, &new_ports);
+        inner.ports = ports;
+        if let Err(err) = narrowed {
+            first_err.get_or_insert(err);
         }
         inner.plan = plan.to_vec();
         if self.shared.drop_unlisted {

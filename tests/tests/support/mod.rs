@@ -22,7 +22,7 @@ use gateway_common::{
     AddrKey, DataplaneConfig, DropReason, FlowKey, FlowValue, ListenerKey, ListenerStats,
     ListenerValue, Stats, FAMILY_IPV4, FAMILY_IPV6, IPPROTO_TCP, IPPROTO_UDP, MAP_ACL_V4,
     MAP_ACL_V6, MAP_CONFIG, MAP_DROPS, MAP_FLOWS, MAP_GATEWAY_ADDRS, MAP_LISTENERS,
-    MAP_LISTENER_STATS, MAP_STATS, PROG_TC_REPLY, PROG_XDP_FLOW,
+    MAP_LISTENER_PORTS, MAP_LISTENER_STATS, MAP_STATS, PROG_TC_REPLY, PROG_XDP_FLOW,
 };
 use gateway_tests::{netns::NetnsPair, parse_response, HttpResponse};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
@@ -325,7 +325,15 @@ impl Loaded {
         map.set(0, config, 0).expect("write CONFIG");
     }
 
+    /// Adds a listener as gatewayd's sync does: its port bit, then its entry.
     pub fn add_listener(&mut self, key: ListenerKey, id: u32) {
+        let mut ports: Array<&mut MapData, u64> =
+            Array::try_from(self.map_mut(MAP_LISTENER_PORTS)).expect("LISTENER_PORTS is an array");
+        let word = u32::from(key.port >> 6);
+        let bits = ports.get(&word, 0).expect("read LISTENER_PORTS");
+        ports
+            .set(word, bits | 1 << (key.port & 63), 0)
+            .expect("write LISTENER_PORTS");
         let mut map: HashMap<&mut MapData, ListenerKey, ListenerValue> =
             HashMap::try_from(self.map_mut(MAP_LISTENERS)).expect("LISTENERS is a hash");
         map.insert(key, ListenerValue { id, flags: 0 }, 0)
