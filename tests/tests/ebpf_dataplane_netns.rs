@@ -572,3 +572,68 @@ fn an_interface_that_cannot_be_attached_is_skipped_with_one_warning_and_the_othe
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(gw.flows("?port=6004").len(), 1);
 }
+
+#[test]
+fn a_listener_kept_across_reloads_never_counts_as_unlisted_while_the_table_changes() {
+    require_ebpf!(
+        "a_listener_kept_across_reloads_never_counts_as_unlisted_while_the_table_changes"
+    );
+    let pair = pair("keep");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let gw = NsGatewayd::start(
+        &pair.a,
+        dir.path(),
+        &gateway_yaml(&[8080, 9000]),
+        &args(&pair.veth_a, &["--xdp-drop-unlisted"]),
+    );
+    gw.wait_metrics(WAIT, |m| m.get("gatewayd_ebpf_listeners") == 4.0);
+    let (a, b) = (pair.addr_a, pair.addr_b);
+    let config = dir.path().join("config.yaml");
+
+    // A steady stream to the kept listener (RST segments: no answers), bounded in count,
+    // while the other listeners come and go.
+    const PACKETS: u16 = 3000;
+    let ns_b = pair.b.clone();
+    let sender = std::thread::spawn(move || {
+        NetnsPair::run_in(&ns_b, move || {
+            let socket = socket2::Socket::new(
+                socket2::Domain::IPV4,
+                socket2::Type::RAW,
+                Some(socket2::Protocol::from(255)),
+            )?;
+            let to = socket2::SockAddr::from(SocketAddr::from((a, 0)));
+            for i in 0..PACKETS {
+                socket.send_to(&raw_tcp(b, a, (20000 + i, 8080), RST, &[]), &to)?;
+                std::thread::sleep(Duration::from_micros(500));
+            }
+            Ok(())
+        })
+    });
+    // Add 9001, remove it, add 9002, remove it, ...: each step waits for its sync.
+    for other in [9001u16, 9002, 9003] {
+        let label = format!(
+            "gatewayd_listener_packets_total{{listener=\"0.0.0.0:{other}\",protocol=\"http\",direction=\"rx\"}}"
+        );
+        replace_file(&config, &gateway_yaml(&[8080, other]));
+        let m = gw.wait_metrics(WAIT, |m| m.0.contains_key(&label));
+        assert!(m.0.contains_key(&label), "{other} added");
+        replace_file(&config, &gateway_yaml(&[8080]));
+        let m = gw.wait_metrics(WAIT, |m| !m.0.contains_key(&label));
+        assert!(!m.0.contains_key(&label), "{other} removed");
+    }
+    sender.join().expect("sender thread").expect("send");
+    let m = gw.wait_metrics(WAIT, |m| {
+        m.listener("packets", "0.0.0.0:8080", "rx") >= u64::from(PACKETS)
+    });
+    assert_eq!(
+        m.drops("unlisted"),
+        0,
+        "no packet to 8080 was ever unlisted"
+    );
+    assert_eq!(
+        m.listener("packets", "0.0.0.0:8080", "rx"),
+        u64::from(PACKETS),
+        "every packet counted under the kept listener's id"
+    );
+    assert!(m.get("gatewayd_ebpf_listener_syncs_total") >= 7.0, "{m:?}");
+}
