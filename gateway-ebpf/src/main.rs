@@ -15,6 +15,9 @@
 #![cfg_attr(target_arch = "bpf", allow(internal_features))]
 // eBPF programs read packet memory through raw pointers; each access is bounds-checked.
 #![allow(unsafe_code)]
+// Map calls take `impl Borrow<K>`: passing keys by value copies them on the 512-byte BPF
+// stack (measured: xdp_flow +55 instructions and +16 bytes of stack; time within noise).
+#![allow(clippy::needless_borrows_for_generic_args)]
 
 #[cfg(target_arch = "bpf")]
 mod flow;
