@@ -74,6 +74,11 @@ pub fn client_upgrade(req: &mut Request<Incoming>) -> Option<hyper::upgrade::OnU
 /// Removes the headers that describe one connection, not the message (RFC 9110 §7.6.1).
 /// `keep_upgrade` keeps `Upgrade` and `Connection: upgrade` for a protocol switch.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Most messages carry none of them: one pass over the few names present is cheaper
+    // than a hashed removal per hop-by-hop name.
+    if !keep_upgrade && !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     if let Some(conn) = headers.remove(header::CONNECTION) {
         if let Ok(s) = conn.to_str() {
             for token in s.split(',').map(str::trim) {
@@ -107,6 +112,17 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     } else {
         headers.remove(header::UPGRADE);
     }
+}
+
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == header::CONNECTION
+        || name == header::TRANSFER_ENCODING
+        || name == header::TE
+        || name == header::TRAILER
+        || name == header::UPGRADE
+        || name == KEEP_ALIVE
+        || name == PROXY_CONNECTION
+        || name == HTTP2_SETTINGS
 }
 
 /// `X-Forwarded-For` (appended), `X-Forwarded-Proto`, and `X-Forwarded-Host` (the Host

@@ -208,14 +208,21 @@ impl Endpoint {
         }
     }
 
+    /// An idle connection, preferring one that can take a request now: a connection just
+    /// given back may still be finishing its previous exchange (its task has not run since
+    /// the body ended), and waiting for it would cost the request a scheduler round.
     fn checkout(&self) -> Option<http1::SendRequest<ReqBody>> {
         let mut idle = lock(&self.idle);
-        while let Some(i) = idle.pop() {
+        loop {
+            let at = idle
+                .iter()
+                .rposition(|i| i.tx.is_ready())
+                .or_else(|| idle.len().checked_sub(1))?;
+            let i = idle.remove(at);
             if !i.tx.is_closed() && i.since.elapsed() < IDLE_TIMEOUT {
                 return Some(i.tx);
             }
         }
-        None
     }
 
     fn checkin(&self, tx: http1::SendRequest<ReqBody>) {
