@@ -637,3 +637,76 @@ fn a_listener_kept_across_reloads_never_counts_as_unlisted_while_the_table_chang
     );
     assert!(m.get("gatewayd_ebpf_listener_syncs_total") >= 7.0, "{m:?}");
 }
+
+#[test]
+fn on_loopback_each_packet_is_counted_once_both_directions_by_xdp_alone() {
+    require_ebpf!("on_loopback_each_packet_is_counted_once_both_directions_by_xdp_alone");
+    let pair = pair("lo");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let gw = NsGatewayd::start(&pair.a, dir.path(), EMPTY_CONFIG, &args("lo", &[]));
+    let metrics = gw.metrics();
+    assert!(
+        metrics
+            .0
+            .keys()
+            .any(|k| k.starts_with("gatewayd_xdp_attached{iface=\"lo\"")),
+        "{metrics:?}"
+    );
+    assert!(
+        !metrics
+            .0
+            .keys()
+            .any(|k| k.starts_with("gatewayd_tc_attached")),
+        "no TC on loopback: every packet there is also received"
+    );
+
+    let capture = Capture::start(&pair.a);
+    let localhost = Ipv4Addr::LOCALHOST;
+    let (server_port, client_port) = NetnsPair::run_in(&pair.a, move || {
+        let listener = TcpListener::bind(SocketAddrV4::new(localhost, 0))?;
+        let server_port = listener.local_addr()?.port();
+        let server = std::thread::spawn(move || -> std::io::Result<()> {
+            let (mut stream, _) = listener.accept()?;
+            let mut request = [0u8; 100];
+            stream.read_exact(&mut request)?;
+            stream.write_all(&[9u8; 100])?;
+            Ok(())
+        });
+        let mut stream = TcpStream::connect((localhost, server_port))?;
+        let client_port = stream.local_addr()?.port();
+        stream.write_all(&[1u8; 100])?;
+        let mut reply = [0u8; 100];
+        stream.read_exact(&mut reply)?;
+        drop(stream);
+        server
+            .join()
+            .map_err(|_| anyhow::anyhow!("server thread"))??;
+        Ok((server_port, client_port))
+    })
+    .expect("exchange over loopback");
+    std::thread::sleep(Duration::from_millis(300));
+    let seen = capture.finish();
+    // A packet socket sees every loopback packet twice: going out and coming in.
+    let sum = |src_port: u16| {
+        let (packets, bytes) = seen
+            .iter()
+            .filter(|s| s.src == localhost && s.src_port == src_port)
+            .fold((0u64, 0u64), |(p, b), s| (p + s.segments, b + s.l3_bytes));
+        (packets / 2, bytes / 2)
+    };
+    let flows = gw.flows(&format!("?protocol=tcp&port={server_port}"));
+    assert_eq!(flows.len(), 1, "{flows:#?}");
+    let flow = &flows[0];
+    assert_eq!(flow["src_port"], client_port);
+    assert_eq!(flow["direction"], "inbound");
+    assert_eq!(
+        (u64_of(&flow["packets"]), u64_of(&flow["bytes"])),
+        sum(client_port),
+        "{flow}"
+    );
+    assert_eq!(
+        (u64_of(&flow["rev_packets"]), u64_of(&flow["rev_bytes"])),
+        sum(server_port),
+        "{flow}"
+    );
+}

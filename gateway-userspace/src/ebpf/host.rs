@@ -49,6 +49,18 @@ pub fn local_addresses() -> std::io::Result<BTreeSet<IpAddr>> {
     Ok(out)
 }
 
+/// Whether `iface` is a loopback device (`IFF_LOOPBACK` in sysfs; `false` when unknown).
+pub fn is_loopback(iface: &str) -> bool {
+    const IFF_LOOPBACK: u32 = 0x8;
+    if iface.contains('/') || iface.starts_with('.') {
+        return false;
+    }
+    std::fs::read_to_string(format!("/sys/class/net/{iface}/flags"))
+        .ok()
+        .and_then(|flags| u32::from_str_radix(flags.trim().trim_start_matches("0x"), 16).ok())
+        .is_some_and(|flags| flags & IFF_LOOPBACK != 0)
+}
+
 /// The kernel's ephemeral port range (`net.ipv4.ip_local_port_range`, which IPv6 uses
 /// too); Linux's default when it cannot be read.
 pub fn ephemeral_ports() -> (u16, u16) {
@@ -75,6 +87,13 @@ mod tests {
         assert_eq!(parse_port_range("32768\t60999\n"), Some((32768, 60999)));
         assert_eq!(parse_port_range("9000 8000"), None);
         assert_eq!(parse_port_range("x"), None);
+    }
+
+    #[test]
+    fn lo_is_loopback_and_a_missing_interface_is_not() {
+        assert!(is_loopback("lo"));
+        assert!(!is_loopback("gw-no-such0"));
+        assert!(!is_loopback("../lo"));
     }
 
     #[test]

@@ -503,6 +503,12 @@ impl Dataplane {
             if !tc_loaded {
                 continue;
             }
+            if host::is_loopback(iface) {
+                // Every packet on loopback is received too, so xdp_flow already sees both
+                // directions; counting egress as well would count each packet twice.
+                info!(iface = %iface, "{PROG_TC_REPLY} not attached: loopback traffic is all seen by {PROG_XDP_FLOW}");
+                continue;
+            }
             match attach_tc(&mut ebpf, iface) {
                 Ok(mode) => {
                     info!(iface = %iface, mode, "attached {PROG_TC_REPLY} (TC egress)");
