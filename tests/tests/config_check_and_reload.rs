@@ -56,7 +56,11 @@ spec:
 }
 
 fn check(args: &[&str]) -> (Option<i32>, String, String) {
-    let out = Command::new(gatewayd_bin()).arg("check").args(args).output().expect("run gatewayd check");
+    let out = Command::new(gatewayd_bin())
+        .arg("check")
+        .args(args)
+        .output()
+        .expect("run gatewayd check");
     (
         out.status.code(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -67,12 +71,17 @@ fn check(args: &[&str]) -> (Option<i32>, String, String) {
 /// The conditions of HTTPRoute default/web's first parent in a `/status` JSON document.
 fn route_condition(status: &serde_json::Value, type_: &str) -> Option<(String, String)> {
     let items = status["items"].as_array()?;
-    let route = items.iter().find(|i| i["kind"] == "HTTPRoute" && i["metadata"]["name"] == "web")?;
+    let route = items
+        .iter()
+        .find(|i| i["kind"] == "HTTPRoute" && i["metadata"]["name"] == "web")?;
     let cond = route["status"]["parents"][0]["conditions"]
         .as_array()?
         .iter()
         .find(|c| c["type"] == type_)?;
-    Some((cond["status"].as_str()?.to_owned(), cond["reason"].as_str()?.to_owned()))
+    Some((
+        cond["status"].as_str()?.to_owned(),
+        cond["reason"].as_str()?.to_owned(),
+    ))
 }
 
 fn status_json(gw: &Gatewayd) -> serde_json::Value {
@@ -83,11 +92,16 @@ fn status_json(gw: &Gatewayd) -> serde_json::Value {
 
 fn metric(gw: &Gatewayd, name: &str) -> Option<f64> {
     let body = gw.get("/metrics").ok()?.body;
-    body.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
 /// Polls `/status` until `pred` holds; returns how long it took.
-fn wait_for_status(gw: &Gatewayd, within: Duration, pred: impl Fn(&serde_json::Value) -> bool) -> Option<Duration> {
+fn wait_for_status(
+    gw: &Gatewayd,
+    within: Duration,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) -> Option<Duration> {
     let start = Instant::now();
     while start.elapsed() < within {
         if pred(&status_json(gw)) {
@@ -101,12 +115,20 @@ fn wait_for_status(gw: &Gatewayd, within: Duration, pred: impl Fn(&serde_json::V
 #[test]
 fn check_prints_status_yaml_and_exits_zero_for_valid_input_with_bad_references() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let path = write_config(dir.path(), "gw.yaml", &gateway_and_route(free_port(), "gw").replace("name: web\n      port: 80", "name: missing\n      port: 80"));
+    let path = write_config(
+        dir.path(),
+        "gw.yaml",
+        &gateway_and_route(free_port(), "gw")
+            .replace("name: web\n      port: 80", "name: missing\n      port: 80"),
+    );
     let (code, stdout, stderr) = check(&["--config", path.to_str().expect("utf-8")]);
     assert_eq!(code, Some(0), "{stderr}");
     assert!(stdout.contains("kind: Gateway"), "{stdout}");
     assert!(stdout.contains("kind: HTTPRoute"), "{stdout}");
-    assert!(stdout.contains("reason: BackendNotFound"), "a bad reference is a status: {stdout}");
+    assert!(
+        stdout.contains("reason: BackendNotFound"),
+        "a bad reference is a status: {stdout}"
+    );
     assert!(stdout.contains("observedGeneration: 1"), "{stdout}");
 }
 
@@ -129,8 +151,14 @@ fn check_exits_one_naming_object_and_field_of_a_wrong_type() {
     let (code, _, stderr) = check(&["--config", path.to_str().expect("utf-8")]);
     assert_eq!(code, Some(1), "{stderr}");
     assert!(stderr.contains("gw.yaml:"), "{stderr}");
-    assert!(stderr.contains("Gateway default/gw"), "names the object: {stderr}");
-    assert!(stderr.contains("spec.listeners[0].port"), "names the field: {stderr}");
+    assert!(
+        stderr.contains("Gateway default/gw"),
+        "names the object: {stderr}"
+    );
+    assert!(
+        stderr.contains("spec.listeners[0].port"),
+        "names the field: {stderr}"
+    );
 }
 
 #[test]
@@ -143,7 +171,10 @@ fn check_skips_unknown_kinds_with_a_warning() {
     let path = write_config(dir.path(), "mixed.yaml", &text);
     let (code, stdout, stderr) = check(&["--config", path.to_str().expect("utf-8")]);
     assert_eq!(code, Some(0), "{stderr}");
-    assert!(stderr.contains("Deployment"), "warns about the skipped kind: {stderr}");
+    assert!(
+        stderr.contains("Deployment"),
+        "warns about the skipped kind: {stderr}"
+    );
     assert!(stdout.contains("kind: HTTPRoute"));
 }
 
@@ -152,7 +183,13 @@ fn an_edited_file_shows_in_status_within_a_second_and_broken_yaml_keeps_the_old_
     let dir = tempfile::tempdir().expect("temp dir");
     let port = free_port();
     let path = write_config(dir.path(), "gw.yaml", &gateway_and_route(port, "gw"));
-    let mut gw = Gatewayd::start(&["--config", dir.path().to_str().expect("utf-8"), "--ebpf", "off"]).expect("start");
+    let mut gw = Gatewayd::start(&[
+        "--config",
+        dir.path().to_str().expect("utf-8"),
+        "--ebpf",
+        "off",
+    ])
+    .expect("start");
     gw.wait_healthy().expect("healthy");
     assert_eq!(
         route_condition(&status_json(&gw), "Accepted"),
@@ -166,29 +203,49 @@ fn an_edited_file_shows_in_status_within_a_second_and_broken_yaml_keeps_the_old_
     })
     .unwrap_or_else(|| panic!("edit not live: {}", status_json(&gw)));
     eprintln!("edit live after {took:?}");
-    assert!(took < Duration::from_secs(1), "a change is live within 1 s, took {took:?}");
+    assert!(
+        took < Duration::from_secs(1),
+        "a change is live within 1 s, took {took:?}"
+    );
 
     // Broken YAML: the previous configuration keeps serving, the error is reported.
     let errors_before = metric(&gw, "gatewayd_config_reload_errors_total").unwrap_or(-1.0);
-    std::fs::write(&path, "apiVersion: v1\nkind: Service\nmetadata: [oops\n").expect("break config");
-    wait_for_status(&gw, Duration::from_secs(3), |s| s.get("lastReloadError").is_some())
-        .unwrap_or_else(|| panic!("error not reported: {}", status_json(&gw)));
+    std::fs::write(&path, "apiVersion: v1\nkind: Service\nmetadata: [oops\n")
+        .expect("break config");
+    wait_for_status(&gw, Duration::from_secs(3), |s| {
+        s.get("lastReloadError").is_some()
+    })
+    .unwrap_or_else(|| panic!("error not reported: {}", status_json(&gw)));
     let status = status_json(&gw);
     let error = status["lastReloadError"].as_str().unwrap_or_default();
-    assert!(error.contains("gw.yaml:"), "names the file and line: {error}");
+    assert!(
+        error.contains("gw.yaml:"),
+        "names the file and line: {error}"
+    );
     assert_eq!(
         route_condition(&status, "Accepted"),
         Some(("False".into(), "NoMatchingParent".into())),
         "the old configuration still serves"
     );
-    assert_eq!(metric(&gw, "gatewayd_config_reload_errors_total"), Some(errors_before + 1.0));
-    assert_eq!(metric(&gw, "gatewayd_config_last_reload_success"), Some(0.0));
-    assert_eq!(gw.get("/readyz").expect("readyz").status, 200, "still ready on the old config");
+    assert_eq!(
+        metric(&gw, "gatewayd_config_reload_errors_total"),
+        Some(errors_before + 1.0)
+    );
+    assert_eq!(
+        metric(&gw, "gatewayd_config_last_reload_success"),
+        Some(0.0)
+    );
+    assert_eq!(
+        gw.get("/readyz").expect("readyz").status,
+        200,
+        "still ready on the old config"
+    );
 
     // Fixed again: the error clears and the new content is live.
     std::fs::write(&path, gateway_and_route(port, "gw")).expect("fix config");
     wait_for_status(&gw, Duration::from_secs(3), |s| {
-        s.get("lastReloadError").is_none() && route_condition(s, "Accepted") == Some(("True".into(), "Accepted".into()))
+        s.get("lastReloadError").is_none()
+            && route_condition(s, "Accepted") == Some(("True".into(), "Accepted".into()))
     })
     .unwrap_or_else(|| panic!("fix not live: {}", status_json(&gw)));
     assert!(gw.stop(Signal::SIGTERM).expect("stop").success());
@@ -201,16 +258,28 @@ fn a_file_added_to_a_watched_directory_is_loaded() {
     let full = gateway_and_route(port, "gw");
     let (gateway, rest) = full.split_once("---\n").expect("two parts");
     write_config(dir.path(), "10-gateway.yaml", gateway);
-    let mut gw = Gatewayd::start(&["--config", dir.path().to_str().expect("utf-8"), "--ebpf", "off"]).expect("start");
+    let mut gw = Gatewayd::start(&[
+        "--config",
+        dir.path().to_str().expect("utf-8"),
+        "--ebpf",
+        "off",
+    ])
+    .expect("start");
     gw.wait_healthy().expect("healthy");
-    assert_eq!(route_condition(&status_json(&gw), "Accepted"), None, "no route yet");
+    assert_eq!(
+        route_condition(&status_json(&gw), "Accepted"),
+        None,
+        "no route yet"
+    );
 
     // Written elsewhere, then renamed in: what editors and config managers do.
     let staging = tempfile::tempdir_in(dir.path().parent().expect("parent")).expect("staging dir");
     let staged = write_config(staging.path(), "20-route.yaml", rest);
     std::fs::rename(&staged, dir.path().join("20-route.yaml")).expect("rename into place");
-    wait_for_status(&gw, Duration::from_secs(3), |s| route_condition(s, "Accepted") == Some(("True".into(), "Accepted".into())))
-        .unwrap_or_else(|| panic!("new file not loaded: {}", status_json(&gw)));
+    wait_for_status(&gw, Duration::from_secs(3), |s| {
+        route_condition(s, "Accepted") == Some(("True".into(), "Accepted".into()))
+    })
+    .unwrap_or_else(|| panic!("new file not loaded: {}", status_json(&gw)));
     assert!(gw.stop(Signal::SIGTERM).expect("stop").success());
 }
 
@@ -218,16 +287,21 @@ fn a_file_added_to_a_watched_directory_is_loaded() {
 fn sighup_forces_a_reload() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = write_config(dir.path(), "gw.yaml", &gateway_and_route(free_port(), "gw"));
-    let mut gw = Gatewayd::start(&["--config", path.to_str().expect("utf-8"), "--ebpf", "off"]).expect("start");
+    let mut gw = Gatewayd::start(&["--config", path.to_str().expect("utf-8"), "--ebpf", "off"])
+        .expect("start");
     gw.wait_healthy().expect("healthy");
     let before = metric(&gw, "gatewayd_config_reloads_total").expect("reload counter");
     let pid = nix::unistd::Pid::from_raw(i32::try_from(gw.child.id()).expect("pid"));
     nix::sys::signal::kill(pid, Signal::SIGHUP).expect("SIGHUP");
     let deadline = Instant::now() + Duration::from_secs(3);
-    while metric(&gw, "gatewayd_config_reloads_total") == Some(before) && Instant::now() < deadline {
+    while metric(&gw, "gatewayd_config_reloads_total") == Some(before) && Instant::now() < deadline
+    {
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert_eq!(metric(&gw, "gatewayd_config_reloads_total"), Some(before + 1.0));
+    assert_eq!(
+        metric(&gw, "gatewayd_config_reloads_total"),
+        Some(before + 1.0)
+    );
     assert!(gw.stop(Signal::SIGTERM).expect("stop").success());
 }
 
@@ -235,7 +309,8 @@ fn sighup_forces_a_reload() {
 fn run_refuses_to_start_on_ill_formed_input_and_says_where() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = write_config(dir.path(), "bad.yaml", "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata:\n  name: g\nspec:\n  listeners: 5\n");
-    let mut gw = Gatewayd::start(&["--config", path.to_str().expect("utf-8"), "--ebpf", "off"]).expect("start");
+    let mut gw = Gatewayd::start(&["--config", path.to_str().expect("utf-8"), "--ebpf", "off"])
+        .expect("start");
     let status = gw.wait_exit(Duration::from_secs(10)).expect("exits");
     assert_eq!(status.code(), Some(1));
     let stderr = gw.stderr();
