@@ -163,13 +163,19 @@ fn anchors() -> anyhow::Result<()> {
     // The eBPF object is not needed: the candidate runs with --ebpf off.
     let mut build = cargo();
     build
-        .args(["build", "--release", "-p", "gateway-userspace", "--bin", "gatewayd"])
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "gateway-userspace",
+            "--bin",
+            "gatewayd",
+        ])
         .env("AYA_BUILD_SKIP", "1");
     run(&mut build)?;
     let gatewayd = target_dir().join("release/gatewayd");
     let results = target_dir().join("anchors");
-    std::fs::create_dir_all(&results)
-        .with_context(|| format!("creating {}", results.display()))?;
+    std::fs::create_dir_all(&results).with_context(|| format!("creating {}", results.display()))?;
     let candidate = format!(
         "GATEWAYD_BIN={} {}",
         gatewayd.display(),
@@ -184,7 +190,10 @@ fn anchors() -> anyhow::Result<()> {
         .env("PROXIES", env_or("PROXIES", "haproxy nginx gatewayd"))
         .env("RESULTS_DIR", &results);
     run(&mut cmd)?;
-    eprintln!("anchors: rows appended to {}/anchors-*.tsv", results.display());
+    eprintln!(
+        "anchors: rows appended to {}/anchors-*.tsv",
+        results.display()
+    );
     Ok(())
 }
 

@@ -168,7 +168,10 @@ pub fn setup() -> anyhow::Result<()> {
 const BENCH_TOOLS: &[(&str, &str)] = &[
     ("haproxy", "haproxy"),
     ("nginx", "nginx"),
-    ("/usr/lib/nginx/modules/ngx_stream_module.so", "libnginx-mod-stream"),
+    (
+        "/usr/lib/nginx/modules/ngx_stream_module.so",
+        "libnginx-mod-stream",
+    ),
     ("wrk", "wrk"),
     ("h2load", "nghttp2-client"),
     ("openssl", "openssl"),
