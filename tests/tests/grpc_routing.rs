@@ -44,18 +44,20 @@ fn call(port: u16, authority: &str, method: &str, headers: &[(&str, &str)]) -> R
 }
 
 /// (gRPC status, backend that answered).
-fn outcome(r: &Reply) -> (String, Option<String>) {
+type Outcome = (String, Option<String>);
+
+fn outcome(r: &Reply) -> Outcome {
     (
         r.header("grpc-status").unwrap_or_default(),
         r.header("x-echo-backend"),
     )
 }
 
-fn ok(backend: &str) -> (String, Option<String>) {
+fn ok(backend: &str) -> Outcome {
     ("0".to_string(), Some(backend.to_string()))
 }
 
-fn unimplemented() -> (String, Option<String>) {
+fn unimplemented() -> Outcome {
     ("12".to_string(), None)
 }
 
@@ -97,7 +99,7 @@ fn grpc_header_matches_follow_http_precedence() {
         &grpc_route("grpc-header-matching", "{name: same-namespace}", spec),
     ]);
     let h = "grpc.example";
-    let cases: [(&[(&str, &str)], (String, Option<String>)); 11] = [
+    let cases: [(&[(&str, &str)], Outcome); 11] = [
         (&[("version", "one")], ok("grpc-infra-backend-v1")),
         (&[("version", "two")], ok("grpc-infra-backend-v2")),
         (
