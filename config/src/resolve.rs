@@ -312,12 +312,79 @@ impl LState {
     }
 }
 
+/// A Gateway address: one IP address, or a range (CIDR) served through its first address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct GwAddr {
+    ip: IpAddr,
+    /// `Some(len)` for a [`CIDR_ADDRESS_TYPE`] range `ip/len`.
+    prefix_len: Option<u8>,
+}
+
+impl GwAddr {
+    fn ip(ip: IpAddr) -> Self {
+        GwAddr {
+            ip,
+            prefix_len: None,
+        }
+    }
+
+    /// `type` and `value` as the Gateway status lists them.
+    fn status(&self) -> GatewayStatusAddresses {
+        match self.prefix_len {
+            None => GatewayStatusAddresses {
+                r#type: Some("IPAddress".to_string()),
+                value: self.ip.to_string(),
+            },
+            Some(len) => GatewayStatusAddresses {
+                r#type: Some(CIDR_ADDRESS_TYPE.to_string()),
+                value: format!("{}/{len}", self.ip),
+            },
+        }
+    }
+}
+
+/// A [`CIDR_ADDRESS_TYPE`] value: `address/length`, host bits clear, not the whole address
+/// space (that is what a Gateway without addresses gets, through the wildcard).
+fn parse_cidr(value: &str) -> Result<GwAddr, String> {
+    let bad = || format!("{value:?} is not a CIDR (address/prefix length)");
+    let (addr, len) = value.split_once('/').ok_or_else(bad)?;
+    let ip = IpAddr::from_str(addr).map_err(|_| bad())?;
+    let len: u8 = len.parse().map_err(|_| bad())?;
+    let bits = if ip.is_ipv4() { 32 } else { 128 };
+    if len == 0 || u32::from(len) > bits {
+        return Err(format!(
+            "{value:?}: the prefix length must be 1 to {bits} (a Gateway without addresses listens on every local address)"
+        ));
+    }
+    let network = match ip {
+        IpAddr::V4(v4) => IpAddr::V4(Ipv4Addr::from(
+            u32::from(v4) & (u32::MAX << (32 - u32::from(len))),
+        )),
+        IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from(
+            u128::from(v6) & (u128::MAX << (128 - u32::from(len))),
+        )),
+    };
+    if network != ip {
+        return Err(format!(
+            "{value:?} has host bits set: the range is {network}/{len}"
+        ));
+    }
+    Ok(GwAddr {
+        ip,
+        prefix_len: Some(len),
+    })
+}
+
+/// A bind while listeners are assigned: TLS or not, its listeners, the hostname selector,
+/// and the range it serves (`Some(len)`) or not.
+type BindPlan = (bool, Vec<ListenerId>, HostIndex<ListenerId>, Option<u8>);
+
 struct GState<'m> {
     gw: &'m Gateway,
     ns: &'m str,
     name: &'m str,
     generation: i64,
-    addrs: Vec<IpAddr>,
+    addrs: Vec<GwAddr>,
     accepted: Cond,
     resolved: Option<Cond>,
     client_cert: Option<Arc<CertifiedKeyDer>>,
@@ -495,25 +562,31 @@ impl<'m> Compiler<'m> {
         let mut addrs = Vec::new();
         for a in gw.spec.addresses.iter().flatten() {
             let ty = a.r#type.as_deref().unwrap_or("IPAddress");
-            match (ty, a.value.as_deref().map(IpAddr::from_str)) {
-                ("IPAddress", Some(Ok(ip))) => addrs.push(ip),
+            match (ty, a.value.as_deref()) {
+                ("IPAddress", Some(v)) => match IpAddr::from_str(v) {
+                    Ok(ip) => addrs.push(GwAddr::ip(ip)),
+                    Err(_) => {
+                        let why = format!("{v:?} is not an IP address");
+                        accepted = Cond::new("Accepted", false, "UnsupportedAddress", why);
+                    }
+                },
                 ("IPAddress", None) => {}
+                (CIDR_ADDRESS_TYPE, Some(v)) => match parse_cidr(v) {
+                    Ok(range) => addrs.push(range),
+                    Err(why) => {
+                        accepted = Cond::new("Accepted", false, "UnsupportedAddress", why);
+                    }
+                },
                 (ty, _) => {
-                    let v = a.value.clone().unwrap_or_default();
-                    let why = if matches!(v.as_str(), "") || ty != "IPAddress" {
-                        format!("address type {ty} is not supported")
-                    } else {
-                        format!("{v:?} is not an IP address")
-                    };
-                    let _ = v;
+                    let why = format!("address type {ty} is not supported");
                     accepted = Cond::new("Accepted", false, "UnsupportedAddress", why);
                 }
             }
         }
         if addrs.is_empty() {
             addrs = vec![
-                IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-                IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+                GwAddr::ip(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+                GwAddr::ip(IpAddr::V6(Ipv6Addr::UNSPECIFIED)),
             ];
         }
 
@@ -916,8 +989,7 @@ impl<'m> Compiler<'m> {
     /// Listeners of all accepted Gateways -> ids and binds. Cross-Gateway protocol clashes
     /// on one address:port make the younger listener `PortUnavailable`.
     fn assign_binds(&mut self) {
-        let mut binds: BTreeMap<SocketAddr, (bool, Vec<ListenerId>, HostIndex<ListenerId>)> =
-            BTreeMap::new();
+        let mut binds: BTreeMap<SocketAddr, BindPlan> = BTreeMap::new();
         let mut order: Vec<SocketAddr> = Vec::new();
         for gi in 0..self.gws.len() {
             if !self.gws[gi].accepted.ok {
@@ -933,10 +1005,16 @@ impl<'m> Compiler<'m> {
                 let key = HostKey::of(l.hostname.as_deref());
                 let mut clash = None;
                 for a in &addrs {
-                    let Some((tls, _, selector)) = binds.get(&SocketAddr::new(*a, l.port)) else {
+                    let Some((tls, _, selector, prefix_len)) =
+                        binds.get(&SocketAddr::new(a.ip, l.port))
+                    else {
                         continue;
                     };
-                    if *tls != proto.is_tls() {
+                    if *prefix_len != a.prefix_len {
+                        // A range's socket (on its first address) cannot also be that
+                        // one address's, nor another range's.
+                        clash = Some("with another address range");
+                    } else if *tls != proto.is_tls() {
                         clash = Some("with another protocol");
                     } else if match &key {
                         HostKey::Any => selector.any.is_some(),
@@ -973,10 +1051,15 @@ impl<'m> Compiler<'m> {
                     tls: HostIndex::default(),
                 });
                 for a in &addrs {
-                    let sa = SocketAddr::new(*a, l.port);
+                    let sa = SocketAddr::new(a.ip, l.port);
                     let entry = binds.entry(sa).or_insert_with(|| {
                         order.push(sa);
-                        (proto.is_tls(), Vec::new(), HostIndex::default())
+                        (
+                            proto.is_tls(),
+                            Vec::new(),
+                            HostIndex::default(),
+                            a.prefix_len,
+                        )
                     });
                     entry.1.push(id);
                     // The oldest Gateway keeps a hostname shared across Gateways.
@@ -986,7 +1069,7 @@ impl<'m> Compiler<'m> {
             }
         }
         for (i, sa) in order.iter().enumerate() {
-            if let Some((tls, ids, selector)) = binds.remove(sa) {
+            if let Some((tls, ids, selector, prefix_len)) = binds.remove(sa) {
                 let protocol = ids
                     .first()
                     .and_then(|id| self.table.listeners.get(id.0 as usize))
@@ -1002,6 +1085,7 @@ impl<'m> Compiler<'m> {
                     addr: *sa,
                     tls,
                     listeners: ids.into_boxed_slice(),
+                    prefix_len,
                     selector,
                 });
             }
@@ -2363,15 +2447,8 @@ impl<'m> Compiler<'m> {
                 })
                 .collect();
             // Every address the listeners are bound to, requested or assigned.
-            let addresses = (g.accepted.ok && programmed_any).then(|| {
-                g.addrs
-                    .iter()
-                    .map(|a| GatewayStatusAddresses {
-                        r#type: Some("IPAddress".to_string()),
-                        value: a.to_string(),
-                    })
-                    .collect()
-            });
+            let addresses = (g.accepted.ok && programmed_any)
+                .then(|| g.addrs.iter().map(GwAddr::status).collect());
             items.push(item(
                 "Gateway",
                 g.gw.metadata.clone(),

@@ -101,16 +101,40 @@ impl Listener {
     }
 }
 
+/// The implementation-specific Gateway address type for an address range: the value is a
+/// CIDR (`192.0.2.0/24`, `2001:db8:1::/64`). The Gateway API requires implementation-specific
+/// address types to be domain-prefixed; this one uses the domain of gatewayd's default
+/// controller name.
+pub const CIDR_ADDRESS_TYPE: &str = "gateway.networking.example/CIDR";
+
 /// One socket to listen on: an address and port, with every listener served there.
 #[derive(Debug)]
 pub struct Bind {
-    /// Address and port to bind.
+    /// Address and port to bind. For an address range, its first address.
     pub addr: SocketAddr,
     /// `true` when the listeners here expect TLS (HTTPS/TLS), `false` for plain HTTP.
     pub tls: bool,
     /// Every listener served on this socket.
     pub listeners: Box<[ListenerId]>,
+    /// `Some(len)` when the bind serves the range `addr/len` (a Gateway address of type
+    /// [`CIDR_ADDRESS_TYPE`]): one socket on the range's first address, the rest steered
+    /// to it by the kernel (`sk_lookup`); `None` for one address.
+    pub prefix_len: Option<u8>,
     pub(crate) selector: HostIndex<ListenerId>,
+}
+
+impl Bind {
+    /// The destinations the kernel may steer to this bind's socket: its range, or its own
+    /// address as a full-length prefix; `None` for the unspecified (wildcard) address,
+    /// which the kernel's own lookup serves.
+    pub fn steered_prefix(&self) -> Option<(IpAddr, u8)> {
+        let ip = self.addr.ip();
+        if ip.is_unspecified() && self.prefix_len.is_none() {
+            return None;
+        }
+        let full = if ip.is_ipv4() { 32 } else { 128 };
+        Some((ip, self.prefix_len.unwrap_or(full)))
+    }
 }
 
 /// An entry of the eBPF map plan: a listener address the kernel side must know.
