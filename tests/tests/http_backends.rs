@@ -488,3 +488,43 @@ fn listeners_follow_reloads_and_readiness_waits_for_them() {
     served.wait_ready().expect("ready once the port is free");
     let _ = free_port();
 }
+
+/// DESIGN §6: a connection that sends nothing, or stops in the middle of a request head,
+/// is closed once the 10 s header timeout has passed (and not before).
+#[test]
+fn silent_and_stalled_connections_are_closed_after_the_header_timeout() {
+    let infra = Infra::new();
+    let port = listener_port();
+    let _gw = infra.serve(&[
+        &same_namespace_gateway(port),
+        &route(
+            "slow",
+            "  rules:\n  - backendRefs: [{name: infra-backend-v1, port: 8080}]\n",
+        ),
+    ]);
+    let started = std::time::Instant::now();
+    let mut silent = TcpStream::connect(addr(port)).expect("connect");
+    let mut stalled = TcpStream::connect(addr(port)).expect("connect");
+    stalled
+        .write_all(b"GET / HTTP/1.1\r\nhost: x\r\n")
+        .expect("write");
+    for s in [&mut silent, &mut stalled] {
+        s.set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
+        let mut buf = [0u8; 64];
+        // EOF (or a reset), not a read timeout.
+        match s.read(&mut buf) {
+            Ok(0) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            other => panic!("expected the gateway to close the connection, got {other:?}"),
+        }
+    }
+    assert!(
+        started.elapsed() >= Duration::from_secs(9),
+        "{:?}",
+        started.elapsed()
+    );
+    // A connection that completed its request meanwhile is not affected.
+    let r = send(addr(port), &Req::get("/")).expect("request");
+    assert_eq!(r.status, 200);
+}
