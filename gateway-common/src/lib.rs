@@ -30,11 +30,37 @@ pub const MAP_ACL_V6: &str = "ACL_V6";
 pub const MAP_SYN_BUCKETS: &str = "SYN_BUCKETS";
 /// Array with one [`DataplaneConfig`] (index 0).
 pub const MAP_CONFIG: &str = "CONFIG";
+/// LPM trie of steered IPv4 destinations, [`steer_v4`] keys -> the index in `SOCKETS` of
+/// the bind's first socket: the port first, so a prefix of a Gateway address range
+/// applies to its own port only.
+pub const MAP_STEER_V4: &str = "STEER_V4";
+/// LPM trie of steered IPv6 destinations, [`steer_v6`] keys -> index in `SOCKETS`.
+pub const MAP_STEER_V6: &str = "STEER_V6";
+/// SOCKMAP, `slot * workers + worker` -> that worker's listening socket of the bind in
+/// socket slot `slot`. Both socket programs use it: `sk_lookup_steer` assigns a bind's
+/// first socket, `sk_reuseport_pick` selects among the bind's row. (The kernel lets a
+/// socket be in a SOCKMAP or in a REUSEPORT_SOCKARRAY, not both: both keep their entry in
+/// the socket's `sk_user_data`. `bpf_sk_select_reuseport` takes a SOCKMAP since 5.8.)
+pub const MAP_SOCKETS: &str = "SOCKETS";
+/// Hash [`ListenerKey`] (the address and port a `SO_REUSEPORT` group is bound to) -> the
+/// index of the group's first socket in `SOCKETS` (`slot * workers`).
+pub const MAP_REUSEPORT_GROUPS: &str = "REUSEPORT_GROUPS";
+/// Array of `u32`: index 0 holds the number of workers taking new connections, indices
+/// `1..=count` their worker numbers (any order). Draining workers are not in the list.
+pub const MAP_REUSEPORT_LIVE: &str = "REUSEPORT_LIVE";
+/// Per-CPU array of `u64`, one slot per `SOCKET_*` event of the socket programs.
+pub const MAP_SOCKET_STATS: &str = "SOCKET_STATS";
 
 /// The XDP program: parse, filter (ACL, unlisted ports, SYN guard), count flows.
 pub const PROG_XDP_FLOW: &str = "xdp_flow";
 /// The TC egress program: count the reply direction in the flow's entry.
 pub const PROG_TC_REPLY: &str = "tc_reply";
+/// The `sk_lookup` program (attached to the network namespace): connections to a steered
+/// address and port go to the listening socket of their bind.
+pub const PROG_SK_LOOKUP_STEER: &str = "sk_lookup_steer";
+/// The `sk_reuseport` program (attached to each bind's `SO_REUSEPORT` group): picks the
+/// worker socket by flow hash among the workers that are not draining.
+pub const PROG_SK_REUSEPORT_PICK: &str = "sk_reuseport_pick";
 
 // ---- sizes ------------------------------------------------------------------------------
 
@@ -50,6 +76,32 @@ pub const GATEWAY_ADDRS_MAX_ENTRIES: u32 = 4_096;
 pub const ACL_MAX_ENTRIES: u32 = 65_536;
 /// Capacity of `SYN_BUCKETS`. Least recently used sources are forgotten beyond it.
 pub const SYN_BUCKETS_MAX_ENTRIES: u32 = 65_536;
+
+/// Socket slots: binds whose sockets are in `SOCKETS` (a row of one socket per worker)
+/// and whose group is in `REUSEPORT_GROUPS`.
+pub const SOCKET_SLOTS: u32 = 1_024;
+/// Capacity of each steering trie (prefixes per family).
+pub const STEER_PREFIXES_MAX: u32 = 16_384;
+/// Workers `sk_reuseport_pick` can choose from (`REUSEPORT_LIVE` holds one more entry).
+pub const REUSEPORT_WORKERS_MAX: u32 = 1_024;
+/// `SOCKETS` entries in the object; userspace sets `SOCKET_SLOTS * workers` when it
+/// loads it.
+pub const SOCKETS_DEFAULT_ENTRIES: u32 = SOCKET_SLOTS * 4;
+
+/// `SOCKET_STATS` slot: `sk_lookup_steer` handed a connection to a bind's socket.
+pub const SOCKET_STEERED: u32 = 0;
+/// `SOCKET_STATS` slot: a steered prefix matched but its slot had no socket (being
+/// rebound); the kernel's own lookup went on.
+pub const SOCKET_STEER_MISSED: u32 = 1;
+/// `SOCKET_STATS` slot: `sk_reuseport_pick` chose a worker that takes new connections.
+pub const SOCKET_PICKED: u32 = 2;
+/// `SOCKET_STATS` slot: `sk_reuseport_pick` left the choice to the kernel's hash (a group
+/// or a worker socket it does not know yet).
+pub const SOCKET_PICK_FALLBACK: u32 = 3;
+/// `SOCKET_STATS` slot: every worker is draining; the connection was refused.
+pub const SOCKET_REFUSED: u32 = 4;
+/// Number of `SOCKET_STATS` slots.
+pub const SOCKET_STATS_SLOTS: u32 = 5;
 
 /// `STATS` slot of `xdp_flow` (ingress).
 pub const STATS_XDP: u32 = 0;
@@ -240,6 +292,28 @@ pub struct AddrKey {
     pub addr: [u8; 16],
     pub family: u8,
     pub _pad: [u8; 3],
+}
+
+// ---- steering (sk_lookup) -----------------------------------------------------------------
+
+/// Bits of a steering key before the address: the port.
+pub const STEER_PORT_BITS: u32 = 16;
+
+/// `STEER_V4` key data: the destination port (network byte order), then the address
+/// (network byte order). Its prefix length is `STEER_PORT_BITS` + the address prefix.
+#[inline(always)]
+pub fn steer_v4(port: u16, addr: [u8; 4]) -> [u8; 6] {
+    let p = port.to_be_bytes();
+    [p[0], p[1], addr[0], addr[1], addr[2], addr[3]]
+}
+
+/// `STEER_V6` key data: the destination port (network byte order), then the address.
+#[inline(always)]
+pub fn steer_v6(port: u16, addr: [u8; 16]) -> [u8; 18] {
+    let mut key = [0u8; 18];
+    key[..2].copy_from_slice(&port.to_be_bytes());
+    key[2..].copy_from_slice(&addr);
+    key
 }
 
 // ---- configuration ----------------------------------------------------------------------

@@ -4,6 +4,10 @@
 //! - `xdp_flow` (ingress): parse, drop what the ACL, the unlisted-port rule or the SYN
 //!   guard refuses (each drop counted by reason), count per listener and per flow.
 //! - `tc_reply` (TC egress): count the reply direction in the same flow entry.
+//! - `sk_lookup_steer` (netns `sk_lookup`): connections to steered addresses (Gateway
+//!   addresses and ranges the host does not bind) go to their bind's listening socket.
+//! - `sk_reuseport_pick` (`SO_REUSEPORT` groups): the worker socket of a new connection,
+//!   by flow hash among the workers that are not draining.
 //!
 //! Depends only on `aya-ebpf` and `gateway-common` (the shared map types). Packet memory is
 //! read only through [`packet::load`], which checks bounds against `data_end` first, as the
@@ -25,6 +29,10 @@ mod flow;
 mod maps;
 #[cfg(target_arch = "bpf")]
 mod packet;
+#[cfg(target_arch = "bpf")]
+mod sk_lookup;
+#[cfg(target_arch = "bpf")]
+mod sk_reuseport;
 #[cfg(target_arch = "bpf")]
 mod tc;
 #[cfg(target_arch = "bpf")]

@@ -4,12 +4,13 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{lpm_trie::LpmTrie, Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{lpm_trie::LpmTrie, Array, HashMap, LruHashMap, PerCpuArray, SockMap},
 };
 use gateway_common::{
     AddrKey, DataplaneConfig, FlowKey, FlowValue, ListenerKey, ListenerStats, ListenerValue, Stats,
     ACL_MAX_ENTRIES, DROP_REASONS, FLOWS_MAX_ENTRIES, GATEWAY_ADDRS_MAX_ENTRIES,
-    LISTENERS_MAX_ENTRIES, LISTENER_PORT_WORDS, STATS_SLOTS, SYN_BUCKETS_MAX_ENTRIES,
+    LISTENERS_MAX_ENTRIES, LISTENER_PORT_WORDS, REUSEPORT_WORKERS_MAX, SOCKETS_DEFAULT_ENTRIES,
+    SOCKET_SLOTS, SOCKET_STATS_SLOTS, STATS_SLOTS, STEER_PREFIXES_MAX, SYN_BUCKETS_MAX_ENTRIES,
 };
 
 #[map(name = "FLOWS")]
@@ -49,3 +50,21 @@ pub static SYN_BUCKETS: LruHashMap<AddrKey, u64> =
 
 #[map(name = "CONFIG")]
 pub static CONFIG: Array<DataplaneConfig> = Array::with_max_entries(1, 0);
+
+#[map(name = "STEER_V4")]
+pub static STEER_V4: LpmTrie<[u8; 6], u32> = LpmTrie::with_max_entries(STEER_PREFIXES_MAX, 0);
+
+#[map(name = "STEER_V6")]
+pub static STEER_V6: LpmTrie<[u8; 18], u32> = LpmTrie::with_max_entries(STEER_PREFIXES_MAX, 0);
+
+#[map(name = "SOCKETS")]
+pub static SOCKETS: SockMap = SockMap::with_max_entries(SOCKETS_DEFAULT_ENTRIES, 0);
+
+#[map(name = "REUSEPORT_GROUPS")]
+pub static REUSEPORT_GROUPS: HashMap<ListenerKey, u32> = HashMap::with_max_entries(SOCKET_SLOTS, 0);
+
+#[map(name = "REUSEPORT_LIVE")]
+pub static REUSEPORT_LIVE: Array<u32> = Array::with_max_entries(REUSEPORT_WORKERS_MAX + 1, 0);
+
+#[map(name = "SOCKET_STATS")]
+pub static SOCKET_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(SOCKET_STATS_SLOTS, 0);

@@ -111,9 +111,13 @@ fn parse_idle_timeout(s: &str) -> Result<f64, String> {
 }
 
 impl KernelArgs {
-    /// The dataplane's options for `ifaces`, reading the ACL file (an unreadable or
-    /// invalid file is an error: gatewayd refuses to start on it).
-    pub fn dataplane_options(&self, ifaces: &[String]) -> Result<DataplaneOptions, AclError> {
+    /// The dataplane's options for `ifaces` and `workers` data-path workers, reading the
+    /// ACL file (an unreadable or invalid file is an error: gatewayd refuses to start on it).
+    pub fn dataplane_options(
+        &self,
+        ifaces: &[String],
+        workers: usize,
+    ) -> Result<DataplaneOptions, AclError> {
         let acl = self.acl.as_deref().map(Acl::load).transpose()?;
         Ok(DataplaneOptions {
             ifaces: ifaces.to_vec(),
@@ -121,6 +125,7 @@ impl KernelArgs {
             drop_unlisted: self.xdp_drop_unlisted,
             syn_rate_limit: self.syn_rate_limit,
             acl,
+            workers,
         })
     }
 
@@ -234,7 +239,7 @@ mod tests {
         );
         let options = args
             .kernel
-            .dataplane_options(&["eth0".into()])
+            .dataplane_options(&["eth0".into()], 2)
             .expect("no ACL to read");
         assert_eq!(options.pin_dir, Some(PathBuf::from("/sys/fs/bpf/gatewayd")));
         assert_eq!(
@@ -267,7 +272,8 @@ mod tests {
             "--flow-idle-timeout",
             "2.5",
         ]);
-        let options = args.kernel.dataplane_options(&[]).expect("ACL reads");
+        let options = args.kernel.dataplane_options(&[], 4).expect("ACL reads");
+        assert_eq!(options.workers, 4);
         assert!(options.drop_unlisted);
         assert_eq!(
             options.syn_rate_limit,

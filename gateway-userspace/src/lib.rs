@@ -5,11 +5,13 @@
 //! routing, filters), `tls` (edge termination: certificates by SNI, resumption, client
 //! certificates), `passthrough` (ClientHello peek, routing by SNI, splice) and `upstream`
 //! (pooled backend connections), with `state` holding the compiled
-//! configuration that `reload` swaps whole, and `admin` exposing it all. Configuration
+//! configuration that `reload` swaps whole, `drain` taking workers out of the kernel's
+//! choice for new connections, and `admin` exposing it all. Configuration
 //! semantics live in the pure `gateway-config` crate; this crate does the I/O.
 
 pub mod admin;
 pub mod cli;
+pub mod drain;
 pub mod ebpf;
 pub mod http;
 pub mod listen;

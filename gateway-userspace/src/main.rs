@@ -105,7 +105,7 @@ async fn serve(args: RunArgs, workers: usize) -> anyhow::Result<ExitCode> {
         args.xdp_iface.clone()
     };
     // ---- eBPF dataplane options (issue 7: filters, ACL file, pinning) ----
-    let ebpf_options = match args.kernel.dataplane_options(&ifaces) {
+    let ebpf_options = match args.kernel.dataplane_options(&ifaces, workers) {
         Ok(options) => options,
         Err(err) => {
             eprintln!("gatewayd: refusing to start: {err}");
@@ -141,6 +141,7 @@ async fn serve(args: RunArgs, workers: usize) -> anyhow::Result<ExitCode> {
     let reload_task = tokio::spawn(reload::run(state.clone(), reload_rx));
 
     // ---- eBPF map sync (issue 7): listener table, ACL file, host addresses, flow GC ----
+    let socket_handle = ebpf_handle.clone();
     let ebpf_sync_task = ebpf_handle.map(|handle| {
         gateway_userspace::ebpf::sync::spawn(handle, state.subscribe(), args.kernel.sync_options())
     });
@@ -156,6 +157,12 @@ async fn serve(args: RunArgs, workers: usize) -> anyhow::Result<ExitCode> {
     let listeners = Listeners::new(state.clone(), data_workers.clone());
     let listen_task = tokio::spawn(listeners.clone().run());
     // ---- end HTTP data path ----
+    // ---- eBPF socket steering (issue 7): sk_lookup and sk_reuseport follow the sockets ----
+    state.set_workers(data_workers.clone());
+    let socket_sync_task = socket_handle.map(|handle| {
+        gateway_userspace::ebpf::sync::spawn_sockets(handle, state.clone(), listeners.clone())
+    });
+    // ---- end eBPF socket steering ----
 
     loop {
         tokio::select! {
@@ -170,6 +177,15 @@ async fn serve(args: RunArgs, workers: usize) -> anyhow::Result<ExitCode> {
         }
     }
 
+    // ---- eBPF socket steering: no new connection for sockets about to close ----
+    let state_for_drain = Arc::clone(&state);
+    let _ =
+        tokio::task::spawn_blocking(move || gateway_userspace::drain::drain_all(&state_for_drain))
+            .await;
+    if let Some(task) = socket_sync_task {
+        task.abort();
+    }
+    // ---- end eBPF socket steering ----
     admin_task.abort();
     reload_task.abort();
     // ---- eBPF map sync: stop before the programs detach ----

@@ -14,7 +14,10 @@ use arc_swap::ArcSwapOption;
 use gateway_config::{CompileOptions, Compiled};
 use tokio::sync::watch;
 
-use crate::ebpf::{Attachment, Dataplane, Flow, StatsTotal};
+use crate::{
+    ebpf::{Attachment, Dataplane, DataplaneHandle, Flow, StatsTotal},
+    worker::Workers,
+};
 
 /// One loaded configuration. Immutable; replaced whole on reload.
 pub struct Snapshot {
@@ -63,6 +66,8 @@ pub struct State {
     dataplane: Mutex<Option<Dataplane>>,
     /// Which snapshot the listeners were last synced to, and what failed to bind then.
     listening: Mutex<ListenStatus>,
+    /// The data-path workers, once started (their counters, draining).
+    workers: std::sync::OnceLock<Arc<Workers>>,
 }
 
 /// The listeners' view for `/readyz`: ready only when every bind of the serving snapshot
@@ -91,6 +96,7 @@ impl State {
                 synced: std::sync::Weak::new(),
                 problem: None,
             }),
+            workers: std::sync::OnceLock::new(),
         })
     }
 
@@ -184,6 +190,21 @@ impl State {
 
     pub fn set_dataplane(&self, dataplane: Option<Dataplane>) {
         *lock(&self.dataplane) = dataplane;
+    }
+
+    /// A handle on the dataplane's maps, while it runs.
+    pub fn dataplane_handle(&self) -> Option<DataplaneHandle> {
+        lock(&self.dataplane).as_ref().map(Dataplane::handle)
+    }
+
+    /// Records the data-path workers (once, at start).
+    pub fn set_workers(&self, workers: Arc<Workers>) {
+        let _ = self.workers.set(workers);
+    }
+
+    /// The data-path workers, once started.
+    pub fn workers(&self) -> Option<&Arc<Workers>> {
+        self.workers.get()
     }
 
     /// Detaches the eBPF programs (by dropping them).

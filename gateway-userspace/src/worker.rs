@@ -5,7 +5,10 @@
 //! in docs/benchmarks.md).
 
 use std::{
-    sync::{Arc, OnceLock},
+    sync::{
+        atomic::{AtomicBool, AtomicU64},
+        Arc, OnceLock,
+    },
     thread::JoinHandle,
     time::{Duration, Instant},
 };
@@ -86,6 +89,17 @@ impl WorkerCtx {
     }
 }
 
+/// What `/metrics` and the admin API show of one worker (per worker id, also when
+/// workers share a runtime).
+#[derive(Debug, Default)]
+pub struct WorkerStats {
+    /// Connections accepted on this worker's listening sockets.
+    pub accepted: AtomicU64,
+    /// Draining: the kernel gives it no new connections (`sk_reuseport_pick`); it keeps
+    /// serving those it has. Set by `drain`.
+    pub draining: AtomicBool,
+}
+
 /// A worker: where to spawn its tasks and what it owns.
 pub struct Worker {
     /// Worker index.
@@ -94,6 +108,8 @@ pub struct Worker {
     pub handle: Handle,
     /// Its state.
     pub ctx: Arc<WorkerCtx>,
+    /// Its counters.
+    pub stats: Arc<WorkerStats>,
 }
 
 /// Every data-path worker.
@@ -117,7 +133,12 @@ impl Workers {
                     let (handle, stop, thread) = spawn_runtime(id, None)?;
                     let ctx = Arc::new(WorkerCtx::new(id));
                     spawn_sweeper(&handle, ctx.clone());
-                    workers.push(Worker { id, handle, ctx });
+                    workers.push(Worker {
+                        id,
+                        handle,
+                        ctx,
+                        stats: Arc::default(),
+                    });
                     stops.push(stop);
                     threads.push(thread);
                 }
@@ -131,6 +152,7 @@ impl Workers {
                         id,
                         handle: handle.clone(),
                         ctx: ctx.clone(),
+                        stats: Arc::default(),
                     });
                 }
                 stops.push(stop);

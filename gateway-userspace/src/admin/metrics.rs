@@ -2,7 +2,11 @@
 
 use std::fmt::Write as _;
 
-use crate::{ebpf::StatsTotal, state::State};
+use crate::{
+    drain::{self, WorkerReport},
+    ebpf::StatsTotal,
+    state::State,
+};
 
 /// Linux reports utime/stime in USER_HZ ticks, which is 100 on every architecture the
 /// kernel ABI exposes to userspace.
@@ -121,6 +125,8 @@ pub fn render(state: &State) -> String {
         u8::from(config.last_ok),
     );
 
+    workers(&mut out, &drain::report(state));
+
     let ebpf = state.ebpf_snapshot();
     out.single(
         "gatewayd_ebpf_loaded",
@@ -162,11 +168,39 @@ pub fn render(state: &State) -> String {
     out.0
 }
 
+/// Per data-path worker: accepted connections and draining.
+fn workers(out: &mut Out, workers: &[WorkerReport]) {
+    out.family(
+        "gatewayd_worker_connections_accepted_total",
+        "counter",
+        "Connections accepted on a data-path worker's listening sockets.",
+    );
+    for w in workers {
+        out.sample(
+            "gatewayd_worker_connections_accepted_total",
+            &[("worker", &w.worker.to_string())],
+            w.accepted,
+        );
+    }
+    out.family(
+        "gatewayd_worker_draining",
+        "gauge",
+        "1 while a worker drains: the kernel (sk_reuseport_pick) gives it no new connections.",
+    );
+    for w in workers {
+        out.sample(
+            "gatewayd_worker_draining",
+            &[("worker", &w.worker.to_string())],
+            u8::from(w.draining),
+        );
+    }
+}
+
 fn ebpf_counters(out: &mut Out, s: &StatsTotal, flow_count: usize) {
     out.family(
         "gatewayd_ebpf_feature",
         "gauge",
-        "1 when a kernel-side feature runs (xdp, tc, pinning, acl, drop_unlisted, syn_guard); 0 when off or refused by the kernel.",
+        "1 when a kernel-side feature runs (xdp, tc, pinning, acl, drop_unlisted, syn_guard, sk_lookup, sk_reuseport); 0 when off or refused by the kernel.",
     );
     for feature in &s.features {
         out.sample(
@@ -330,6 +364,47 @@ fn ebpf_counters(out: &mut Out, s: &StatsTotal, flow_count: usize) {
         "Flows removed after --flow-idle-timeout without a packet.",
         s.flows_gc_evicted,
     );
+    socket_counters(out, &s.sockets);
+}
+
+/// The socket programs: `sk_lookup_steer` and `sk_reuseport_pick`.
+fn socket_counters(out: &mut Out, s: &crate::ebpf::SocketCounters) {
+    out.single(
+        "gatewayd_sk_lookup_steered_total",
+        "counter",
+        "New connections to a steered address (a Gateway address range) handed to their bind's socket by sk_lookup_steer.",
+        s.steered,
+    );
+    out.single(
+        "gatewayd_sk_lookup_missed_total",
+        "counter",
+        "New connections to a steered prefix whose socket was missing (being rebound); the kernel's own lookup decided.",
+        s.steer_missed,
+    );
+    out.single(
+        "gatewayd_sk_lookup_prefixes",
+        "gauge",
+        "Destination prefixes (per port) in the steering tries (STEER_V4, STEER_V6).",
+        s.steered_prefixes,
+    );
+    out.family(
+        "gatewayd_sk_reuseport_total",
+        "counter",
+        "Worker choices by sk_reuseport_pick: picked (a worker not draining), fallback (the kernel's hash: a group or socket not registered yet), refused (every worker draining).",
+    );
+    for (result, value) in [
+        ("picked", s.picked),
+        ("fallback", s.pick_fallback),
+        ("refused", s.refused),
+    ] {
+        out.sample("gatewayd_sk_reuseport_total", &[("result", result)], value);
+    }
+    out.single(
+        "gatewayd_sk_reuseport_groups",
+        "gauge",
+        "SO_REUSEPORT groups (binds) whose worker sockets are registered for sk_reuseport_pick.",
+        s.groups,
+    );
 }
 
 #[cfg(test)]
@@ -360,6 +435,11 @@ mod tests {
                 name: "tc",
                 on: true,
             }],
+            sockets: crate::ebpf::SocketCounters {
+                steered: 5,
+                refused: 2,
+                ..crate::ebpf::SocketCounters::default()
+            },
             ..StatsTotal::default()
         };
         let mut out = Out(String::new());
@@ -373,8 +453,41 @@ mod tests {
             "gatewayd_ebpf_feature{feature=\"tc\"} 1",
             "gatewayd_flows 16384",
             "gatewayd_flows_occupancy_ratio 0.25",
+            "gatewayd_sk_lookup_steered_total 5",
+            "gatewayd_sk_reuseport_total{result=\"refused\"} 2",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} missing from:\n{text}");
+        }
+    }
+
+    #[test]
+    fn workers_render_accepted_connections_and_draining() {
+        let mut out = Out(String::new());
+        workers(
+            &mut out,
+            &[
+                WorkerReport {
+                    worker: 0,
+                    draining: false,
+                    accepted: 12,
+                },
+                WorkerReport {
+                    worker: 1,
+                    draining: true,
+                    accepted: 3,
+                },
+            ],
+        );
+        for line in [
+            "gatewayd_worker_connections_accepted_total{worker=\"0\"} 12",
+            "gatewayd_worker_draining{worker=\"1\"} 1",
+            "gatewayd_worker_draining{worker=\"0\"} 0",
+        ] {
+            assert!(
+                out.0.lines().any(|l| l == line),
+                "{line} missing from:\n{}",
+                out.0
+            );
         }
     }
 

@@ -1,4 +1,5 @@
-//! The admin HTTP server (`--admin`): `/healthz`, `/readyz`, `/status`, `/metrics`, `/flows`.
+//! The admin HTTP server (`--admin`): `/healthz`, `/readyz`, `/status`, `/metrics`, `/flows`,
+//! `/workers`, and `POST /workers/{n}/drain` / `/undrain`.
 //!
 //! Plain HTTP/1.1 on its own task; it reads the shared [`State`] and never blocks the
 //! data path (map walks run on the blocking pool).
@@ -17,7 +18,11 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tracing::{debug, warn};
 
-use crate::{ebpf::FlowQuery, state::State};
+use crate::{
+    drain::{self, DrainError},
+    ebpf::{DrainRefused, FlowQuery},
+    state::State,
+};
 
 type Body = Full<Bytes>;
 
@@ -79,12 +84,63 @@ fn json(status: StatusCode, value: &impl serde::Serialize) -> Response<Body> {
     }
 }
 
+/// `POST /workers/{n}/drain` and `/workers/{n}/undrain`: `Some((n, draining))`.
+fn drain_request(path: &str) -> Option<(&str, bool)> {
+    let rest = path.strip_prefix("/workers/")?;
+    let (worker, action) = rest.split_once('/')?;
+    match action {
+        "drain" => Some((worker, true)),
+        "undrain" => Some((worker, false)),
+        _ => None,
+    }
+}
+
+async fn drain_worker(state: &Arc<State>, worker: &str, draining: bool) -> Response<Body> {
+    let text = "text/plain; charset=utf-8";
+    let Ok(worker) = worker.parse::<usize>() else {
+        return respond(
+            StatusCode::NOT_FOUND,
+            text,
+            format!("no worker {worker:?}\n"),
+        );
+    };
+    let state = state.clone();
+    match tokio::task::spawn_blocking(move || drain::set(&state, worker, draining)).await {
+        Ok(Ok(report)) => json(StatusCode::OK, &report),
+        Ok(Err(err)) => {
+            let status = match &err {
+                DrainError::NoSuchWorker { .. } => StatusCode::NOT_FOUND,
+                DrainError::NoDataplane
+                | DrainError::Refused(DrainRefused::LastWorker { .. })
+                | DrainError::Refused(DrainRefused::Unavailable { .. }) => StatusCode::CONFLICT,
+                DrainError::Refused(DrainRefused::Map(_)) => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            respond(status, text, format!("{err}\n"))
+        }
+        Err(err) => respond(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            text,
+            format!("draining failed: {err}\n"),
+        ),
+    }
+}
+
 async fn route(req: Request<Incoming>, state: &Arc<State>) -> Response<Body> {
+    if req.method() == Method::POST {
+        return match drain_request(req.uri().path()) {
+            Some((worker, draining)) => drain_worker(state, worker, draining).await,
+            None => respond(
+                StatusCode::NOT_FOUND,
+                "text/plain; charset=utf-8",
+                "not found: POST /workers/{n}/drain or /workers/{n}/undrain\n",
+            ),
+        };
+    }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return respond(
             StatusCode::METHOD_NOT_ALLOWED,
             "text/plain; charset=utf-8",
-            "only GET and HEAD\n",
+            "only GET and HEAD (and POST /workers/{n}/drain|undrain)\n",
         );
     }
     match req.uri().path() {
@@ -98,6 +154,7 @@ async fn route(req: Request<Incoming>, state: &Arc<State>) -> Response<Body> {
             ),
         },
         "/status" => json(StatusCode::OK, &state.status_report()),
+        "/workers" => json(StatusCode::OK, &drain::report(state)),
         "/metrics" => {
             let state = state.clone();
             match tokio::task::spawn_blocking(move || metrics::render(&state)).await {
@@ -138,7 +195,21 @@ async fn route(req: Request<Incoming>, state: &Arc<State>) -> Response<Body> {
         _ => respond(
             StatusCode::NOT_FOUND,
             "text/plain; charset=utf-8",
-            "not found: try /healthz /readyz /status /metrics /flows\n",
+            "not found: try /healthz /readyz /status /metrics /flows /workers\n",
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drain_paths_name_the_worker_and_the_action() {
+        assert_eq!(drain_request("/workers/3/drain"), Some(("3", true)));
+        assert_eq!(drain_request("/workers/0/undrain"), Some(("0", false)));
+        assert_eq!(drain_request("/workers/3"), None);
+        assert_eq!(drain_request("/workers/3/stop"), None);
+        assert_eq!(drain_request("/flows"), None);
     }
 }

@@ -26,7 +26,7 @@ pub struct Maps {
 }
 
 /// Takes map `name` out of `ebpf` as the typed map `T`.
-fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, EbpfError>
+pub(super) fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, EbpfError>
 where
     T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
 {

@@ -4,12 +4,15 @@
 //! (reusing the pinned flow table under `--bpf-pin-dir` when there is one), writes the
 //! filter configuration and the ACL, then attaches `xdp_flow` (driver mode, falling back
 //! to generic) and `tc_reply` (TC egress: TCX, falling back to a clsact qdisc) to every
-//! `--xdp-iface`. [`sync`] keeps the maps in step with the configuration: the listener
-//! table on every reload, the ACL file, the host's addresses, flow-table GC.
+//! `--xdp-iface`. It also attaches `sk_lookup_steer` to the network namespace and loads
+//! `sk_reuseport_pick` for the listeners' `SO_REUSEPORT` groups ([`steer`]). [`sync`] keeps
+//! the maps in step with the configuration: the listener table on every reload, the ACL
+//! file, the host's addresses, flow-table GC, and the listening sockets to steer to.
 //!
 //! Under `--ebpf auto` a feature the kernel or the privileges refuse (one interface, TC,
-//! pinning) is turned off with one warning and the rest runs. Dropping the [`Dataplane`]
-//! detaches every program; the pinned flow table stays.
+//! pinning, sk_lookup, sk_reuseport) is turned off with one warning and the rest runs.
+//! Dropping the [`Dataplane`] detaches every program; the pinned flow table stays (the
+//! `sk_reuseport` program goes with the listening sockets it is attached to).
 
 mod acl;
 mod flow;
@@ -17,11 +20,13 @@ mod host;
 mod listener;
 mod maps;
 mod pin;
+pub mod steer;
 pub mod sync;
 
 use std::{
     collections::BTreeSet,
     fmt,
+    fs::File,
     net::IpAddr,
     path::PathBuf,
     str::FromStr,
@@ -36,21 +41,23 @@ use aya::{
     maps::MapType,
     programs::{
         tc::{self, NlOptions, TcAttachOptions},
-        LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode,
+        LinkOrder, ProgramFd, SchedClassifier, SkLookup, SkReuseport, TcAttachType, Xdp, XdpMode,
     },
     Ebpf, EbpfLoader,
 };
 use gateway_common::{
     AddrKey, DataplaneConfig, DropReason, FlowKey, FlowValue, CONFIG_ACL_V4, CONFIG_ACL_V6,
     CONFIG_DROP_UNLISTED, CONFIG_SYN_GUARD, FAMILY_IPV4, FAMILY_IPV6, FLOWS_MAX_ENTRIES,
-    MAP_ACL_V4, MAP_ACL_V6, MAP_FLOWS, MAP_GATEWAY_ADDRS, MAP_LISTENERS, PROG_TC_REPLY,
-    PROG_XDP_FLOW, STATS_TC, STATS_XDP,
+    MAP_ACL_V4, MAP_ACL_V6, MAP_FLOWS, MAP_GATEWAY_ADDRS, MAP_LISTENERS, MAP_SOCKETS,
+    PROG_SK_LOOKUP_STEER, PROG_SK_REUSEPORT_PICK, PROG_TC_REPLY, PROG_XDP_FLOW,
+    REUSEPORT_WORKERS_MAX, SOCKET_SLOTS, STATS_TC, STATS_XDP,
 };
 use gateway_config::EbpfListenerEntry;
 use tracing::{info, warn};
 
 pub use acl::{Acl, AclError, AclLineError, Prefix};
 pub use flow::{Flow, FlowQuery, FlowQueryError};
+pub use steer::{BindSockets, DrainRefused, SocketCounters, SocketSync};
 
 use maps::Maps;
 
@@ -148,6 +155,9 @@ pub struct DataplaneOptions {
     pub syn_rate_limit: Option<SynRateLimit>,
     /// The ACL read at start-up (`--acl`).
     pub acl: Option<Acl>,
+    /// Data-path workers (`--workers`): one listening socket each per bind, among which
+    /// `sk_reuseport_pick` chooses. 0 is taken as 1.
+    pub workers: usize,
 }
 
 impl DataplaneOptions {
@@ -245,6 +255,8 @@ pub struct StatsTotal {
     /// `(reason, packets dropped)` for every [`DropReason`].
     pub drops: Vec<(&'static str, u64)>,
     pub listeners: Vec<ListenerCounters>,
+    /// The socket programs (`sk_lookup_steer`, `sk_reuseport_pick`).
+    pub sockets: SocketCounters,
     pub features: Vec<Feature>,
     /// Entries in `GATEWAY_ADDRS`.
     pub gateway_addrs: usize,
@@ -279,6 +291,8 @@ struct Inner {
     gateway_addrs: BTreeSet<AddrKey>,
     acl: Acl,
     config: DataplaneConfig,
+    /// The socket programs' maps (`sk_lookup`, `sk_reuseport`).
+    steering: steer::Steering,
 }
 
 /// State shared by the [`Dataplane`] (admin reads) and its [`DataplaneHandle`]s (sync).
@@ -429,7 +443,8 @@ impl Dataplane {
             warnings: Vec::new(),
         };
 
-        let (mut ebpf, pinned) = load_object(options.pin_dir.as_deref(), &mut degraded)?;
+        let workers = options.workers.max(1);
+        let (mut ebpf, pinned) = load_object(options.pin_dir.as_deref(), workers, &mut degraded)?;
         let xdp: &mut Xdp = ebpf
             .program_mut(PROG_XDP_FLOW)
             .ok_or(EbpfError::MissingProgram {
@@ -447,8 +462,35 @@ impl Dataplane {
             }
         };
 
+        let sk_lookup_loaded = match load_sk_lookup(&mut ebpf) {
+            Ok(()) => true,
+            Err(err) => {
+                degraded.feature(err, "steering unbound addresses (sk_lookup)")?;
+                false
+            }
+        };
+        let reuseport = if workers > REUSEPORT_WORKERS_MAX as usize {
+            // A limit of the maps, not a refusal: never fatal.
+            degraded.warnings.push(format!(
+                "choosing workers in the kernel (sk_reuseport) off: {workers} workers, at most {REUSEPORT_WORKERS_MAX}; the kernel's hash spreads connections and workers cannot drain"
+            ));
+            None
+        } else {
+            match load_sk_reuseport(&mut ebpf) {
+                Ok(fd) => Some(fd),
+                Err(err) => {
+                    degraded.feature(err, "choosing workers in the kernel (sk_reuseport)")?;
+                    None
+                }
+            }
+        };
+
         // Filters and the ACL are in place before the first packet is seen.
         let maps = Maps::take(&mut ebpf)?;
+        let socket_maps = steer::SocketMaps::take(&mut ebpf)?;
+        // The live-worker list is written before the program can run on any group.
+        let reuseport_on = reuseport.is_some();
+        let steering = steer::Steering::new(socket_maps, workers, false, reuseport)?;
         let (ephemeral_low, ephemeral_high) = host::ephemeral_ports();
         let (syn_interval_ns, syn_tolerance_ns) =
             options.syn_rate_limit.map_or((0, 0), |limit| limit.gcra());
@@ -474,6 +516,7 @@ impl Dataplane {
                 syn_interval_ns,
                 syn_tolerance_ns,
             },
+            steering,
         };
         inner.maps.set_config(&inner.config)?;
         if let Some(acl) = &options.acl {
@@ -524,6 +567,20 @@ impl Dataplane {
                 }
             }
         }
+        // Attached last: from here on it sees every new TCP connection of the namespace,
+        // and misses pass until the socket sync writes the steering maps.
+        let sk_lookup_on = sk_lookup_loaded
+            && match attach_sk_lookup(&mut ebpf) {
+                Ok(()) => {
+                    info!("attached {PROG_SK_LOOKUP_STEER} to the network namespace");
+                    true
+                }
+                Err(err) => {
+                    degraded.feature(err, "steering unbound addresses (sk_lookup)")?;
+                    false
+                }
+            };
+        inner.steering.steer_on = sk_lookup_on;
         for warning in &degraded.warnings {
             warn!("{warning}");
         }
@@ -552,6 +609,14 @@ impl Dataplane {
             Feature {
                 name: "syn_guard",
                 on: options.syn_rate_limit.is_some(),
+            },
+            Feature {
+                name: "sk_lookup",
+                on: sk_lookup_on,
+            },
+            Feature {
+                name: "sk_reuseport",
+                on: reuseport_on,
             },
         ];
         Ok(Self {
@@ -603,6 +668,7 @@ impl Dataplane {
                 })
             })
             .collect::<Result<Vec<_>, EbpfError>>()?;
+        let sockets = inner.steering.counters()?;
         let counters = &shared.counters;
         Ok(StatsTotal {
             packets: xdp.packets,
@@ -617,6 +683,7 @@ impl Dataplane {
             },
             drops,
             listeners,
+            sockets,
             features: shared.features.clone(),
             gateway_addrs: inner.gateway_addrs.len(),
             acl_v4_prefixes: inner.acl.v4_len(),
@@ -660,10 +727,21 @@ impl Dataplane {
 /// it is pinned.
 fn load_object(
     pin_dir: Option<&std::path::Path>,
+    workers: usize,
     degraded: &mut Degraded,
 ) -> Result<(Ebpf, bool), EbpfError> {
+    // One `SOCKETS` row of `workers` sockets per socket slot.
+    let socket_entries = SOCKET_SLOTS
+        .saturating_mul(u32::try_from(workers.min(REUSEPORT_WORKERS_MAX as usize)).unwrap_or(1));
+    let loader = || {
+        let mut loader = EbpfLoader::new();
+        loader.map_max_entries(MAP_SOCKETS, socket_entries);
+        loader
+    };
     let Some(dir) = pin_dir else {
-        let ebpf = Ebpf::load(OBJECT).map_err(|e| EbpfError::Load { reason: chain(&e) })?;
+        let ebpf = loader()
+            .load(OBJECT)
+            .map_err(|e| EbpfError::Load { reason: chain(&e) })?;
         return Ok((ebpf, false));
     };
     let pin_path = dir.join(MAP_FLOWS);
@@ -683,7 +761,7 @@ fn load_object(
             if removed {
                 warn!(path = %pin_path.display(), "the pinned flow table has another layout (an older gatewayd?): starting a new one");
             }
-            match EbpfLoader::new()
+            match loader()
                 .map_pin_path(MAP_FLOWS, pin_path.as_path())
                 .load(OBJECT)
             {
@@ -697,7 +775,9 @@ fn load_object(
         Err(err) => chain(&err),
     };
     // Without the pin, the object may still load: pinning alone is off then.
-    let ebpf = Ebpf::load(OBJECT).map_err(|e| EbpfError::Load { reason: chain(&e) })?;
+    let ebpf = loader()
+        .load(OBJECT)
+        .map_err(|e| EbpfError::Load { reason: chain(&e) })?;
     degraded.warnings.push(format!(
         "pinning the flow table in {} off, it will not survive a restart: {pin_err}",
         dir.display()
@@ -716,6 +796,62 @@ fn load_tc(ebpf: &mut Ebpf) -> Result<(), EbpfError> {
     program
         .load()
         .map_err(|e| EbpfError::Load { reason: chain(&e) })
+}
+
+fn load_sk_lookup(ebpf: &mut Ebpf) -> Result<(), EbpfError> {
+    let program: &mut SkLookup = ebpf
+        .program_mut(PROG_SK_LOOKUP_STEER)
+        .ok_or(EbpfError::MissingProgram {
+            name: PROG_SK_LOOKUP_STEER,
+        })?
+        .try_into()
+        .map_err(|e: aya::programs::ProgramError| EbpfError::Load { reason: chain(&e) })?;
+    program
+        .load()
+        .map_err(|e| EbpfError::Load { reason: chain(&e) })
+}
+
+/// Attaches `sk_lookup_steer` to gatewayd's network namespace; the link goes with the
+/// `Ebpf` (dropping it detaches).
+fn attach_sk_lookup(ebpf: &mut Ebpf) -> Result<(), EbpfError> {
+    let attach_err = |reason: String| EbpfError::Attach {
+        program: PROG_SK_LOOKUP_STEER,
+        iface: "the network namespace".to_owned(),
+        reason,
+    };
+    let netns = File::open("/proc/self/ns/net").map_err(|e| attach_err(e.to_string()))?;
+    let program: &mut SkLookup = ebpf
+        .program_mut(PROG_SK_LOOKUP_STEER)
+        .ok_or(EbpfError::MissingProgram {
+            name: PROG_SK_LOOKUP_STEER,
+        })?
+        .try_into()
+        .map_err(|e: aya::programs::ProgramError| EbpfError::Load { reason: chain(&e) })?;
+    program
+        .attach(netns)
+        .map(|_| ())
+        .map_err(|e| attach_err(chain(&e)))
+}
+
+/// Loads `sk_reuseport_pick`; a descriptor of it to attach to `SO_REUSEPORT` groups.
+fn load_sk_reuseport(ebpf: &mut Ebpf) -> Result<ProgramFd, EbpfError> {
+    let program: &mut SkReuseport = ebpf
+        .program_mut(PROG_SK_REUSEPORT_PICK)
+        .ok_or(EbpfError::MissingProgram {
+            name: PROG_SK_REUSEPORT_PICK,
+        })?
+        .try_into()
+        .map_err(|e: aya::programs::ProgramError| EbpfError::Load { reason: chain(&e) })?;
+    program
+        .load()
+        .map_err(|e| EbpfError::Load { reason: chain(&e) })?;
+    program
+        .fd()
+        .map_err(|e| EbpfError::Load { reason: chain(&e) })?
+        .try_clone()
+        .map_err(|e| EbpfError::Load {
+            reason: format!("duplicating the {PROG_SK_REUSEPORT_PICK} descriptor: {e}"),
+        })
 }
 
 /// Native XDP first, generic as the fallback.
@@ -989,6 +1125,30 @@ impl DataplaneHandle {
             .counters
             .acl_reload_errors
             .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Brings the socket programs' maps to the listeners' sockets (see [`steer`]).
+    pub fn sync_sockets(&self, plan: &[BindSockets]) -> Result<SocketSync, EbpfError> {
+        lock(&self.shared.inner).steering.sync(plan)
+    }
+
+    /// Whether `sk_reuseport_pick` runs (so workers can drain).
+    pub fn reuseport_on(&self) -> bool {
+        lock(&self.shared.inner).steering.reuseport_on()
+    }
+
+    /// Marks `worker` draining (no new connections) or not; `Ok(false)` when it already
+    /// was. The last worker taking connections cannot drain unless `allow_none`
+    /// (shutdown).
+    pub fn set_draining(
+        &self,
+        worker: usize,
+        draining: bool,
+        allow_none: bool,
+    ) -> Result<bool, DrainRefused> {
+        lock(&self.shared.inner)
+            .steering
+            .set_draining(worker, draining, allow_none)
     }
 
     /// Deletes the flows idle for longer than `idle`; returns how many.

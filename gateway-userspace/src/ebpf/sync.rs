@@ -1,6 +1,7 @@
-//! The task that keeps the kernel maps in step with the daemon: the listener table on
+//! The tasks that keep the kernel maps in step with the daemon: the listener table on
 //! every configuration swapped in, the ACL file on change or SIGHUP, the host's addresses
-//! every second (for `--xdp-drop-unlisted`), and idle flows out of the flow table.
+//! every second (for `--xdp-drop-unlisted`), and idle flows out of the flow table
+//! ([`spawn`]); and the listening sockets the socket programs steer to ([`spawn_sockets`]).
 //!
 //! Map writes are syscalls that can take a while on big tables, so they run on the
 //! blocking pool; errors are logged and counted, and the task goes on.
@@ -19,8 +20,14 @@ use tokio::{
 };
 use tracing::{debug, error, info, warn};
 
-use super::{Acl, DataplaneHandle};
-use crate::state::Snapshot;
+use super::{
+    steer::{self, PlannedBind},
+    Acl, DataplaneHandle,
+};
+use crate::{
+    listen::Listeners,
+    state::{Snapshot, State},
+};
 
 /// How often the host's addresses and port range are re-read.
 const HOST_REFRESH: Duration = Duration::from_secs(1);
@@ -227,6 +234,68 @@ async fn run(
                     }
                 }
             }
+        }
+    }
+}
+
+/// Starts the task that registers the listeners' sockets with the socket programs
+/// (`sk_lookup` steering, `sk_reuseport` groups) whenever the sockets or the serving
+/// configuration change; abort the handle to stop it.
+pub fn spawn_sockets(
+    handle: DataplaneHandle,
+    state: Arc<State>,
+    listeners: Arc<Listeners>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut sockets = listeners.subscribe();
+        let mut snapshots = state.subscribe();
+        loop {
+            sockets.borrow_and_update();
+            snapshots.borrow_and_update();
+            sync_sockets(&handle, &state, &listeners).await;
+            tokio::select! {
+                changed = sockets.changed() => if changed.is_err() { return },
+                changed = snapshots.changed() => if changed.is_err() { return },
+            }
+        }
+    })
+}
+
+async fn sync_sockets(handle: &DataplaneHandle, state: &State, listeners: &Listeners) {
+    let binds: Vec<PlannedBind> = state
+        .snapshot()
+        .map(|snapshot| {
+            snapshot
+                .compiled
+                .table
+                .binds()
+                .iter()
+                .map(|b| PlannedBind {
+                    addr: b.addr,
+                    prefix_len: b.prefix_len,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let sockets: Vec<_> = listeners
+        .socket_fds()
+        .iter()
+        .map(|s| (s.bind, s.worker, s.fd))
+        .collect();
+    let plan = steer::plan(&binds, &sockets);
+    let handle = handle.clone();
+    match blocking(move || handle.sync_sockets(&plan)).await {
+        Some(Ok(report)) if report.registered + report.removed > 0 => {
+            info!(
+                registered = report.registered,
+                removed = report.removed,
+                prefixes = report.prefixes,
+                "listening sockets registered with sk_lookup/sk_reuseport"
+            );
+        }
+        Some(Ok(_)) | None => {}
+        Some(Err(err)) => {
+            error!("registering listening sockets with the socket programs failed: {err}")
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Listeners: one listening socket per (bind, worker), all bound with `SO_REUSEPORT` so the
-//! kernel spreads connections over the workers (and, later, an `sk_reuseport` program
-//! can pick the worker and `sk_lookup` can steer to these sockets: [`Listeners::socket_fds`]).
+//! kernel spreads connections over the workers (the eBPF `sk_reuseport` program picks the
+//! worker and `sk_lookup` steers address ranges to these sockets: [`Listeners::socket_fds`],
+//! `ebpf::steer`).
 //!
 //! [`Listeners::run`] follows every snapshot the [`State`] publishes: it hands the new
 //! table to the workers, binds the binds that are new, and closes the ones that are gone.
@@ -14,7 +15,7 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     net::SocketAddr,
     os::fd::{AsRawFd as _, RawFd},
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{atomic::Ordering, Arc, Mutex, MutexGuard},
     time::Duration,
 };
 
@@ -23,10 +24,10 @@ use tracing::{debug, info, warn};
 
 use crate::{
     state::{Snapshot, State},
-    worker::{WorkerCtx, Workers},
+    worker::{WorkerCtx, WorkerStats, Workers},
 };
 
-pub use socket::bind_reuseport;
+pub use socket::{bind_reuseport, bind_reuseport_range};
 
 /// Binds that failed are tried again this often.
 const RETRY_EVERY: Duration = Duration::from_secs(1);
@@ -120,6 +121,15 @@ impl Listeners {
             .iter()
             .map(|b| b.addr)
             .collect();
+        // Address ranges are bound on their first address, which the host need not have.
+        let ranges: BTreeSet<SocketAddr> = snapshot
+            .compiled
+            .table
+            .binds()
+            .iter()
+            .filter(|b| b.prefix_len.is_some())
+            .map(|b| b.addr)
+            .collect();
         let mut problems = Vec::new();
         let mut changed = false;
         {
@@ -139,7 +149,7 @@ impl Listeners {
                 if bound.contains_key(addr) {
                     continue;
                 }
-                match self.bind(*addr) {
+                match self.bind(*addr, ranges.contains(addr)) {
                     Ok(sockets) => {
                         info!(bind = %addr, sockets = sockets.len(), "listening");
                         bound.insert(*addr, sockets);
@@ -162,16 +172,23 @@ impl Listeners {
     }
 
     /// One socket per worker on `addr`; all or none.
-    fn bind(&self, addr: SocketAddr) -> std::io::Result<Vec<Bound>> {
+    fn bind(&self, addr: SocketAddr, range: bool) -> std::io::Result<Vec<Bound>> {
         let mut sockets = Vec::new();
         for w in self.workers.workers() {
-            sockets.push((w, bind_reuseport(addr)?));
+            let socket = if range {
+                bind_reuseport_range(addr)?
+            } else {
+                bind_reuseport(addr)?
+            };
+            sockets.push((w, socket));
         }
         Ok(sockets
             .into_iter()
             .map(|(w, listener)| {
                 let fd = listener.as_raw_fd();
-                let task = w.handle.spawn(accept(listener, addr, w.ctx.clone()));
+                let task = w
+                    .handle
+                    .spawn(accept(listener, addr, w.ctx.clone(), w.stats.clone()));
                 Bound {
                     worker: w.id,
                     fd,
@@ -195,7 +212,12 @@ impl Listeners {
 }
 
 /// Accepts on one socket of one worker until aborted.
-async fn accept(listener: std::net::TcpListener, bind: SocketAddr, ctx: Arc<WorkerCtx>) {
+async fn accept(
+    listener: std::net::TcpListener,
+    bind: SocketAddr,
+    ctx: Arc<WorkerCtx>,
+    stats: Arc<WorkerStats>,
+) {
     let listener = match tokio::net::TcpListener::from_std(listener) {
         Ok(l) => l,
         Err(err) => {
@@ -206,6 +228,7 @@ async fn accept(listener: std::net::TcpListener, bind: SocketAddr, ctx: Arc<Work
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
+                stats.accepted.fetch_add(1, Ordering::Relaxed);
                 tokio::spawn(crate::http::serve(stream, peer, bind, ctx.clone()));
             }
             Err(err) => {
