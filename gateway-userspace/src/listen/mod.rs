@@ -15,7 +15,7 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     net::SocketAddr,
     os::fd::{AsRawFd as _, RawFd},
-    sync::{atomic::Ordering, Arc, Mutex, MutexGuard},
+    sync::{atomic::Ordering, Arc, Mutex, MutexGuard, Weak},
     time::Duration,
 };
 
@@ -29,7 +29,7 @@ use crate::{
 
 pub use socket::{bind_reuseport, bind_reuseport_range};
 
-/// Binds that failed are tried again this often.
+/// Binds that failed are tried again this often (and the serving snapshot is checked).
 const RETRY_EVERY: Duration = Duration::from_secs(1);
 
 /// A listening socket as the eBPF side needs it.
@@ -92,21 +92,25 @@ impl Listeners {
     }
 
     /// Follows the published snapshots until the task is dropped.
+    ///
+    /// It syncs to the serving snapshot (`State::snapshot`, the one `/readyz` compares
+    /// with), woken by every publication and, in any case, every [`RETRY_EVERY`]: a failed
+    /// bind is retried, and a publication it did not see cannot leave it behind.
     pub async fn run(self: Arc<Self>) {
         let mut snapshots = self.state.subscribe();
+        let mut synced: Weak<Snapshot> = Weak::new();
         let mut failing = false;
         loop {
-            let current = snapshots.borrow_and_update().clone();
-            if let Some(snapshot) = current {
-                failing = !self.sync(&snapshot);
-            }
-            if failing {
-                tokio::select! {
-                    changed = snapshots.changed() => if changed.is_err() { return },
-                    () = tokio::time::sleep(RETRY_EVERY) => {}
+            snapshots.borrow_and_update();
+            if let Some(snapshot) = self.state.snapshot() {
+                if failing || !std::ptr::eq(synced.as_ptr(), Arc::as_ptr(&snapshot)) {
+                    failing = !self.sync(&snapshot);
+                    synced = Arc::downgrade(&snapshot);
                 }
-            } else if snapshots.changed().await.is_err() {
-                return;
+            }
+            tokio::select! {
+                changed = snapshots.changed() => if changed.is_err() { return },
+                () = tokio::time::sleep(RETRY_EVERY) => {}
             }
         }
     }
