@@ -472,13 +472,18 @@ fn listeners_follow_reloads_and_readiness_waits_for_them() {
     let holder = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let held = holder.local_addr().expect("addr").port();
     std::fs::write(&served.config, config(&[port_b, held])).expect("rewrite config");
+    // Right after the swap /readyz may say "listeners not bound yet"; it must settle on
+    // a 503 naming the port it could not bind.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let mut last = None;
     while std::time::Instant::now() < deadline {
         let r = http_get(served.gw.admin, "/readyz").expect("readyz");
         if r.status == 503 {
+            let named = r.body.contains(&held.to_string());
             last = Some(r.body);
-            break;
+            if named {
+                break;
+            }
         }
         std::thread::sleep(Duration::from_millis(20));
     }
