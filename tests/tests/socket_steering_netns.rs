@@ -9,7 +9,8 @@
 //! - `sk_reuseport_pick`: new connections spread over the workers by flow hash; a worker
 //!   drained through the admin API gets none until it is taken back.
 //! - graceful fallback: a namespace that refuses another sk_lookup program turns steering
-//!   off with one warning; everything else runs.
+//!   off with one warning, and more workers than `sk_reuseport_pick` can choose from turn
+//!   that off with one warning; everything else runs.
 
 #[macro_use]
 mod support;
@@ -582,5 +583,61 @@ fn without_ebpf_workers_cannot_drain_and_say_why() {
     assert_eq!(
         metrics.get("gatewayd_worker_draining{worker=\"1\"}"),
         Some(&0.0)
+    );
+}
+
+#[test]
+fn more_workers_than_sk_reuseport_can_choose_from_turn_it_off_with_one_warning_and_steering_goes_on(
+) {
+    require_ebpf!(
+        "more_workers_than_sk_reuseport_can_choose_from_turn_it_off_with_one_warning_and_steering_goes_on"
+    );
+    let pair = pair("rpf");
+    route_range(&pair);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = gateway(
+        "range",
+        "2020-01-01T00:00:00Z",
+        &format!("[{{type: {CIDR}, value: 192.0.2.0/24}}]"),
+    );
+    // A limit of the maps (1,024 workers), not a refusal: not fatal even under required.
+    let workers = (gateway_common::REUSEPORT_WORKERS_MAX + 1).to_string();
+    let gw = NsGatewayd::start(
+        &pair.a,
+        dir.path(),
+        &config,
+        &[
+            "--ebpf",
+            "required",
+            "--bpf-pin-dir",
+            "none",
+            "--workers",
+            &workers,
+        ],
+    );
+    wait_ready(&gw);
+    let stderr = gw.stderr();
+    let warnings: Vec<&str> = stderr.lines().filter(|l| l.contains("WARN")).collect();
+    assert_eq!(warnings.len(), 1, "one warning: {stderr}");
+    assert!(warnings[0].contains("sk_reuseport"), "{stderr}");
+    let m = gw.wait_metrics(Duration::from_secs(5), |m| {
+        m.get("gatewayd_sk_lookup_prefixes") >= 1.0
+    });
+    assert_eq!(
+        (m.feature("sk_lookup"), m.feature("sk_reuseport")),
+        (Some(1.0), Some(0.0))
+    );
+    // The range is served through sk_lookup; the kernel's hash picks the worker.
+    for last in [5, 66] {
+        let response = get_from(&pair.b, range_addr(last)).expect("served");
+        assert_eq!(response.status, 404, "no route, but served");
+    }
+    assert!(gw.metrics().get("gatewayd_sk_lookup_steered_total") >= 2.0);
+    let refused = post(&gw, "/workers/3/drain");
+    assert_eq!(refused.status, 409, "{}", refused.body);
+    assert!(
+        refused.body.contains("sk_reuseport_pick"),
+        "{}",
+        refused.body
     );
 }

@@ -25,9 +25,9 @@ use aya::{
 };
 use gateway_common::{
     steer_v4, steer_v6, ListenerKey, FAMILY_IPV4, FAMILY_IPV6, IPPROTO_TCP, MAP_REUSEPORT_GROUPS,
-    MAP_REUSEPORT_LIVE, MAP_SOCKETS, MAP_SOCKET_STATS, MAP_STEER_V4, MAP_STEER_V6, SOCKET_PICKED,
-    SOCKET_PICK_FALLBACK, SOCKET_REFUSED, SOCKET_SLOTS, SOCKET_STATS_SLOTS, SOCKET_STEERED,
-    SOCKET_STEER_MISSED, STEER_PORT_BITS,
+    MAP_REUSEPORT_LIVE, MAP_SOCKETS, MAP_SOCKET_STATS, MAP_STEER_V4, MAP_STEER_V6,
+    REUSEPORT_WORKERS_MAX, SOCKET_PICKED, SOCKET_PICK_FALLBACK, SOCKET_REFUSED, SOCKET_SLOTS,
+    SOCKET_STATS_SLOTS, SOCKET_STEERED, SOCKET_STEER_MISSED, STEER_PORT_BITS,
 };
 use tracing::debug;
 
@@ -259,7 +259,9 @@ fn attach_reuseport(program: &ProgramFd, socket: &OwnedFd) -> std::io::Result<()
 /// The steering and worker-selection state userspace keeps in the maps.
 pub struct Steering {
     maps: SocketMaps,
-    /// Sockets per bind (every bind is bound on every worker).
+    /// Sockets per bind in `SOCKETS` (every bind is bound on every worker): the workers,
+    /// at most `REUSEPORT_WORKERS_MAX` (beyond it `sk_reuseport_pick` is off and
+    /// `sk_lookup_steer` needs only each row's first socket).
     workers: usize,
     /// `sk_lookup_steer` is attached: write the steering maps.
     pub steer_on: bool,
@@ -274,7 +276,8 @@ pub struct Steering {
 }
 
 impl Steering {
-    /// Writes the list of live workers (all of them) before any group uses it.
+    /// With `sk_reuseport_pick`, writes the list of live workers (all of them) before any
+    /// group uses it.
     pub fn new(
         maps: SocketMaps,
         workers: usize,
@@ -283,7 +286,7 @@ impl Steering {
     ) -> Result<Self, EbpfError> {
         let mut steering = Self {
             maps,
-            workers: workers.max(1),
+            workers: workers.clamp(1, REUSEPORT_WORKERS_MAX as usize),
             steer_on,
             reuseport,
             binds: BTreeMap::new(),
@@ -291,6 +294,9 @@ impl Steering {
             prefixes: BTreeMap::new(),
             live: Vec::new(),
         };
+        if steering.reuseport.is_none() {
+            return Ok(steering);
+        }
         let err = map_err(MAP_REUSEPORT_LIVE);
         for worker in 0..steering.workers {
             let worker = u32::try_from(worker).unwrap_or(u32::MAX);
