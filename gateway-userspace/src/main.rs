@@ -14,6 +14,7 @@ use gateway_userspace::{
     listen::Listeners,
     reload::{self, Trigger},
     state::State,
+    tls,
     worker::{RuntimeMode, Workers},
 };
 use tokio::signal::unix::{signal, SignalKind};
@@ -83,7 +84,13 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn serve(args: RunArgs, workers: usize) -> anyhow::Result<ExitCode> {
-    let state = State::new(args.config.config.clone(), compile_options(&args.config));
+    // TLS ticket keys and session cache, once per process: tickets survive reloads.
+    let sessions = tls::SessionResumption::new().context("creating TLS session ticket keys")?;
+    let state = State::new(
+        args.config.config.clone(),
+        compile_options(&args.config),
+        sessions,
+    );
 
     // Refuse to start on an ill-formed configuration.
     if let Err(err) = state.reload() {

@@ -16,22 +16,35 @@ use tokio::sync::watch;
 
 use crate::{
     ebpf::{Attachment, Dataplane, DataplaneHandle, Flow, StatsTotal},
+    tls::{SessionResumption, TlsBindings},
     worker::Workers,
 };
 
 /// One loaded configuration. Immutable; replaced whole on reload.
 pub struct Snapshot {
     pub compiled: Compiled,
-    /// `compiled.status` as JSON, rendered once per load for `/status`.
+    /// The TLS server configs of `compiled.table`, built with it and swapped with it, so
+    /// a rotated certificate reaches new handshakes with the same swap as the routes.
+    pub tls: Arc<TlsBindings>,
+    /// `compiled.status` as JSON, rendered once per load for `/status` (with the
+    /// certificate problems only building the TLS configs could find).
     pub status_json: serde_json::Value,
 }
 
 impl Snapshot {
-    pub fn new(compiled: Compiled) -> Self {
-        let status_json = serde_json::to_value(&compiled.status)
+    /// Builds the TLS configs of `compiled` (tickets and session cache from `sessions`,
+    /// which outlive reloads) and renders the status.
+    pub fn new(compiled: Compiled, sessions: &SessionResumption) -> Self {
+        let tls = Arc::new(TlsBindings::build(compiled.table.clone(), sessions));
+        for problem in tls.problems() {
+            tracing::warn!("{problem}");
+        }
+        let mut status_json = serde_json::to_value(&compiled.status)
             .unwrap_or_else(|err| serde_json::json!({ "items": [], "error": err.to_string() }));
+        crate::tls::status::report_problems(&mut status_json, &tls);
         Self {
             compiled,
+            tls,
             status_json,
         }
     }
@@ -55,6 +68,8 @@ pub struct State {
     started: SystemTime,
     pub config_paths: Vec<PathBuf>,
     pub compile_options: CompileOptions,
+    /// TLS ticket keys and session cache: one per process, so tickets survive reloads.
+    sessions: SessionResumption,
     config: ArcSwapOption<Snapshot>,
     /// Publishes every snapshot that was swapped in, for the parts that must act on a new
     /// configuration (listeners to bind or close, eBPF maps to update).
@@ -80,11 +95,16 @@ struct ListenStatus {
 }
 
 impl State {
-    pub fn new(config_paths: Vec<PathBuf>, compile_options: CompileOptions) -> Arc<Self> {
+    pub fn new(
+        config_paths: Vec<PathBuf>,
+        compile_options: CompileOptions,
+        sessions: SessionResumption,
+    ) -> Arc<Self> {
         Arc::new(Self {
             started: SystemTime::now(),
             config_paths,
             compile_options,
+            sessions,
             config: ArcSwapOption::empty(),
             published: watch::Sender::new(None),
             reloads: AtomicU64::new(0),
@@ -121,7 +141,7 @@ impl State {
                 for warning in &compiled.warnings {
                     tracing::warn!("{warning}");
                 }
-                let snapshot = Arc::new(Snapshot::new(compiled));
+                let snapshot = Arc::new(Snapshot::new(compiled, &self.sessions));
                 self.config.store(Some(snapshot.clone()));
                 self.published.send_replace(Some(snapshot.clone()));
                 self.reloads.fetch_add(1, Ordering::Relaxed);

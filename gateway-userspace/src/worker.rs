@@ -18,7 +18,7 @@ use gateway_config::RouteTable;
 use hyper_util::{rt::TokioExecutor, server::conn::auto};
 use tokio::{runtime::Handle, sync::oneshot};
 
-use crate::{http, state::Snapshot, upstream::Upstreams};
+use crate::{http, state::Snapshot, tls::TlsBindings, upstream::Upstreams};
 
 /// How often idle backend connections past their timeout are closed.
 const SWEEP_EVERY: Duration = Duration::from_secs(5);
@@ -51,6 +51,11 @@ impl View {
     /// The route table.
     pub fn table(&self) -> &RouteTable {
         &self.snapshot.compiled.table
+    }
+
+    /// The TLS server configs built with this table.
+    pub fn tls(&self) -> &TlsBindings {
+        &self.snapshot.tls
     }
 }
 

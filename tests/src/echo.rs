@@ -10,6 +10,15 @@
 //! conformance retry simulation `?responseCode=500&succeedAfter=2&uuid=U` answers
 //! `responseCode` to the first `succeedAfter` requests carrying `uuid`.
 //!
+//! [`Echo::start_tls`] serves the same over TLS (HTTP/1.1 or h2 by ALPN) and fills `tls`
+//! with the SNI (`serverName`) and ALPN (`negotiatedProtocol`) it saw: the backend of a
+//! passthrough route.
+//!
+//! [`TcpEcho`] speaks a line protocol over plain TCP or TLS (told apart by the first
+//! byte), reporting per line whether the bytes arrived encrypted and which SNI they
+//! carried, and on the client's half-close how many bytes it got: the backend of
+//! TLSRoutes, terminated or passed through.
+//!
 //! [`RawBackend`] misbehaves on purpose: it dies in the middle of a response body, or
 //! resets the connection before answering.
 
@@ -32,9 +41,12 @@ use hyper_util::{
     server::conn::auto,
 };
 use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    io::{AsyncBufReadExt as _, AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _},
     net::TcpListener,
 };
+use tokio_rustls::TlsAcceptor;
+
+use crate::tls::Leaf;
 
 /// The runtime every in-process backend and test client runs on.
 pub fn runtime() -> &'static tokio::runtime::Runtime {
@@ -69,6 +81,19 @@ struct EchoState {
 impl Echo {
     /// Starts an echo backend named `name`.
     pub fn start(name: &str) -> Echo {
+        Self::start_with(name, None)
+    }
+
+    /// Starts an echo backend named `name` that speaks TLS only, with `cert` (ALPN h2,
+    /// http/1.1); its answers carry the SNI and ALPN it saw.
+    pub fn start_tls(name: &str, cert: &Leaf) -> Echo {
+        Self::start_with(
+            name,
+            Some(TlsAcceptor::from(cert.server_config(&[b"h2", b"http/1.1"]))),
+        )
+    }
+
+    fn start_with(name: &str, tls: Option<TlsAcceptor>) -> Echo {
         let rt = runtime();
         let listener = rt
             .block_on(TcpListener::bind("127.0.0.1:0"))
@@ -89,14 +114,24 @@ impl Echo {
                 };
                 counter.fetch_add(1, Ordering::Relaxed);
                 let state = state.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
-                    let service = service_fn(move |req| {
-                        let state = state.clone();
-                        async move { Ok::<_, Infallible>(answer(&state, req).await) }
-                    });
-                    let _ = auto::Builder::new(TokioExecutor::new())
-                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                        .await;
+                    match tls {
+                        None => serve_echo(stream, state, None).await,
+                        Some(acceptor) => {
+                            let Ok(stream) = acceptor.accept(stream).await else {
+                                return;
+                            };
+                            let (_, session) = stream.get_ref();
+                            let seen = serde_json::json!({
+                                "serverName": session.server_name(),
+                                "negotiatedProtocol": session
+                                    .alpn_protocol()
+                                    .map(|p| String::from_utf8_lossy(p).into_owned()),
+                            });
+                            serve_echo(stream, state, Some(Arc::new(seen))).await;
+                        }
+                    }
                 });
             }
         });
@@ -126,6 +161,20 @@ impl Drop for Echo {
     }
 }
 
+async fn serve_echo<S>(stream: S, state: Arc<EchoState>, tls: Option<Arc<serde_json::Value>>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req| {
+        let state = state.clone();
+        let tls = tls.clone();
+        async move { Ok::<_, Infallible>(answer(&state, req, tls.as_deref()).await) }
+    });
+    let _ = auto::Builder::new(TokioExecutor::new())
+        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+        .await;
+}
+
 fn parse_delay(v: &str) -> Option<Duration> {
     if let Some(ms) = v.strip_suffix("ms") {
         return ms.parse().ok().map(Duration::from_millis);
@@ -146,7 +195,11 @@ fn query_params(query: &str) -> HashMap<String, String> {
         .collect()
 }
 
-async fn answer(state: &EchoState, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn answer(
+    state: &EchoState,
+    req: Request<Incoming>,
+    tls: Option<&serde_json::Value>,
+) -> Response<Full<Bytes>> {
     state.requests.fetch_add(1, Ordering::Relaxed);
     let query = query_params(req.uri().query().unwrap_or(""));
     if let Some(delay) = query.get("delay").and_then(|d| parse_delay(d)) {
@@ -183,7 +236,7 @@ async fn answer(state: &EchoState, req: Request<Incoming>) -> Response<Full<Byte
         "ingress": "",
         "service": "",
         "pod": state.name,
-        "tls": null,
+        "tls": tls,
     });
 
     let mut status = StatusCode::OK;
@@ -305,6 +358,104 @@ async fn answer(state: &EchoState, req: Request<Incoming>) -> Response<Full<Byte
         }
     }
     resp
+}
+
+/// A line-protocol backend for TLSRoutes. Per line received it answers one JSON line
+/// `{"pod", "tls", "serverName", "line"}` (`tls`: the bytes arrived as TLS, which it
+/// terminated; `serverName`: the SNI then); when the client half-closes, it answers
+/// `{"pod", "eof": true, "bytes": N}` and closes its side.
+pub struct TcpEcho {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    connections: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TcpEcho {
+    /// Starts it; with `cert`, a connection whose first byte is a TLS handshake record
+    /// is terminated with that certificate, any other is served in plaintext.
+    pub fn start(name: &str, cert: Option<&Leaf>) -> TcpEcho {
+        let rt = runtime();
+        let listener = rt
+            .block_on(TcpListener::bind("127.0.0.1:0"))
+            .expect("invariant: loopback has free ports");
+        let addr = listener.local_addr().expect("invariant: bound socket");
+        let acceptor = cert.map(|c| TlsAcceptor::from(c.server_config(&[])));
+        let connections = Arc::new(AtomicUsize::new(0));
+        let counter = connections.clone();
+        let name = name.to_string();
+        let task = rt.spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+                let acceptor = acceptor.clone();
+                let name = name.clone();
+                tokio::spawn(async move {
+                    let mut first = [0u8; 1];
+                    let tls = matches!(stream.peek(&mut first).await, Ok(1) if first[0] == 22);
+                    match acceptor {
+                        Some(acceptor) if tls => {
+                            let Ok(s) = acceptor.accept(stream).await else {
+                                return;
+                            };
+                            let sni = s.get_ref().1.server_name().map(str::to_string);
+                            tcp_echo_lines(s, &name, true, sni).await;
+                        }
+                        _ => tcp_echo_lines(stream, &name, false, None).await,
+                    }
+                });
+            }
+        });
+        TcpEcho {
+            addr,
+            connections,
+            task,
+        }
+    }
+
+    /// TCP connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for TcpEcho {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn tcp_echo_lines<S>(stream: S, name: &str, tls: bool, sni: Option<String>)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let (read, mut write) = tokio::io::split(stream);
+    let mut read = tokio::io::BufReader::new(read);
+    let mut bytes = 0usize;
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match read.read_until(b'\n', &mut line).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => bytes += n,
+        }
+        let text = String::from_utf8_lossy(&line).trim_end().to_string();
+        let answer = serde_json::json!({
+            "pod": name, "tls": tls, "serverName": sni, "line": text,
+        });
+        if write
+            .write_all(format!("{answer}\n").as_bytes())
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+    let answer = serde_json::json!({"pod": name, "eof": true, "bytes": bytes});
+    let _ = write.write_all(format!("{answer}\n").as_bytes()).await;
+    let _ = write.shutdown().await;
 }
 
 /// How a [`RawBackend`] misbehaves.

@@ -4,6 +4,7 @@
 pub mod echo;
 pub mod netns;
 pub mod scenario;
+pub mod tls;
 
 use std::{
     io::{Read as _, Write as _},

@@ -22,12 +22,14 @@ use std::{
     time::Duration,
 };
 
+use gateway_config::ListenerId;
 use hyper::{body::Incoming, header::HeaderValue, Request, Response, Version};
 use hyper_util::rt::TokioIo;
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::TcpStream,
 };
+use tokio_rustls::server::TlsStream;
 use tracing::debug;
 
 use super::{body::RespBody, proxy};
@@ -49,8 +51,11 @@ pub struct ConnInfo {
     pub bind: SocketAddr,
     /// The client's IP as a header value, made once per connection (X-Forwarded-For).
     pub peer_ip: HeaderValue,
-    /// `http` (plain listeners) or `https` (TLS listeners, a later stage).
+    /// `http` (plain listeners) or `https` (HTTPS listeners).
     pub scheme: &'static str,
+    /// HTTPS: the listener the SNI selected in `view`'s table. A request whose Host
+    /// selects another listener is misdirected (421).
+    pub sni_listener: Option<ListenerId>,
     /// The configuration the connection was accepted under; its requests use it when a
     /// newer configuration no longer has the connection's bind.
     pub view: Arc<View>,
@@ -151,14 +156,19 @@ impl Drop for RequestGuard {
 const LINGER_TIME: Duration = Duration::from_secs(2);
 const LINGER_BYTES: usize = 1 << 20;
 
-/// The accepted socket, noting when bytes arrive. `None` only while dropping.
-struct WatchedIo {
-    stream: Option<TcpStream>,
+/// The accepted socket (or the TLS stream over it), noting when bytes arrive. `None` only
+/// while dropping.
+struct WatchedIo<S: Stream> {
+    stream: Option<S>,
     activity: Arc<Activity>,
 }
 
-impl WatchedIo {
-    fn stream(&mut self) -> io::Result<Pin<&mut TcpStream>> {
+/// What a client connection's byte stream must be (a socket or a TLS stream).
+pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Stream for S {}
+
+impl<S: Stream> WatchedIo<S> {
+    fn stream(&mut self) -> io::Result<Pin<&mut S>> {
         self.stream
             .as_mut()
             .map(Pin::new)
@@ -166,7 +176,7 @@ impl WatchedIo {
     }
 }
 
-impl Drop for WatchedIo {
+impl<S: Stream> Drop for WatchedIo<S> {
     fn drop(&mut self) {
         if !self.activity.linger.load(Ordering::Relaxed) {
             return;
@@ -193,7 +203,7 @@ impl Drop for WatchedIo {
     }
 }
 
-impl AsyncRead for WatchedIo {
+impl<S: Stream> AsyncRead for WatchedIo<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -209,7 +219,7 @@ impl AsyncRead for WatchedIo {
     }
 }
 
-impl AsyncWrite for WatchedIo {
+impl<S: Stream> AsyncWrite for WatchedIo<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -265,11 +275,37 @@ impl hyper::service::Service<Request<Incoming>> for Service {
     }
 }
 
-/// Serves one accepted connection until it ends.
+/// Serves one accepted connection of a plain HTTP listener until it ends.
 pub async fn serve(stream: TcpStream, peer: SocketAddr, bind: SocketAddr, ctx: Arc<WorkerCtx>) {
     let Some(view) = ctx.view() else {
         return;
     };
+    serve_stream(stream, peer, bind, ctx, view, None).await;
+}
+
+/// Serves one HTTPS connection after its handshake: `view` is the configuration it was
+/// accepted under (the one whose certificate it got), `sni_listener` the listener its
+/// SNI selected there. HTTP/2 or HTTP/1.1 as ALPN chose (hyper tells them apart by the
+/// preface, so a client without ALPN gets HTTP/1.1).
+pub async fn serve_tls(
+    stream: TlsStream<TcpStream>,
+    peer: SocketAddr,
+    bind: SocketAddr,
+    ctx: Arc<WorkerCtx>,
+    view: Arc<View>,
+    sni_listener: ListenerId,
+) {
+    serve_stream(stream, peer, bind, ctx, view, Some(sni_listener)).await;
+}
+
+async fn serve_stream<S: Stream>(
+    stream: S,
+    peer: SocketAddr,
+    bind: SocketAddr,
+    ctx: Arc<WorkerCtx>,
+    view: Arc<View>,
+    sni_listener: Option<ListenerId>,
+) {
     let activity = Arc::new(Activity::new());
     let peer_ip = HeaderValue::from_str(&peer.ip().to_string())
         .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
@@ -277,7 +313,12 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, bind: SocketAddr, ctx: A
         peer,
         bind,
         peer_ip,
-        scheme: "http",
+        scheme: if sni_listener.is_some() {
+            "https"
+        } else {
+            "http"
+        },
+        sni_listener,
         view,
         activity: activity.clone(),
     });

@@ -14,6 +14,10 @@ pub enum ProxyError {
     /// No listener or no rule accepts the request.
     #[error("no route")]
     NoRoute,
+    /// HTTPS: the Host selects another listener than the SNI of the connection did (or
+    /// none), so its certificate and client validation were not the ones negotiated.
+    #[error("misdirected request: the Host is not served on this TLS connection")]
+    Misdirected,
     /// The request URI is longer than DESIGN §6 allows.
     #[error("URI longer than {max} bytes")]
     UriTooLong { max: usize },
@@ -61,6 +65,7 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::Misdirected => StatusCode::MISDIRECTED_REQUEST,
             ProxyError::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
             ProxyError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::UnresolvedBackend { .. }
@@ -92,7 +97,9 @@ impl ProxyError {
 /// `grpc-status`) so that gRPC clients see a proper status code.
 pub fn respond(err: &ProxyError, grpc: bool) -> Response<RespBody> {
     tracing::debug!(error = %err, status = err.status().as_u16(), "answering with an error");
-    if grpc {
+    // A 421 stays an HTTP status for gRPC clients too: it asks the client's connection
+    // layer, not the application, to retry on a new connection.
+    if grpc && !matches!(err, ProxyError::Misdirected) {
         let mut resp = Response::new(RespBody::empty());
         let headers = resp.headers_mut();
         headers.insert(
@@ -140,6 +147,7 @@ mod tests {
         let addr = "127.0.0.1:1".parse().expect("addr");
         let cases = [
             (ProxyError::NoRoute, 404),
+            (ProxyError::Misdirected, 421),
             (ProxyError::UriTooLong { max: 8192 }, 414),
             (ProxyError::HeadersTooLarge, 431),
             (

@@ -15,7 +15,7 @@ pub mod proxy;
 
 use hyper_util::{rt::TokioExecutor, server::conn::auto};
 
-pub use conn::serve;
+pub use conn::{serve, serve_tls};
 pub use error::ProxyError;
 
 /// Largest request head (request line and headers) accepted; beyond it: 431.

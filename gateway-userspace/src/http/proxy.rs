@@ -88,6 +88,12 @@ async fn proxy(
     let view = view_for(ctx, conn);
     let table = view.table();
     let bind = table.bind_for(conn.bind).ok_or(ProxyError::NoRoute)?;
+    if let Some(sni_listener) = conn.sni_listener {
+        let host = forward::request_host(&req).unwrap_or("");
+        if misdirected(conn, &view, bind, sni_listener, host) {
+            return Err(ProxyError::Misdirected);
+        }
+    }
 
     let plan = {
         let host = forward::request_host(&req).unwrap_or("");
@@ -205,6 +211,29 @@ async fn proxy(
         body = body.with_deadline(at);
     }
     Ok(Response::from_parts(parts, body))
+}
+
+/// Whether a request on an HTTPS connection names a host that the connection's SNI did
+/// not select. Listener ids belong to one table: under the table the connection was
+/// accepted with, compare ids; under a newer one, compare the listener the Host selects
+/// there with the SNI's listener by Gateway and name (gone or renamed: misdirected, so the
+/// client reconnects and gets the new configuration's certificate).
+fn misdirected(
+    conn: &ConnInfo,
+    view: &Arc<View>,
+    bind: &gateway_config::Bind,
+    sni_listener: gateway_config::ListenerId,
+    host: &str,
+) -> bool {
+    if Arc::ptr_eq(view, &conn.view) {
+        return crate::tls::is_misdirected(view.table(), bind, sni_listener, host);
+    }
+    let Some(accepted) = conn.view.table().listener(sni_listener) else {
+        return true;
+    };
+    view.table()
+        .select_listener(bind, Some(host))
+        .is_none_or(|l| l.gateway != accepted.gateway || l.name != accepted.name)
 }
 
 /// More than [`MAX_HEADERS`] fields, or a head over [`MAX_HEADER_BLOCK`] bytes (counted

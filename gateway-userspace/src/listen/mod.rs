@@ -233,7 +233,7 @@ async fn accept(
         match listener.accept().await {
             Ok((stream, peer)) => {
                 stats.accepted.fetch_add(1, Ordering::Relaxed);
-                tokio::spawn(crate::http::serve(stream, peer, bind, ctx.clone()));
+                tokio::spawn(crate::dispatch::connection(stream, peer, bind, ctx.clone()));
             }
             Err(err) => {
                 // Out of file descriptors or memory: back off instead of spinning.

@@ -21,7 +21,9 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use gateway_config::{Bind, Listener, ListenerProtocol, RouteTable, TlsTarget, UnresolvedBackend};
+use gateway_config::{
+    Backend, Bind, Listener, ListenerProtocol, RouteTable, TlsTarget, UnresolvedBackend,
+};
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
@@ -167,6 +169,13 @@ pub enum CloseReason {
     /// The chosen backend has no ready endpoint.
     #[error("backend has no ready endpoint")]
     NoEndpoints,
+    /// TLS terminate: a BackendTLSPolicy asks for TLS to the backend, which this path
+    /// does not open; never send the decrypted stream in plaintext instead.
+    #[error("backend requires TLS")]
+    BackendTls,
+    /// The backend refused the connection or did not answer in time.
+    #[error("backend connection failed")]
+    Connect,
 }
 
 /// What to do with a connection on a TLS port, decided by its SNI.
@@ -219,6 +228,12 @@ pub fn route<'t>(table: &'t RouteTable, bind: &Bind, sni: Option<&str>) -> Decis
 /// Pick the endpoint to connect to: a backend by weight, then one of its ready
 /// endpoints, both driven by `random` (e.g. `fastrand::u64(..)`).
 pub fn pick_endpoint(target: &TlsTarget, random: u64) -> Result<SocketAddr, CloseReason> {
+    pick(target, random).map(|(_, addr)| addr)
+}
+
+/// [`pick_endpoint`], with the backend it chose (a terminating listener must check the
+/// backend's TLS policy before sending it plain bytes).
+pub fn pick(target: &TlsTarget, random: u64) -> Result<(&Backend, SocketAddr), CloseReason> {
     if target.total_weight == 0 {
         return Err(CloseReason::NoWeight);
     }
@@ -245,10 +260,12 @@ pub fn pick_endpoint(target: &TlsTarget, random: u64) -> Result<SocketAddr, Clos
     }
     // Another draw from the same number: high bits, independent of the weight pick.
     let i = (random >> 32) as usize % port.endpoints.len();
-    port.endpoints
+    let addr = port
+        .endpoints
         .get(i)
         .copied()
-        .ok_or(CloseReason::NoEndpoints)
+        .ok_or(CloseReason::NoEndpoints)?;
+    Ok((backend, addr))
 }
 
 /// Bytes moved by [`splice_bidirectional`].

@@ -28,6 +28,7 @@ mod bindings;
 mod frontend;
 mod misdirect;
 mod resumption;
+pub mod status;
 #[cfg(test)]
 mod tests;
 
