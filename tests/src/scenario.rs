@@ -93,12 +93,31 @@ impl Infra {
 
     /// Adds an echo backend behind a new Service.
     pub fn add(&mut self, ns: &str, name: &str, app_protocol: Option<&str>) -> SocketAddr {
-        let echo = Echo::start(name);
+        self.add_started(ns, name, Echo::start(name), app_protocol)
+    }
+
+    /// Adds a started echo backend (e.g. [`Echo::start_tls`]) behind a new Service.
+    pub fn add_echo(&mut self, ns: &str, name: &str, echo: Echo) -> SocketAddr {
+        self.add_started(ns, name, echo, None)
+    }
+
+    fn add_started(
+        &mut self,
+        ns: &str,
+        name: &str,
+        echo: Echo,
+        app_protocol: Option<&str>,
+    ) -> SocketAddr {
         let addr = echo.addr;
         self.yaml
             .push_str(&service(ns, name, &[addr], app_protocol));
         self.echoes.push((name.to_string(), echo));
         addr
+    }
+
+    /// Adds a Service (port 8080) for a backend the test runs itself.
+    pub fn add_service(&mut self, ns: &str, name: &str, addr: SocketAddr) {
+        self.yaml.push_str(&service(ns, name, &[addr], None));
     }
 
     /// The echo behind a Service.
