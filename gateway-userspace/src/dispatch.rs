@@ -63,9 +63,29 @@ pub async fn connection(
         return http::serve(stream, peer, bind, ctx).await;
     }
     let deadline = Instant::now() + tls::HANDSHAKE_TIMEOUT;
+    // The TLS paths are boxed: their futures (a hyper connection over TLS, a copy
+    // loop) would otherwise make every connection's task, plain HTTP included, as large
+    // as the largest of them.
     if !has_passthrough(&view, b) {
-        return terminate(stream, peer, bind, index, ctx, &view, deadline).await;
+        return Box::pin(terminate(stream, peer, bind, index, ctx, &view, deadline)).await;
     }
+    Box::pin(peek_and_route(stream, peer, bind, index, ctx, &view, deadline)).await;
+}
+
+/// A port with passthrough listeners: the SNI decides between splicing and terminating.
+async fn peek_and_route(
+    stream: TcpStream,
+    peer: SocketAddr,
+    bind: SocketAddr,
+    index: usize,
+    ctx: Arc<WorkerCtx>,
+    view: &Arc<View>,
+    deadline: Instant,
+) {
+    let table = view.table();
+    let Some(b) = table.binds().get(index) else {
+        return reset(stream);
+    };
     let sni = match passthrough::peek_client_hello(&stream, tls::HANDSHAKE_TIMEOUT).await {
         Ok(sni) => sni,
         Err(err) => {
@@ -76,7 +96,7 @@ pub async fn connection(
     let sni = sni.as_ref().map(|s| s.as_str());
     let endpoint = match passthrough::route(table, b, sni) {
         Decision::Terminate { .. } => {
-            return terminate(stream, peer, bind, index, ctx, &view, deadline).await;
+            return terminate(stream, peer, bind, index, ctx, view, deadline).await;
         }
         Decision::Forward { target, .. } => passthrough::pick_endpoint(target, fastrand::u64(..)),
         Decision::Close(reason) => Err(reason),

@@ -152,6 +152,9 @@ impl Drop for RequestGuard {
     }
 }
 
+/// Vectored writes up to one TLS record of plaintext are joined before encryption.
+const MAX_COALESCED: usize = 16 * 1024;
+
 /// How long, and how much, a refused client is drained before its socket closes.
 const LINGER_TIME: Duration = Duration::from_secs(2);
 const LINGER_BYTES: usize = 1 << 20;
@@ -161,6 +164,10 @@ const LINGER_BYTES: usize = 1 << 20;
 struct WatchedIo<S: Stream> {
     stream: Option<S>,
     activity: Arc<Activity>,
+    /// TLS: join the slices of a vectored write into one buffer first, so that a
+    /// response head and a small body go out as one TLS record (one AEAD seal and one
+    /// record header) instead of one record per slice.
+    coalesce: Option<Vec<u8>>,
 }
 
 /// What a client connection's byte stream must be (a socket or a TLS stream).
@@ -233,7 +240,22 @@ impl<S: Stream> AsyncWrite for WatchedIo<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        self.get_mut().stream()?.poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        if let (Some(joined), [_, _, ..]) = (this.coalesce.as_mut(), bufs) {
+            let total: usize = bufs.iter().map(|b| b.len()).sum();
+            if total <= MAX_COALESCED {
+                joined.clear();
+                for b in bufs {
+                    joined.extend_from_slice(b);
+                }
+                let stream = this
+                    .stream
+                    .as_mut()
+                    .ok_or_else(|| io::Error::from(io::ErrorKind::NotConnected))?;
+                return Pin::new(stream).poll_write(cx, joined);
+            }
+        }
+        this.stream()?.poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -325,6 +347,7 @@ async fn serve_stream<S: Stream>(
     let io = TokioIo::new(WatchedIo {
         stream: Some(stream),
         activity: activity.clone(),
+        coalesce: sni_listener.map(|_| Vec::new()),
     });
     let service = Service {
         ctx: ctx.clone(),

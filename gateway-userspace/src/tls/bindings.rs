@@ -370,6 +370,7 @@ fn server_config(
         None => builder.with_no_client_auth(),
     };
     let mut config = builder.with_cert_resolver(resolver);
+    config.ignore_client_order = true;
     if policy.http {
         config.alpn_protocols = HTTP_ALPN.iter().map(|p| p.to_vec()).collect();
     }

@@ -56,11 +56,28 @@ pub const SESSION_RESUMPTION_OPTIONS: [&str; 2] = [
 pub const HTTP_ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
 
 /// The crypto provider of every TLS config: aws-lc-rs with its default suites, all
-/// AEAD with ECDHE (TLS 1.3: AES-256-GCM, AES-128-GCM, ChaCha20-Poly1305; TLS 1.2:
+/// AEAD with ECDHE (TLS 1.3: AES-128-GCM, AES-256-GCM, ChaCha20-Poly1305; TLS 1.2:
 /// ECDHE-ECDSA/RSA with the same AEADs) and key exchange X25519MLKEM768, X25519,
 /// P-256, P-384. No CBC, no RSA key exchange, no finite-field DH.
+///
+/// The suites are in server preference order ([`rustls::ServerConfig::ignore_client_order`]
+/// is set): AES-128-GCM first, as the side-by-side harness configures HAProxy and nginx
+/// (`ssl-default-server-ciphersuites`, server preference) and as common server defaults
+/// do; it is as strong in practice and cheaper per record than AES-256-GCM, which
+/// OpenSSL clients list first.
 pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+    let mut p = rustls::crypto::aws_lc_rs::default_provider();
+    let rank = |s: &rustls::SupportedCipherSuite| match s.suite() {
+        rustls::CipherSuite::TLS13_AES_128_GCM_SHA256 => 0,
+        rustls::CipherSuite::TLS13_AES_256_GCM_SHA384 => 1,
+        rustls::CipherSuite::TLS13_CHACHA20_POLY1305_SHA256 => 2,
+        rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+        | rustls::CipherSuite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256 => 3,
+        _ => 4,
+    };
+    // A stable sort: within a rank the provider's order stays.
+    p.cipher_suites.sort_by_key(rank);
+    Arc::new(p)
 }
 
 /// TLS 1.3 and 1.2 only.
