@@ -75,3 +75,88 @@ fn a_directory_is_read_recursively_and_every_problem_is_reported() {
     );
     assert!(text.contains("b.yml:"), "{text}");
 }
+
+/// demo-tls.yaml with the Secret `cargo xtask demo` generates (here from test data):
+/// edge and passthrough share 127.0.0.1:19443 and the SNI chooses; the HTTP listener of
+/// demo.yaml redirects secure.demo.test there.
+#[test]
+fn the_tls_demo_serves_edge_and_passthrough_on_one_port_and_redirects_to_it() {
+    let examples = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let data = |f: &str| {
+        std::fs::read_to_string(
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("testdata")
+                .join(f),
+        )
+        .expect("test data")
+    };
+    let indent = |s: &str| s.lines().map(|l| format!("    {l}\n")).collect::<String>();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let secrets = dir.path().join("demo-secrets.yaml");
+    std::fs::write(
+        &secrets,
+        format!(
+            "apiVersion: v1\nkind: Secret\nmetadata: {{name: demo-tls, namespace: demo}}\ntype: kubernetes.io/tls\nstringData:\n  tls.crt: |\n{}  tls.key: |\n{}",
+            indent(&data("ec.crt")),
+            indent(&data("ec.sec1.key"))
+        ),
+    )
+    .expect("write");
+    let c = load(
+        &[demo(), examples.join("demo-tls.yaml"), secrets],
+        &CompileOptions::default(),
+    )
+    .expect("demo loads");
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    for (kind, name, gw) in [
+        ("HTTPRoute", "app-tls", "demo-tls"),
+        ("HTTPRoute", "to-https", "demo"),
+        ("TLSRoute", "pass", "demo-tls"),
+    ] {
+        let conds = c
+            .status
+            .route_parent_conditions(kind, "demo", name, gw)
+            .unwrap_or_else(|| panic!("{kind} {name} has a parent status"));
+        for t in ["Accepted", "ResolvedRefs"] {
+            let cond = conds.iter().find(|c| c.type_ == t).expect("condition");
+            assert_eq!(cond.status, "True", "{kind} {name} {t}: {}", cond.message);
+        }
+    }
+    let tls: SocketAddr = "127.0.0.1:19443".parse().expect("addr");
+    let bind = c.table.bind_for(tls).expect("the TLS bind");
+    assert!(bind.tls);
+    assert_eq!(bind.listeners.len(), 2);
+    let pass = c
+        .table
+        .select_listener(bind, Some("pass.demo.test"))
+        .expect("passthrough listener");
+    assert_eq!(&*pass.name, "passthrough");
+    let target = c.table.route_tls(pass, "pass.demo.test").expect("TLSRoute");
+    let backend = target.backends[0].target.as_ref().expect("resolved");
+    assert_eq!(
+        &backend.endpoints[..],
+        &["127.0.0.1:19444".parse::<SocketAddr>().expect("addr")]
+    );
+    let edge = c
+        .table
+        .select_listener(bind, Some("app.demo.test"))
+        .expect("HTTPS listener");
+    assert_eq!(&*edge.name, "https");
+    assert!(!edge.certificates.is_empty());
+    assert!(c
+        .table
+        .route_http(bind, "app.demo.test", "GET", "/", "", |_| None)
+        .is_some());
+    let http = c
+        .table
+        .bind_for("127.0.0.1:18080".parse().expect("addr"))
+        .expect("HTTP bind");
+    let m = c
+        .table
+        .route_http(http, "secure.demo.test:18080", "GET", "/", "", |_| None)
+        .expect("the redirect route");
+    assert!(matches!(
+        m.rule.filters[0],
+        gateway_config::HttpFilter::RequestRedirect(_)
+    ));
+}

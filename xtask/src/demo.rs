@@ -1,5 +1,7 @@
 //! `cargo xtask demo`: gatewayd on the example config, XDP on `lo`, some loopback traffic,
-//! then `/flows` and `/metrics`, and gatewayd left running until Ctrl-C.
+//! then `/flows` and `/metrics`; edge TLS termination, passthrough and an HTTP -> HTTPS
+//! redirect shown with curl commands (certificates generated at start, see
+//! `demo_tls`); and gatewayd left running until Ctrl-C.
 
 use std::{
     io::{Read as _, Write as _},
@@ -12,7 +14,7 @@ use std::{
 
 use anyhow::{bail, Context as _};
 
-use crate::workspace_root;
+use crate::{demo_tls, workspace_root};
 
 const ADMIN: &str = "127.0.0.1:9901";
 /// The example config's Service `echo` points at this address.
@@ -35,7 +37,23 @@ fn serve_backend(mut stream: TcpStream) {
     let Ok(n) = stream.read(&mut buf) else { return };
     let request = String::from_utf8_lossy(&buf[..n]);
     let path = request.split_whitespace().nth(1).unwrap_or("/").to_owned();
-    let body = format!("{{\"backend\":\"demo-echo\",\"path\":\"{path}\"}}\n");
+    // What the gateway tells the backend about the client's connection.
+    let header = |name: &str| {
+        request
+            .lines()
+            .find_map(|l| {
+                let (n, v) = l.split_once(':')?;
+                n.trim()
+                    .eq_ignore_ascii_case(name)
+                    .then(|| v.trim().to_owned())
+            })
+            .unwrap_or_default()
+    };
+    let body = format!(
+        "{{\"backend\":\"demo-echo\",\"path\":\"{path}\",\"host\":\"{}\",\"x_forwarded_proto\":\"{}\"}}\n",
+        header("host"),
+        header("x-forwarded-proto")
+    );
     let _ = write!(
         stream,
         "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
@@ -80,11 +98,18 @@ fn wait_healthy(child: &mut Child) -> anyhow::Result<()> {
 
 pub fn demo(gatewayd: &Path, seconds: Option<u64>) -> anyhow::Result<()> {
     let config = workspace_root().join("config/examples/demo.yaml");
+    let tls_config = workspace_root().join("config/examples/demo-tls.yaml");
+    let pki = demo_tls::generate()?;
     start_backend()?;
+    demo_tls::start_backend(&pki)?;
     let mut cmd = Command::new(gatewayd);
     cmd.arg("run")
         .arg("--config")
         .arg(&config)
+        .arg("--config")
+        .arg(&tls_config)
+        .arg("--config")
+        .arg(&pki.secrets)
         .args(["--admin", ADMIN, "--xdp-iface", "lo"]);
     eprintln!("+ {}", crate::display(&cmd));
     let mut child = cmd.spawn().context("starting gatewayd")?;
@@ -135,10 +160,26 @@ pub fn demo(gatewayd: &Path, seconds: Option<u64>) -> anyhow::Result<()> {
     println!("\n== GET http://{ADMIN}/status");
     println!("{}", http_get(ADMIN, "/status")?);
 
+    println!(
+        "\n== TLS on 127.0.0.1:{}: edge termination and passthrough on one port, by SNI \
+         (certificates generated in {})",
+        demo_tls::TLS_PORT,
+        pki.dir.display()
+    );
+    if let Err(err) = demo_tls::show(&pki) {
+        let _ = child.kill();
+        demo_tls::cleanup(&pki.dir);
+        return Err(err);
+    }
+
     println!("\ngatewayd is running (admin on http://{ADMIN}). Try:");
     println!("  curl http://{ADMIN}/flows");
     println!("  curl http://{ADMIN}/metrics");
     println!("  curl http://{ADMIN}/status");
+    for (_, args) in demo_tls::commands(&pki) {
+        let line: Vec<String> = args.iter().map(|a| demo_tls::shell_quote(a)).collect();
+        println!("  {}", line.join(" "));
+    }
     match seconds {
         Some(secs) => {
             println!("stopping in {secs} s");
@@ -148,6 +189,7 @@ pub fn demo(gatewayd: &Path, seconds: Option<u64>) -> anyhow::Result<()> {
         None => println!("Ctrl-C stops it."),
     }
     let status = child.wait()?;
+    demo_tls::cleanup(&pki.dir);
     if !status.success() {
         bail!("gatewayd exited with {status}");
     }

@@ -4,6 +4,7 @@
 //! task runs it first.
 
 mod demo;
+mod demo_tls;
 mod fuzz;
 mod setup;
 
@@ -30,7 +31,8 @@ enum Task {
     /// Build gatewayd (release) with its embedded eBPF object.
     Build,
     /// Start gatewayd on the example config with XDP on `lo`, make loopback traffic, print
-    /// /flows and /metrics, and keep running until Ctrl-C.
+    /// /flows and /metrics, show edge TLS and passthrough with curl (certificates made at
+    /// start), and keep running until Ctrl-C.
     Demo {
         /// Stop after this many seconds instead of waiting for Ctrl-C.
         #[arg(long, value_name = "SECONDS")]
