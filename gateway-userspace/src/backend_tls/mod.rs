@@ -6,7 +6,10 @@
 //!   certificate): its verifier, a rustls `ClientConfig` per [`Alpn`] offer, and session
 //!   stores. Handing it the previous build keeps, for every unchanged profile, the session
 //!   stores (TLS 1.3 tickets, TLS 1.2 session ids) and the verify cache; a profile whose
-//!   roots changed gets a new verifier with an empty cache and new stores.
+//!   roots changed gets a new verifier with an empty cache and new stores. Pools take
+//!   [`ProfileTls::endpoint_config`]: the same config with one session store per
+//!   endpoint, because rustls keys sessions by server name and every endpoint of a
+//!   Service has the same one (each backend would be offered its neighbours' tickets).
 //! - The verifier (`verify.rs`): chain, dates, key usage and name constraints by
 //!   rustls-webpki against the profile's roots; then the names: `hostname` when
 //!   `subjectAltNames` is empty (RFC 6125, wildcard in the left-most label only), else at

@@ -311,6 +311,17 @@ fn wildcards_match_the_left_most_label_only() {
         let t = tls_of(&configs, &p);
         assert_eq!(verify(&t, &wild).is_ok(), ok, "SAN {host}");
     }
+    // A wildcard SAN in the policy asks for a certificate issued for that wildcard.
+    let (configs, p) = single(profile(
+        0,
+        &[&ca],
+        "x.test",
+        vec![dns("*.Example.com")],
+        None,
+    ));
+    let t = tls_of(&configs, &p);
+    verify(&t, &wild).expect("same wildcard");
+    assert!(verify(&t, &ca.server(&["abc.example.com"], &[])).is_err());
     // A wildcard that is not the whole left-most label matches nothing.
     let partial = ca.server(&["a*.example.com"], &[]);
     let (configs, p) = single(profile(0, &[&ca], "abc.example.com", vec![], None));

@@ -207,7 +207,9 @@ pub(crate) enum Names {
     },
     /// At least one of these; `hostname` plays no part.
     Sans {
-        /// DNS names (None when the policy's value is not a valid name: it matches nothing).
+        /// DNS names. `None` when the value is not a reference name rustls accepts (a
+        /// wildcard such as `*.example.com`): it then matches a certificate DNS name that
+        /// is the same string (ASCII case-insensitive), the certificate issued for it.
         dns: Vec<(Option<ServerName<'static>>, Box<str>)>,
         /// Exact URIs.
         uris: Vec<Box<str>>,
@@ -237,9 +239,9 @@ impl Names {
                 })
             }
             Names::Sans { dns, uris } => {
-                let dns_ok = dns.iter().any(|(name, _)| {
-                    name.as_ref()
-                        .is_some_and(|n| ee.verify_is_valid_for_subject_name(n).is_ok())
+                let dns_ok = dns.iter().any(|(name, text)| match name {
+                    Some(n) => ee.verify_is_valid_for_subject_name(n).is_ok(),
+                    None => leaf.dns.iter().any(|d| d.eq_ignore_ascii_case(text)),
                 });
                 let uri_ok = || uris.iter().any(|u| leaf.uris.iter().any(|p| p == &**u));
                 if dns_ok || uri_ok() {
