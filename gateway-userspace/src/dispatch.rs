@@ -69,7 +69,10 @@ pub async fn connection(
     if !has_passthrough(&view, b) {
         return Box::pin(terminate(stream, peer, bind, index, ctx, &view, deadline)).await;
     }
-    Box::pin(peek_and_route(stream, peer, bind, index, ctx, &view, deadline)).await;
+    Box::pin(peek_and_route(
+        stream, peer, bind, index, ctx, &view, deadline,
+    ))
+    .await;
 }
 
 /// A port with passthrough listeners: the SNI decides between splicing and terminating.
