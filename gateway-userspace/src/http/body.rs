@@ -81,7 +81,7 @@ impl Body for RespBody {
             Kind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             Kind::Upstream(body) => {
                 if let Poll::Ready(frame) = Pin::new(body).poll_frame(cx) {
-                    return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
+                    return Poll::Ready(frame);
                 }
                 if let Some(deadline) = this.deadline.as_mut() {
                     ready!(deadline.as_mut().poll(cx));

@@ -14,7 +14,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::sync::mpsc;
 
-use super::{Checkin, InFlight};
+use super::{h1::H1Body, InFlight};
 
 /// The error type of bodies the gateway builds.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -164,57 +164,61 @@ impl Body for ReqBody {
     }
 }
 
-/// A response body from a backend. Its connection goes back to the pool when the body
-/// ended cleanly; an error is passed on (so that the client sees a truncated response,
-/// never a clean one) and the connection is dropped.
+/// A response body from a backend: read by the request's own task from a pooled HTTP/1.1
+/// connection (which goes back to the pool when the exchange ended cleanly), or from
+/// hyper's HTTP/2 or upgrade-capable client. An error is passed on, so that the client sees
+/// a truncated response, never a clean one.
 pub struct UpstreamBody {
-    inner: Incoming,
-    checkin: Option<Checkin>,
+    inner: Inner,
     guard: Option<InFlight>,
 }
 
+enum Inner {
+    Hyper(Incoming),
+    H1(H1Body),
+}
+
 impl UpstreamBody {
-    pub(crate) fn new(inner: Incoming, checkin: Option<Checkin>, guard: InFlight) -> Self {
+    pub(crate) fn hyper(inner: Incoming, guard: InFlight) -> Self {
+        Self::new(Inner::Hyper(inner), guard)
+    }
+
+    pub(crate) fn h1(inner: H1Body, guard: InFlight) -> Self {
+        Self::new(Inner::H1(inner), guard)
+    }
+
+    fn new(inner: Inner, guard: InFlight) -> Self {
         let mut body = UpstreamBody {
             inner,
-            checkin,
             guard: Some(guard),
         };
         // A body that is already complete (HEAD, 204, 304, Content-Length: 0) may never
-        // be polled: the exchange is over now.
-        if body.inner.is_end_stream() {
-            body.finish();
+        // be polled: the request is no longer in flight.
+        if body.is_end_stream() {
+            body.guard = None;
         }
         body
-    }
-
-    fn finish(&mut self) {
-        if let Some(checkin) = self.checkin.take() {
-            checkin.give_back();
-        }
-        self.guard = None;
     }
 }
 
 impl Body for UpstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        let frame = ready!(match &mut this.inner {
+            Inner::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            Inner::H1(b) => Pin::new(b).poll_frame(cx),
+        });
         match &frame {
-            None => this.finish(),
-            Some(Err(_)) => {
-                this.checkin = None;
-                this.guard = None;
-            }
+            None | Some(Err(_)) => this.guard = None,
             Some(Ok(_)) => {
-                if this.inner.is_end_stream() {
-                    this.finish();
+                if this.is_end_stream() {
+                    this.guard = None;
                 }
             }
         }
@@ -222,10 +226,16 @@ impl Body for UpstreamBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.inner {
+            Inner::Hyper(b) => b.is_end_stream(),
+            Inner::H1(b) => b.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.inner {
+            Inner::Hyper(b) => b.size_hint(),
+            Inner::H1(b) => b.size_hint(),
+        }
     }
 }

@@ -35,7 +35,7 @@ pub enum UpstreamError {
     Reset {
         addr: SocketAddr,
         #[source]
-        source: hyper::Error,
+        source: super::BoxError,
     },
 }
 

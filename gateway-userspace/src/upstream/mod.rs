@@ -2,8 +2,9 @@
 //!
 //! A pool is keyed by everything that changes a connection's identity ([`PoolKey`]: the
 //! endpoint address, the protocol spoken to it, and, for backend TLS later, the TLS profile
-//! and ALPN). HTTP/1.1 connections are kept idle in a bounded LIFO stack and reused one
-//! request at a time; an HTTP/2 (h2c) connection is shared by all requests to the endpoint.
+//! and ALPN). HTTP/1.1 connections ([`h1`]) are kept idle in a bounded LIFO stack and reused
+//! one request at a time, driven by the task of the request that uses them; an HTTP/2 (h2c)
+//! connection (hyper's client, a task of its own) is shared by all requests to the endpoint.
 //! Endpoints of a backend are balanced by power-of-two-choices on in-flight requests.
 //!
 //! Each worker owns its own [`Upstreams`], so the locks here are uncontended in the
@@ -12,6 +13,7 @@
 
 mod body;
 mod error;
+mod h1;
 
 use std::{
     collections::HashMap,
@@ -31,6 +33,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 use tracing::debug;
 
+use self::h1::H1Conn;
 use crate::worker::now_ms;
 
 pub use body::{BoxError, ReqBody, UpstreamBody};
@@ -83,7 +86,7 @@ pub struct Endpoint {
 }
 
 struct Idle {
-    tx: http1::SendRequest<ReqBody>,
+    conn: H1Conn,
     since: Instant,
 }
 
@@ -95,19 +98,6 @@ pub struct InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.endpoint.in_flight.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// A pooled HTTP/1.1 connection travelling with a response body; it goes back to its pool
-/// when the body ended cleanly.
-pub(crate) struct Checkin {
-    endpoint: Arc<Endpoint>,
-    tx: http1::SendRequest<ReqBody>,
-}
-
-impl Checkin {
-    pub(crate) fn give_back(self) {
-        self.endpoint.checkin(self.tx);
     }
 }
 
@@ -162,7 +152,7 @@ impl Upstreams {
         let mut map = lock(&self.endpoints);
         map.retain(|_, e| {
             lock(&e.idle)
-                .retain(|i| now.duration_since(i.since) < IDLE_TIMEOUT && !i.tx.is_closed());
+                .retain(|i| now.duration_since(i.since) < IDLE_TIMEOUT && i.conn.is_open());
             let idle_empty = lock(&e.idle).is_empty();
             let h2_empty = e.h2.try_lock().map(|g| g.is_none()).unwrap_or(false);
             let unused = now_ms.saturating_sub(e.last_used.load(Ordering::Relaxed)) > ttl;
@@ -208,31 +198,22 @@ impl Endpoint {
         }
     }
 
-    /// An idle connection, preferring one that can take a request now: a connection just
-    /// given back may still be finishing its previous exchange (its task has not run since
-    /// the body ended), and waiting for it would cost the request a scheduler round.
-    fn checkout(&self) -> Option<http1::SendRequest<ReqBody>> {
+    /// The most recently used idle connection that is still open.
+    fn checkout(&self) -> Option<H1Conn> {
         let mut idle = lock(&self.idle);
-        loop {
-            let at = idle
-                .iter()
-                .rposition(|i| i.tx.is_ready())
-                .or_else(|| idle.len().checked_sub(1))?;
-            let i = idle.remove(at);
-            if !i.tx.is_closed() && i.since.elapsed() < IDLE_TIMEOUT {
-                return Some(i.tx);
+        while let Some(i) = idle.pop() {
+            if i.since.elapsed() < IDLE_TIMEOUT && i.conn.is_open() {
+                return Some(i.conn);
             }
         }
+        None
     }
 
-    fn checkin(&self, tx: http1::SendRequest<ReqBody>) {
-        if tx.is_closed() {
-            return;
-        }
+    fn checkin(&self, conn: H1Conn) {
         let mut idle = lock(&self.idle);
         if idle.len() < MAX_IDLE_PER_ENDPOINT {
             idle.push(Idle {
-                tx,
+                conn,
                 since: Instant::now(),
             });
         }
@@ -250,29 +231,20 @@ impl Endpoint {
         Ok(stream)
     }
 
-    async fn connect_h1(
-        &self,
-        upgrades: bool,
-    ) -> Result<http1::SendRequest<ReqBody>, UpstreamError> {
+    /// A hyper HTTP/1.1 connection for an `Upgrade` request (hyper hands over the upgraded
+    /// stream after a 101).
+    async fn connect_upgrade(&self) -> Result<http1::SendRequest<ReqBody>, UpstreamError> {
         let stream = self.connect_tcp().await?;
         let addr = self.key.addr;
         let (tx, conn) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await
             .map_err(|source| UpstreamError::Handshake { addr, source })?;
-        if upgrades {
-            tokio::spawn(async move {
-                if let Err(err) = conn.with_upgrades().await {
-                    debug!(%addr, error = %err, "backend connection ended");
-                }
-            });
-        } else {
-            tokio::spawn(async move {
-                if let Err(err) = conn.await {
-                    debug!(%addr, error = %err, "backend connection ended");
-                }
-            });
-        }
+        tokio::spawn(async move {
+            if let Err(err) = conn.with_upgrades().await {
+                debug!(%addr, error = %err, "backend connection ended");
+            }
+        });
         Ok(tx)
     }
 
@@ -313,42 +285,35 @@ impl Endpoint {
         guard: InFlight,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
         let addr = self.key.addr;
-        while let Some(mut tx) = self.checkout() {
-            if tx.ready().await.is_err() {
-                continue;
-            }
-            match tx.try_send_request(req).await {
-                Ok(resp) => return Ok(self.wrap_h1(resp, tx, guard)),
-                Err(mut err) => match err.take_message() {
+        let exchange = loop {
+            if let Some(conn) = self.checkout() {
+                match conn.start(req, self) {
+                    Ok(exchange) => break exchange,
                     // Not written: the connection was closing. Try another one.
-                    Some(back) => req = back,
-                    None => {
+                    Err(not_sent) => req = not_sent.req,
+                }
+            } else {
+                // Boxed: connecting is rare next to reuse, and its future would otherwise
+                // size the future of every request.
+                let conn = H1Conn::new(Box::pin(self.connect_tcp()).await?);
+                match conn.start(req, self) {
+                    Ok(exchange) => break exchange,
+                    Err(not_sent) => {
                         return Err(UpstreamError::Reset {
                             addr,
-                            source: err.into_error(),
+                            source: not_sent.error.into(),
                         })
                     }
-                },
+                }
             }
-        }
-        let mut tx = self.connect_h1(false).await?;
-        match tx.send_request(req).await {
-            Ok(resp) => Ok(self.wrap_h1(resp, tx, guard)),
-            Err(source) => Err(UpstreamError::Reset { addr, source }),
-        }
-    }
-
-    fn wrap_h1(
-        self: &Arc<Self>,
-        resp: Response<hyper::body::Incoming>,
-        tx: http1::SendRequest<ReqBody>,
-        guard: InFlight,
-    ) -> Response<UpstreamBody> {
-        let checkin = Checkin {
-            endpoint: self.clone(),
-            tx,
         };
-        resp.map(|body| UpstreamBody::new(body, Some(checkin), guard))
+        match exchange.await {
+            Ok(resp) => Ok(resp.map(|body| UpstreamBody::h1(body, guard))),
+            Err(source) => Err(UpstreamError::Reset {
+                addr,
+                source: source.into(),
+            }),
+        }
     }
 
     async fn send_h2(
@@ -362,18 +327,26 @@ impl Endpoint {
             match slot.as_ref() {
                 Some(tx) if !tx.is_closed() => tx.clone(),
                 _ => {
-                    let tx = self.connect_h2().await?;
+                    // Boxed: a handshake is rare, and its future would otherwise size
+                    // the future of every request.
+                    let tx = Box::pin(self.connect_h2()).await?;
                     *slot = Some(tx.clone());
                     tx
                 }
             }
         };
         if let Err(source) = tx.ready().await {
-            return Err(UpstreamError::Reset { addr, source });
+            return Err(UpstreamError::Reset {
+                addr,
+                source: source.into(),
+            });
         }
         match tx.send_request(req).await {
-            Ok(resp) => Ok(resp.map(|body| UpstreamBody::new(body, None, guard))),
-            Err(source) => Err(UpstreamError::Reset { addr, source }),
+            Ok(resp) => Ok(resp.map(|body| UpstreamBody::hyper(body, guard))),
+            Err(source) => Err(UpstreamError::Reset {
+                addr,
+                source: source.into(),
+            }),
         }
     }
 
@@ -385,10 +358,13 @@ impl Endpoint {
         guard: InFlight,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
         let addr = self.key.addr;
-        let mut tx = self.connect_h1(true).await?;
+        let mut tx = Box::pin(self.connect_upgrade()).await?;
         match tx.send_request(req).await {
-            Ok(resp) => Ok(resp.map(|body| UpstreamBody::new(body, None, guard))),
-            Err(source) => Err(UpstreamError::Reset { addr, source }),
+            Ok(resp) => Ok(resp.map(|body| UpstreamBody::hyper(body, guard))),
+            Err(source) => Err(UpstreamError::Reset {
+                addr,
+                source: source.into(),
+            }),
         }
     }
 }
