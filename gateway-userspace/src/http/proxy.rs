@@ -89,8 +89,9 @@ async fn proxy(
     let table = view.table();
     let bind = table.bind_for(conn.bind).ok_or(ProxyError::NoRoute)?;
     if let Some(sni_listener) = conn.sni_listener {
+        // No Host at all (HTTP/1.0) names no other listener: routing answers 404.
         let host = forward::request_host(&req).unwrap_or("");
-        if misdirected(conn, &view, bind, sni_listener, host) {
+        if !host.is_empty() && misdirected(conn, &view, bind, sni_listener, host) {
             return Err(ProxyError::Misdirected);
         }
     }
