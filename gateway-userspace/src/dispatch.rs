@@ -17,7 +17,7 @@
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use gateway_config::{BackendTls, Bind, Listener, ListenerProtocol};
+use gateway_config::{Bind, Listener, ListenerProtocol};
 use tokio::{
     io::{AsyncRead, AsyncWrite, AsyncWriteExt as _},
     net::TcpStream,
@@ -26,9 +26,11 @@ use tokio::{
 use tracing::debug;
 
 use crate::{
+    backend_tls::{self, Alpn, ProfileTls},
     http,
     passthrough::{self, CloseReason, Decision},
     tls,
+    upstream::BackendIo,
     worker::{View, WorkerCtx},
 };
 
@@ -185,7 +187,9 @@ async fn terminate(
 }
 
 /// TLS listener in Terminate mode: the TLSRoute the SNI selects, then the decrypted
-/// stream both ways to its backend over plain TCP.
+/// stream both ways to its backend: over plain TCP, or re-encrypted under the backend's
+/// BackendTLSPolicy (no ALPN offered: the stream is opaque). An invalid policy or a
+/// failed backend handshake closes the client's connection, never plaintext.
 async fn forward_terminated<S>(
     mut client: S,
     peer: SocketAddr,
@@ -198,13 +202,15 @@ async fn forward_terminated<S>(
     let picked = sni
         .and_then(|sni| view.table().route_tls(listener, sni))
         .ok_or(CloseReason::NoRoute)
-        .and_then(|target| passthrough::pick(target, fastrand::u64(..)))
-        .and_then(|(backend, addr)| match backend.tls {
-            BackendTls::None => Ok(addr),
-            BackendTls::Invalid | BackendTls::Profile(_) => Err(CloseReason::BackendTls),
-        });
+        .and_then(|target| passthrough::pick(target, fastrand::u64(..)));
     let backend = match picked {
-        Ok(addr) => connect(addr).await.ok_or(CloseReason::Connect),
+        Ok((backend, addr)) => match view.backend_tls().resolve(&backend.tls) {
+            Ok(profile) => connect_backend(addr, profile.map(|p| &**p)).await,
+            Err(err) => {
+                tracing::warn!(%peer, backend = %backend.name, error = %err, "TLS terminate: backend TLS unusable, closing");
+                Err(CloseReason::BackendTls)
+            }
+        },
         Err(reason) => Err(reason),
     };
     let mut backend = match backend {
@@ -217,6 +223,27 @@ async fn forward_terminated<S>(
     };
     if let Err(err) = tokio::io::copy_bidirectional(&mut client, &mut backend).await {
         debug!(%peer, error = %err, "TLS terminate connection ended");
+    }
+}
+
+/// TCP to `addr`, then TLS under `profile` when there is one.
+async fn connect_backend(
+    addr: SocketAddr,
+    profile: Option<&ProfileTls>,
+) -> Result<BackendIo, CloseReason> {
+    let tcp = connect(addr).await.ok_or(CloseReason::Connect)?;
+    let Some(profile) = profile else {
+        return Ok(BackendIo::Plain(tcp));
+    };
+    match profile
+        .connect(tcp, Some(addr), Alpn::None, backend_tls::HANDSHAKE_TIMEOUT)
+        .await
+    {
+        Ok(tls) => Ok(BackendIo::Tls(Box::new(tls))),
+        Err(err) => {
+            tracing::warn!(endpoint = %addr, sni = ?profile.server_name(), error = %err, "backend TLS failed");
+            Err(CloseReason::BackendTls)
+        }
     }
 }
 

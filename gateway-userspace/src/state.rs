@@ -15,6 +15,7 @@ use gateway_config::{CompileOptions, Compiled};
 use tokio::sync::watch;
 
 use crate::{
+    backend_tls::BackendTlsConfigs,
     ebpf::{Attachment, Dataplane, DataplaneHandle, Flow, StatsTotal},
     tls::{SessionResumption, TlsBindings},
     worker::Workers,
@@ -26,6 +27,10 @@ pub struct Snapshot {
     /// The TLS server configs of `compiled.table`, built with it and swapped with it, so
     /// a rotated certificate reaches new handshakes with the same swap as the routes.
     pub tls: Arc<TlsBindings>,
+    /// The backend TLS client configs of `compiled.table` (one per BackendTLSPolicy
+    /// profile), built with it; unchanged profiles carry their session stores and verify
+    /// caches over from the previous snapshot.
+    pub backend_tls: Arc<BackendTlsConfigs>,
     /// `compiled.status` as JSON, rendered once per load for `/status` (with the
     /// certificate problems only building the TLS configs could find).
     pub status_json: serde_json::Value,
@@ -33,18 +38,25 @@ pub struct Snapshot {
 
 impl Snapshot {
     /// Builds the TLS configs of `compiled` (tickets and session cache from `sessions`,
-    /// which outlive reloads) and renders the status.
-    pub fn new(compiled: Compiled, sessions: &SessionResumption) -> Self {
+    /// which outlive reloads; backend sessions and verify caches from `previous`) and
+    /// renders the status.
+    pub fn new(
+        compiled: Compiled,
+        sessions: &SessionResumption,
+        previous: &BackendTlsConfigs,
+    ) -> Self {
         let tls = Arc::new(TlsBindings::build(compiled.table.clone(), sessions));
         for problem in tls.problems() {
             tracing::warn!("{problem}");
         }
+        let backend_tls = Arc::new(BackendTlsConfigs::build(&compiled.table, previous));
         let mut status_json = serde_json::to_value(&compiled.status)
             .unwrap_or_else(|err| serde_json::json!({ "items": [], "error": err.to_string() }));
         crate::tls::status::report_problems(&mut status_json, &tls);
         Self {
             compiled,
             tls,
+            backend_tls,
             status_json,
         }
     }
@@ -141,7 +153,9 @@ impl State {
                 for warning in &compiled.warnings {
                     tracing::warn!("{warning}");
                 }
-                let snapshot = Arc::new(Snapshot::new(compiled, &self.sessions));
+                let previous = self.snapshot().map(|s| s.backend_tls.clone());
+                let previous = previous.unwrap_or_default();
+                let snapshot = Arc::new(Snapshot::new(compiled, &self.sessions, &previous));
                 self.config.store(Some(snapshot.clone()));
                 self.published.send_replace(Some(snapshot.clone()));
                 self.reloads.fetch_add(1, Ordering::Relaxed);

@@ -18,7 +18,9 @@ use gateway_config::RouteTable;
 use hyper_util::{rt::TokioExecutor, server::conn::auto};
 use tokio::{runtime::Handle, sync::oneshot};
 
-use crate::{http, state::Snapshot, tls::TlsBindings, upstream::Upstreams};
+use crate::{
+    backend_tls::BackendTlsConfigs, http, state::Snapshot, tls::TlsBindings, upstream::Upstreams,
+};
 
 /// How often idle backend connections past their timeout are closed.
 const SWEEP_EVERY: Duration = Duration::from_secs(5);
@@ -57,6 +59,11 @@ impl View {
     pub fn tls(&self) -> &TlsBindings {
         &self.snapshot.tls
     }
+
+    /// The backend TLS client configs built with this table.
+    pub fn backend_tls(&self) -> &BackendTlsConfigs {
+        &self.snapshot.backend_tls
+    }
 }
 
 /// What one worker owns.
@@ -91,6 +98,7 @@ impl WorkerCtx {
         self.view.store(Some(Arc::new(View {
             snapshot: snapshot.clone(),
         })));
+        self.upstreams.retire_stale_tls(&snapshot.backend_tls);
     }
 }
 

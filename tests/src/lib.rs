@@ -49,12 +49,35 @@ pub fn ebpf_tests_can_run(test: &str) -> bool {
     false
 }
 
-/// A free TCP port on 127.0.0.1 (bound then released).
+/// A free TCP port on 127.0.0.1 for gatewayd to listen on (bound then released).
+///
+/// Taken below the kernel's ephemeral range (`ip_local_port_range`, 32768-60999 by
+/// default): a port from that range, once released, can become the source port of any
+/// outgoing connection (a pooled backend connection lives for the whole test) and then
+/// gatewayd cannot listen on it. Each test process walks its own slice of 20000-32767,
+/// starting from its pid, so parallel tests in one process never get the same port and
+/// test processes rarely meet; a port something else holds is skipped.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("invariant: loopback has free ports")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 20_000;
+    const SPAN: u32 = 12_768;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        (std::process::id().wrapping_mul(2_654_435_761)) % SPAN,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    for _ in 0..SPAN {
+        let offset = NEXT.fetch_add(1, Ordering::Relaxed) % SPAN;
+        let Ok(port) = u16::try_from(FIRST + offset) else {
+            continue;
+        };
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in 127.0.0.1:{FIRST}-{}", FIRST + SPAN - 1)
 }
 
 /// A response as a client sees it.

@@ -2,6 +2,7 @@
 
 use std::fmt::Write as _;
 
+use crate::backend_tls::BackendTlsConfigs;
 use crate::{
     drain::{self, WorkerReport},
     ebpf::StatsTotal,
@@ -126,6 +127,9 @@ pub fn render(state: &State) -> String {
     );
 
     workers(&mut out, &drain::report(state));
+    if let Some(snapshot) = state.snapshot() {
+        backend_tls(&mut out, &snapshot.backend_tls);
+    }
 
     let ebpf = state.ebpf_snapshot();
     out.single(
@@ -166,6 +170,73 @@ pub fn render(state: &State) -> String {
         ebpf_counters(&mut out, &ebpf.stats, ebpf.flow_count);
     }
     out.0
+}
+
+/// Backend TLS (BackendTLSPolicy): handshakes and certificate checks since start, and the
+/// profiles of the serving configuration.
+fn backend_tls(out: &mut Out, configs: &BackendTlsConfigs) {
+    let t = configs.totals();
+    out.family(
+        "gatewayd_backend_tls_handshakes_total",
+        "counter",
+        "TLS handshakes with backends that completed, by kind (full or resumed).",
+    );
+    out.sample(
+        "gatewayd_backend_tls_handshakes_total",
+        &[("kind", "full")],
+        t.handshakes.saturating_sub(t.resumed),
+    );
+    out.sample(
+        "gatewayd_backend_tls_handshakes_total",
+        &[("kind", "resumed")],
+        t.resumed,
+    );
+    out.single(
+        "gatewayd_backend_tls_handshake_failures_total",
+        "counter",
+        "TLS handshakes with backends that failed or timed out (the request got a 502 or 504).",
+        t.handshake_failures,
+    );
+    out.family(
+        "gatewayd_backend_tls_certificate_checks_total",
+        "counter",
+        "Backend certificates checked, by result: validated in full, accepted from the \
+         verify cache, or refused.",
+    );
+    for (result, n) in [
+        ("full", t.full_validations),
+        ("cache_hit", t.cache_hits),
+        ("refused", t.verify_failures),
+    ] {
+        out.sample(
+            "gatewayd_backend_tls_certificate_checks_total",
+            &[("result", result)],
+            n,
+        );
+    }
+    let (usable, unusable) = configs.profile_counts();
+    out.family(
+        "gatewayd_backend_tls_profiles",
+        "gauge",
+        "Backend TLS profiles of the serving configuration, by state (unusable ones fail \
+         closed).",
+    );
+    out.sample(
+        "gatewayd_backend_tls_profiles",
+        &[("state", "usable")],
+        usable,
+    );
+    out.sample(
+        "gatewayd_backend_tls_profiles",
+        &[("state", "unusable")],
+        unusable,
+    );
+    out.single(
+        "gatewayd_backend_tls_verify_cache_chains",
+        "gauge",
+        "Verified certificate chains remembered by the verify caches.",
+        configs.cached_chains(),
+    );
 }
 
 /// Per data-path worker: accepted connections and draining.

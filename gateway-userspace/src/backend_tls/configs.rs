@@ -71,7 +71,7 @@ pub struct ProfileTls {
     server_name: ServerName<'static>,
     pub(super) verifier: Arc<Verifier>,
     /// One config per [`Alpn`], sharing one session store.
-    shared: [Arc<ClientConfig>; 2],
+    shared: [Arc<ClientConfig>; 3],
     endpoints: Mutex<EndpointSessions>,
     endpoint_capacity: usize,
     pub(crate) counters: Arc<Counters>,
@@ -87,7 +87,7 @@ struct EndpointSessions {
 #[derive(Debug)]
 struct EndpointEntry {
     store: Arc<ClientSessionMemoryCache>,
-    configs: [Option<Arc<ClientConfig>>; 2],
+    configs: [Option<Arc<ClientConfig>>; 3],
 }
 
 /// Sessions of one server name: 8 is the smallest size that keeps one name with its
@@ -136,7 +136,7 @@ impl ProfileTls {
                 endpoint,
                 EndpointEntry {
                     store: session_store(),
-                    configs: [None, None],
+                    configs: [None, None, None],
                 },
             );
         }
@@ -386,13 +386,19 @@ impl BackendTlsConfigs {
             c.resumption = Resumption::store(store.clone() as Arc<dyn ClientSessionStore>);
             Ok(Arc::new(c))
         };
-        // The second config is a clone of the first, not built anew: rustls resumes a
+        // The other configs are clones of the first, not built anew: rustls resumes a
         // session only with the very verifier and client-certificate resolver (by
-        // pointer) it was made with, and both ALPN offers share the session stores.
+        // pointer) it was made with, and every ALPN offer shares the session stores.
         let http1 = config(Alpn::Http1)?;
-        let mut h2 = (*http1).clone();
-        h2.alpn_protocols = Alpn::H2Http1.protocols();
-        let shared = [http1, Arc::new(h2)];
+        let with_alpn = |alpn: Alpn| {
+            let mut c = (*http1).clone();
+            c.alpn_protocols = alpn.protocols();
+            Arc::new(c)
+        };
+        let shared = Alpn::ALL.map(|alpn| match alpn {
+            Alpn::Http1 => http1.clone(),
+            other => with_alpn(other),
+        });
         let t = Arc::new(ProfileTls {
             identity: ProfileIdentity(NEXT_IDENTITY.fetch_add(1, Ordering::Relaxed)),
             server_name,
@@ -450,6 +456,17 @@ impl BackendTlsConfigs {
     /// an identity that is gone should be retired).
     pub fn is_current(&self, identity: ProfileIdentity) -> bool {
         self.profiles.values().any(|p| p.identity == identity)
+    }
+
+    /// Distinct usable profiles, and profiles that could not be built.
+    pub fn profile_counts(&self) -> (usize, usize) {
+        let unusable = self.entries.iter().filter(|e| e.tls.is_err()).count();
+        (self.profiles.len(), unusable)
+    }
+
+    /// Chains held by the verify caches of these configs.
+    pub fn cached_chains(&self) -> usize {
+        self.verifiers.values().map(|v| v.cached()).sum()
     }
 
     /// Process-wide counters, carried from build to build.

@@ -62,13 +62,19 @@ pub enum Alpn {
     Http1,
     /// `h2`, then `http/1.1` (gRPC and h2-capable backends).
     H2Http1,
+    /// No ALPN extension (an opaque stream: TLSRoute in Terminate mode).
+    None,
 }
 
 impl Alpn {
+    /// Every offer, in config order.
+    pub(crate) const ALL: [Alpn; 3] = [Alpn::Http1, Alpn::H2Http1, Alpn::None];
+
     fn index(self) -> usize {
         match self {
             Alpn::Http1 => 0,
             Alpn::H2Http1 => 1,
+            Alpn::None => 2,
         }
     }
 
@@ -76,6 +82,7 @@ impl Alpn {
         match self {
             Alpn::Http1 => vec![b"http/1.1".to_vec()],
             Alpn::H2Http1 => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+            Alpn::None => Vec::new(),
         }
     }
 }

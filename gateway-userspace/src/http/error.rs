@@ -42,10 +42,10 @@ pub enum ProxyError {
     /// A BackendTLSPolicy targets the backend but is invalid: fail closed.
     #[error("backend {backend} has an invalid BackendTLSPolicy")]
     BackendTlsInvalid { backend: String },
-    /// Backend TLS is configured but this build does not open TLS to backends yet: fail
-    /// closed, never plaintext.
-    #[error("backend {backend} requires TLS, which is not available")]
-    BackendTlsUnavailable { backend: String },
+    /// The backend's BackendTLSPolicy is valid but its TLS client config could not be
+    /// built (e.g. an empty system trust store): fail closed, never plaintext.
+    #[error("backend {backend} requires TLS, which is not available: {reason}")]
+    BackendTlsUnavailable { backend: String, reason: String },
     /// Connecting to or talking with the endpoint failed before a response head.
     #[error(transparent)]
     Upstream(#[from] UpstreamError),

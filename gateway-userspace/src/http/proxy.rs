@@ -6,8 +6,8 @@
 use std::{sync::Arc, time::Duration};
 
 use gateway_config::{
-    Backend, BackendTls, HeaderModifier, HttpFilter, HttpMatch, Listener, RequestMirror, Retry,
-    ServicePort, Timeouts,
+    Backend, HeaderModifier, HttpFilter, HttpMatch, Listener, RequestMirror, Retry, ServicePort,
+    Timeouts,
 };
 use hyper::{
     body::Incoming,
@@ -25,6 +25,7 @@ use super::{
     filter, forward, MAX_HEADERS, MAX_HEADER_BLOCK, MAX_URI,
 };
 use crate::{
+    backend_tls::{BackendTlsError, ProfileTls},
     upstream::{Protocol, ReqBody, UpstreamBody},
     worker::{View, WorkerCtx},
 };
@@ -172,7 +173,7 @@ async fn proxy(
     )? {
         return Ok(finish_local(redirect, &response_mods));
     }
-    let service = usable(backend)?;
+    let (service, tls) = usable(backend, &view)?;
     let protocol = protocol_for(service, plan.grpc);
 
     let (mut parts, body) = req.into_parts();
@@ -181,7 +182,7 @@ async fn proxy(
     let body = if mirrors.is_empty() {
         ReqBody::incoming(body)
     } else {
-        spawn_mirrors(ctx, &mirrors, &parts, body)
+        spawn_mirrors(ctx, &view, &mirrors, &parts, body)
     };
     forward::set_target(&mut parts.uri, &mut parts.headers, protocol)?;
 
@@ -189,7 +190,12 @@ async fn proxy(
         .timeouts
         .request
         .map(|d| tokio::time::Instant::now() + d);
-    let exchange = exchange(ctx, service, protocol, parts, body, &plan, upgrade);
+    let target = Target {
+        service,
+        protocol,
+        tls,
+    };
+    let exchange = exchange(ctx, &target, parts, body, &plan, upgrade);
     let resp = match deadline {
         Some(at) => tokio::time::timeout_at(at, exchange)
             .await
@@ -321,8 +327,21 @@ fn pick_backend(backends: &[Backend], total_weight: u32) -> Option<&Backend> {
     None
 }
 
-/// The Service port of a backend, when it can be used.
-fn usable(backend: &Backend) -> Result<&ServicePort, ProxyError> {
+/// Where a request goes: a Service port, what is spoken to it, and over which TLS.
+struct Target<'v> {
+    service: &'v ServicePort,
+    protocol: Protocol,
+    /// `None`: plain TCP (the backend has no BackendTLSPolicy).
+    tls: Option<&'v Arc<ProfileTls>>,
+}
+
+/// The Service port of a backend and its TLS profile, when it can be used. A backend
+/// whose BackendTLSPolicy is invalid, or whose TLS config could not be built, fails
+/// closed: never plaintext.
+fn usable<'v>(
+    backend: &'v Backend,
+    view: &'v View,
+) -> Result<(&'v ServicePort, Option<&'v Arc<ProfileTls>>), ProxyError> {
     let service = backend
         .target
         .as_ref()
@@ -330,13 +349,14 @@ fn usable(backend: &Backend) -> Result<&ServicePort, ProxyError> {
             backend: backend.name.to_string(),
             reason: *reason,
         })?;
-    match backend.tls {
-        BackendTls::None => Ok(service),
-        BackendTls::Invalid => Err(ProxyError::BackendTlsInvalid {
+    match view.backend_tls().resolve(&backend.tls) {
+        Ok(tls) => Ok((service, tls)),
+        Err(BackendTlsError::InvalidPolicy) => Err(ProxyError::BackendTlsInvalid {
             backend: backend.name.to_string(),
         }),
-        BackendTls::Profile(_) => Err(ProxyError::BackendTlsUnavailable {
+        Err(err) => Err(ProxyError::BackendTlsUnavailable {
             backend: backend.name.to_string(),
+            reason: err.to_string(),
         }),
     }
 }
@@ -359,28 +379,20 @@ fn no_endpoints(service: &ServicePort) -> ProxyError {
 /// and the rule's `retry` when repeating the request is safe (it has no body).
 async fn exchange(
     ctx: &WorkerCtx,
-    service: &ServicePort,
-    protocol: Protocol,
+    target: &Target<'_>,
     parts: Parts,
     body: ReqBody,
     plan: &Plan<'_>,
     upgrade: Option<hyper::upgrade::OnUpgrade>,
 ) -> Result<Response<UpstreamBody>, ProxyError> {
     if let Some(client) = upgrade {
-        return exchange_upgrade(ctx, service, parts, body, client).await;
+        return exchange_upgrade(ctx, target, parts, body, client).await;
     }
     let retry = plan
         .retry
         .filter(|r| r.attempts > 0 && http_body::Body::is_end_stream(&body));
     let Some(retry) = retry else {
-        return attempt(
-            ctx,
-            service,
-            protocol,
-            Request::from_parts(parts, body),
-            plan,
-        )
-        .await;
+        return attempt(ctx, target, Request::from_parts(parts, body), plan).await;
     };
     let idempotent = matches!(
         parts.method,
@@ -397,7 +409,7 @@ async fn exchange(
                 _ => break,
             },
         };
-        let result = attempt(ctx, service, protocol, req, plan).await;
+        let result = attempt(ctx, target, req, plan).await;
         if last {
             return result;
         }
@@ -431,15 +443,14 @@ fn copy_request(p: &Parts) -> Request<ReqBody> {
 
 async fn attempt(
     ctx: &WorkerCtx,
-    service: &ServicePort,
-    protocol: Protocol,
+    target: &Target<'_>,
     req: Request<ReqBody>,
     plan: &Plan<'_>,
 ) -> Result<Response<UpstreamBody>, ProxyError> {
     let endpoint = ctx
         .upstreams
-        .pick(&service.endpoints, protocol)
-        .ok_or_else(|| no_endpoints(service))?;
+        .pick(&target.service.endpoints, target.protocol, target.tls)
+        .ok_or_else(|| no_endpoints(target.service))?;
     let guard = endpoint.begin();
     let send = endpoint.send(req, guard);
     match plan.timeouts.backend_request {
@@ -455,15 +466,15 @@ async fn attempt(
 /// spliced.
 async fn exchange_upgrade(
     ctx: &WorkerCtx,
-    service: &ServicePort,
+    target: &Target<'_>,
     parts: Parts,
     body: ReqBody,
     client: hyper::upgrade::OnUpgrade,
 ) -> Result<Response<UpstreamBody>, ProxyError> {
     let endpoint = ctx
         .upstreams
-        .pick(&service.endpoints, Protocol::Http1)
-        .ok_or_else(|| no_endpoints(service))?;
+        .pick(&target.service.endpoints, Protocol::Http1, target.tls)
+        .ok_or_else(|| no_endpoints(target.service))?;
     let guard = endpoint.begin();
     let mut resp = endpoint
         .send_upgrade(Request::from_parts(parts, body), guard)
@@ -491,6 +502,7 @@ async fn exchange_upgrade(
 /// copies itself to the mirrors as it streams.
 fn spawn_mirrors(
     ctx: &WorkerCtx,
+    view: &View,
     mirrors: &[&RequestMirror],
     parts: &Parts,
     body: Incoming,
@@ -504,11 +516,11 @@ fn spawn_mirrors(
         {
             continue;
         }
-        let Ok(service) = usable(&mirror.backend) else {
+        let Ok((service, tls)) = usable(&mirror.backend, view) else {
             continue;
         };
         let protocol = protocol_for(service, false);
-        let Some(endpoint) = ctx.upstreams.pick(&service.endpoints, protocol) else {
+        let Some(endpoint) = ctx.upstreams.pick(&service.endpoints, protocol, tls) else {
             continue;
         };
         let mut copy = copy_request(parts);
@@ -555,7 +567,7 @@ impl ProxyError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use gateway_config::ObjectRef;
+    use gateway_config::{BackendTls, ObjectRef};
 
     fn backend(name: &str, weight: u32) -> Backend {
         Backend {

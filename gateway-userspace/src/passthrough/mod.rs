@@ -169,9 +169,9 @@ pub enum CloseReason {
     /// The chosen backend has no ready endpoint.
     #[error("backend has no ready endpoint")]
     NoEndpoints,
-    /// TLS terminate: a BackendTLSPolicy asks for TLS to the backend, which this path
-    /// does not open; never send the decrypted stream in plaintext instead.
-    #[error("backend requires TLS")]
+    /// TLS terminate: the backend's BackendTLSPolicy is invalid or unusable, or TLS to
+    /// the backend failed; the decrypted stream is never sent in plaintext instead.
+    #[error("backend TLS refused or failed")]
     BackendTls,
     /// The backend refused the connection or did not answer in time.
     #[error("backend connection failed")]

@@ -29,6 +29,18 @@ pub enum UpstreamError {
         #[source]
         source: hyper::Error,
     },
+    /// TLS to the endpoint failed: handshake, verification of its certificate (which
+    /// check, in the source), or timeout. Never followed by a plaintext attempt.
+    #[error("backend TLS to {addr} failed")]
+    Tls {
+        addr: SocketAddr,
+        #[source]
+        source: Box<crate::backend_tls::BackendTlsError>,
+    },
+    /// HTTP/2 was required (gRPC, `appProtocol: kubernetes.io/h2c`) and the TLS backend
+    /// did not choose `h2` by ALPN.
+    #[error("backend {addr} did not negotiate h2 over TLS")]
+    NoH2 { addr: SocketAddr },
     /// The connection closed or was reset after the request was handed to it and before a
     /// response head arrived.
     #[error("connection to {addr} failed before a response")]
@@ -57,5 +69,10 @@ impl UpstreamError {
     /// `true` for a timeout (answered 504), `false` for a failure (502).
     pub fn is_timeout(&self) -> bool {
         matches!(self, UpstreamError::ConnectTimeout { .. })
+            || matches!(
+                self,
+                UpstreamError::Tls { source, .. }
+                    if matches!(**source, crate::backend_tls::BackendTlsError::HandshakeTimeout { .. })
+            )
     }
 }

@@ -16,7 +16,7 @@ use std::{
     mem::MaybeUninit,
     pin::Pin,
     sync::Arc,
-    task::{ready, Context, Poll, Waker},
+    task::{ready, Context, Poll},
 };
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -26,9 +26,9 @@ use hyper::{
     http::request,
     Method, Request, Response, StatusCode, Version,
 };
-use tokio::{io::AsyncWrite, net::TcpStream};
+use tokio::io::AsyncWrite;
 
-use super::{BoxError, Endpoint, ReqBody};
+use super::{io::BackendIo, BoxError, Endpoint, ReqBody};
 
 /// Most header fields accepted in a backend's response head.
 const MAX_RESPONSE_HEADERS: usize = 128;
@@ -61,7 +61,7 @@ pub enum H1Error {
 
 /// A pooled HTTP/1.1 connection to a backend.
 pub(crate) struct H1Conn {
-    io: TcpStream,
+    io: BackendIo,
     /// Bytes read and not yet consumed; empty between exchanges.
     rbuf: BytesMut,
     /// The request head, kept to reuse its allocation.
@@ -136,7 +136,7 @@ impl Future for Exchange {
 }
 
 impl H1Conn {
-    pub(crate) fn new(io: TcpStream) -> Self {
+    pub(crate) fn new(io: BackendIo) -> Self {
         H1Conn {
             io,
             rbuf: BytesMut::new(),
@@ -146,16 +146,8 @@ impl H1Conn {
 
     /// `false` when the backend closed the connection (or sent something unasked) while it
     /// was idle. Reads nothing unless the reactor saw the socket become readable.
-    pub(crate) fn is_open(&self) -> bool {
-        let mut cx = Context::from_waker(Waker::noop());
-        match self.io.poll_read_ready(&mut cx) {
-            Poll::Pending => true,
-            Poll::Ready(Err(_)) => false,
-            Poll::Ready(Ok(())) => {
-                let mut probe = [0u8; 1];
-                matches!(self.io.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
-            }
-        }
+    pub(crate) fn is_open(&mut self) -> bool {
+        self.io.is_open()
     }
 
     /// Starts sending `req`: encodes its head and writes it if the socket takes it now.
@@ -378,6 +370,8 @@ impl Outgoing {
         loop {
             let head = &conn.head[self.head_pos.min(conn.head.len())..];
             if head.is_empty() && self.queue.is_empty() {
+                // Over TLS, records the socket did not take yet wait in the session.
+                ready!(Pin::new(&mut conn.io).poll_flush(cx))?;
                 return Poll::Ready(Ok(()));
             }
             let mut slices = [IoSlice::new(&[]); MAX_IOVECS + 1];

@@ -1,8 +1,9 @@
 //! Upstream: connections to backend endpoints, pooled per worker.
 //!
 //! A pool is keyed by everything that changes a connection's identity ([`PoolKey`]: the
-//! endpoint address, the protocol spoken to it, and, for backend TLS later, the TLS profile
-//! and ALPN). HTTP/1.1 connections ([`h1`]) are kept idle in a bounded LIFO stack and reused
+//! endpoint address, the protocol spoken to it (which fixes the ALPN offer over TLS), and
+//! the identity of the backend TLS profile, so that a connection verified under one
+//! policy's roots and names is never reused for another, nor after they changed). HTTP/1.1 connections ([`h1`]) are kept idle in a bounded LIFO stack and reused
 //! one request at a time, driven by the task of the request that uses them; an HTTP/2 (h2c)
 //! connection (hyper's client, a task of its own) is shared by all requests to the endpoint.
 //! Endpoints of a backend are balanced by power-of-two-choices on in-flight requests.
@@ -14,12 +15,13 @@
 mod body;
 mod error;
 mod h1;
+mod io;
 
 use std::{
     collections::HashMap,
     net::SocketAddr,
     sync::{
-        atomic::{AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
         Arc, Mutex, MutexGuard,
     },
     time::{Duration, Instant},
@@ -34,10 +36,12 @@ use tokio::net::TcpStream;
 use tracing::debug;
 
 use self::h1::H1Conn;
+use crate::backend_tls::{self, Alpn, BackendTlsConfigs, Negotiated, ProfileIdentity, ProfileTls};
 use crate::worker::now_ms;
 
 pub use body::{BoxError, ReqBody, UpstreamBody};
 pub use error::UpstreamError;
+pub use io::BackendIo;
 
 /// Idle HTTP/1.1 connections kept per endpoint and worker; more are closed on return.
 pub const MAX_IDLE_PER_ENDPOINT: usize = 128;
@@ -58,15 +62,29 @@ pub enum Protocol {
     H2c,
 }
 
-/// Everything that changes a backend connection's identity. Backend TLS (a later stage)
-/// adds the TLS profile and the ALPN protocol here, so that connections verified under one
-/// policy are never reused for another.
+impl Protocol {
+    /// What is offered by ALPN over TLS: `http/1.1` for HTTP/1.1, `h2` (then
+    /// `http/1.1`, which is refused) for HTTP/2.
+    fn alpn(self) -> Alpn {
+        match self {
+            Protocol::Http1 => Alpn::Http1,
+            Protocol::H2c => Alpn::H2Http1,
+        }
+    }
+}
+
+/// Everything that changes a backend connection's identity: endpoint, protocol (and with
+/// it the ALPN offer), and the backend TLS profile's identity, so that connections
+/// verified under one policy are never reused for another, nor after its roots, names or
+/// client certificate changed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct PoolKey {
     /// Endpoint address.
     pub addr: SocketAddr,
     /// Protocol.
     pub protocol: Protocol,
+    /// `None`: plain TCP.
+    pub tls: Option<ProfileIdentity>,
 }
 
 /// The pools of one worker.
@@ -79,8 +97,12 @@ pub struct Upstreams {
 /// shared HTTP/2 connection.
 pub struct Endpoint {
     key: PoolKey,
+    /// The profile its connections are made and verified with (`None`: plain TCP).
+    tls: Option<Arc<ProfileTls>>,
     in_flight: AtomicUsize,
     last_used: AtomicU64,
+    /// Set when its TLS profile is gone: connections are no longer pooled.
+    retired: AtomicBool,
     idle: Mutex<Vec<Idle>>,
     h2: tokio::sync::Mutex<Option<http2::SendRequest<ReqBody>>>,
 }
@@ -106,21 +128,33 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Upstreams {
-    /// The state of one endpoint, created on first use.
-    pub fn endpoint(&self, key: PoolKey) -> Arc<Endpoint> {
+    /// The state of one endpoint, created on first use. `tls` must be the profile whose
+    /// identity is `key.tls`.
+    pub fn endpoint(&self, key: PoolKey, tls: Option<&Arc<ProfileTls>>) -> Arc<Endpoint> {
         let mut map = lock(&self.endpoints);
         map.entry(key)
-            .or_insert_with(|| Arc::new(Endpoint::new(key)))
+            .or_insert_with(|| Arc::new(Endpoint::new(key, tls.cloned())))
             .clone()
     }
 
     /// Power of two choices: of two endpoints drawn at random, the one with fewer requests
-    /// in flight on this worker. `None` when there is no endpoint.
-    pub fn pick(&self, addrs: &[SocketAddr], protocol: Protocol) -> Option<Arc<Endpoint>> {
-        let key = |addr: SocketAddr| PoolKey { addr, protocol };
+    /// in flight on this worker. `None` when there is no endpoint. With `tls`, the
+    /// endpoints' connections are TLS under that profile (pools of their own).
+    pub fn pick(
+        &self,
+        addrs: &[SocketAddr],
+        protocol: Protocol,
+        tls: Option<&Arc<ProfileTls>>,
+    ) -> Option<Arc<Endpoint>> {
+        let identity = tls.map(|t| t.identity());
+        let key = |addr: SocketAddr| PoolKey {
+            addr,
+            protocol,
+            tls: identity,
+        };
         match addrs.len() {
             0 => None,
-            1 => Some(self.endpoint(key(addrs[0]))),
+            1 => Some(self.endpoint(key(addrs[0]), tls)),
             n => {
                 let i = fastrand::usize(..n);
                 let mut j = fastrand::usize(..n - 1);
@@ -130,7 +164,7 @@ impl Upstreams {
                 let mut map = lock(&self.endpoints);
                 let mut get = |addr| {
                     map.entry(key(addr))
-                        .or_insert_with(|| Arc::new(Endpoint::new(key(addr))))
+                        .or_insert_with(|| Arc::new(Endpoint::new(key(addr), tls.cloned())))
                         .clone()
                 };
                 let a = get(addrs[i]);
@@ -152,11 +186,32 @@ impl Upstreams {
         let mut map = lock(&self.endpoints);
         map.retain(|_, e| {
             lock(&e.idle)
-                .retain(|i| now.duration_since(i.since) < IDLE_TIMEOUT && i.conn.is_open());
+                .retain_mut(|i| now.duration_since(i.since) < IDLE_TIMEOUT && i.conn.is_open());
             let idle_empty = lock(&e.idle).is_empty();
             let h2_empty = e.h2.try_lock().map(|g| g.is_none()).unwrap_or(false);
             let unused = now_ms.saturating_sub(e.last_used.load(Ordering::Relaxed)) > ttl;
             !(idle_empty && h2_empty && e.in_flight() == 0 && unused)
+        });
+    }
+
+    /// Retires the pools of TLS profiles that `configs` no longer serve (their roots,
+    /// names or client certificate changed, or the policy is gone): idle connections are
+    /// closed and the shared HTTP/2 connection dropped now; requests in flight on them
+    /// finish, and their connections are closed instead of pooled. New requests already
+    /// use pools keyed by the new identities.
+    pub fn retire_stale_tls(&self, configs: &BackendTlsConfigs) {
+        let mut map = lock(&self.endpoints);
+        map.retain(|key, e| {
+            let keep = key.tls.is_none_or(|id| configs.is_current(id));
+            if !keep {
+                e.retired.store(true, Ordering::Relaxed);
+                lock(&e.idle).clear();
+                if let Ok(mut h2) = e.h2.try_lock() {
+                    *h2 = None;
+                }
+                debug!(endpoint = %key.addr, "retired backend TLS pool of a changed profile");
+            }
+            keep
         });
     }
 
@@ -170,9 +225,12 @@ impl Upstreams {
 }
 
 impl Endpoint {
-    fn new(key: PoolKey) -> Self {
+    fn new(key: PoolKey, tls: Option<Arc<ProfileTls>>) -> Self {
+        debug_assert_eq!(key.tls, tls.as_ref().map(|t| t.identity()));
         Endpoint {
             key,
+            tls,
+            retired: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
             last_used: AtomicU64::new(now_ms()),
             idle: Mutex::new(Vec::new()),
@@ -201,7 +259,7 @@ impl Endpoint {
     /// The most recently used idle connection that is still open.
     fn checkout(&self) -> Option<H1Conn> {
         let mut idle = lock(&self.idle);
-        while let Some(i) = idle.pop() {
+        while let Some(mut i) = idle.pop() {
             if i.since.elapsed() < IDLE_TIMEOUT && i.conn.is_open() {
                 return Some(i.conn);
             }
@@ -210,12 +268,43 @@ impl Endpoint {
     }
 
     fn checkin(&self, conn: H1Conn) {
+        if self.retired.load(Ordering::Relaxed) {
+            return;
+        }
         let mut idle = lock(&self.idle);
         if idle.len() < MAX_IDLE_PER_ENDPOINT {
             idle.push(Idle {
                 conn,
                 since: Instant::now(),
             });
+        }
+    }
+
+    /// A connection for `alpn`: TCP, then TLS under the endpoint's profile when it has
+    /// one (a failed handshake or verification is an error, never a plain connection).
+    async fn connect_io(&self, alpn: Alpn) -> Result<BackendIo, UpstreamError> {
+        let tcp = self.connect_tcp().await?;
+        let Some(profile) = &self.tls else {
+            return Ok(BackendIo::Plain(tcp));
+        };
+        let addr = self.key.addr;
+        match profile
+            .connect(tcp, Some(addr), alpn, backend_tls::HANDSHAKE_TIMEOUT)
+            .await
+        {
+            Ok(stream) => Ok(BackendIo::Tls(Box::new(stream))),
+            Err(source) => {
+                tracing::warn!(
+                    endpoint = %addr,
+                    sni = ?profile.server_name(),
+                    error = %source,
+                    "backend TLS failed"
+                );
+                Err(UpstreamError::Tls {
+                    addr,
+                    source: Box::new(source),
+                })
+            }
         }
     }
 
@@ -234,7 +323,7 @@ impl Endpoint {
     /// A hyper HTTP/1.1 connection for an `Upgrade` request (hyper hands over the upgraded
     /// stream after a 101).
     async fn connect_upgrade(&self) -> Result<http1::SendRequest<ReqBody>, UpstreamError> {
-        let stream = self.connect_tcp().await?;
+        let stream = self.connect_io(Alpn::Http1).await?;
         let addr = self.key.addr;
         let (tx, conn) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
@@ -249,8 +338,14 @@ impl Endpoint {
     }
 
     async fn connect_h2(&self) -> Result<http2::SendRequest<ReqBody>, UpstreamError> {
-        let stream = self.connect_tcp().await?;
+        let stream = self.connect_io(Protocol::H2c.alpn()).await?;
         let addr = self.key.addr;
+        if let BackendIo::Tls(tls) = &stream {
+            if backend_tls::negotiated(tls) != Negotiated::H2 {
+                tracing::warn!(endpoint = %addr, "backend TLS: h2 offered and not chosen by ALPN");
+                return Err(UpstreamError::NoH2 { addr });
+            }
+        }
         let (tx, conn) = http2::Builder::new(TokioExecutor::new())
             .handshake(TokioIo::new(stream))
             .await
@@ -295,7 +390,7 @@ impl Endpoint {
             } else {
                 // Boxed: connecting is rare next to reuse, and its future would otherwise
                 // size the future of every request.
-                let conn = H1Conn::new(Box::pin(self.connect_tcp()).await?);
+                let conn = H1Conn::new(Box::pin(self.connect_io(Protocol::Http1.alpn())).await?);
                 match conn.start(req, self) {
                     Ok(exchange) => break exchange,
                     Err(not_sent) => {
@@ -378,13 +473,19 @@ mod tests {
         let ups = Upstreams::default();
         let a: SocketAddr = "127.0.0.1:1".parse().expect("addr");
         let b: SocketAddr = "127.0.0.1:2".parse().expect("addr");
-        let busy = ups.endpoint(PoolKey {
-            addr: a,
-            protocol: Protocol::Http1,
-        });
+        let busy = ups.endpoint(
+            PoolKey {
+                addr: a,
+                protocol: Protocol::Http1,
+                tls: None,
+            },
+            None,
+        );
         let _guards: Vec<InFlight> = (0..5).map(|_| busy.begin()).collect();
         for _ in 0..50 {
-            let picked = ups.pick(&[a, b], Protocol::Http1).expect("an endpoint");
+            let picked = ups
+                .pick(&[a, b], Protocol::Http1, None)
+                .expect("an endpoint");
             assert_eq!(picked.key().addr, b);
         }
     }
@@ -392,10 +493,14 @@ mod tests {
     #[test]
     fn in_flight_counts_drop_with_their_guard() {
         let ups = Upstreams::default();
-        let e = ups.endpoint(PoolKey {
-            addr: "127.0.0.1:3".parse().expect("addr"),
-            protocol: Protocol::H2c,
-        });
+        let e = ups.endpoint(
+            PoolKey {
+                addr: "127.0.0.1:3".parse().expect("addr"),
+                protocol: Protocol::H2c,
+                tls: None,
+            },
+            None,
+        );
         let g = e.begin();
         assert_eq!(e.in_flight(), 1);
         drop(g);
@@ -404,6 +509,8 @@ mod tests {
 
     #[test]
     fn no_endpoint_picks_nothing() {
-        assert!(Upstreams::default().pick(&[], Protocol::Http1).is_none());
+        assert!(Upstreams::default()
+            .pick(&[], Protocol::Http1, None)
+            .is_none());
     }
 }
