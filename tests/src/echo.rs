@@ -11,8 +11,11 @@
 //! `responseCode` to the first `succeedAfter` requests carrying `uuid`.
 //!
 //! [`Echo::start_tls`] serves the same over TLS (HTTP/1.1 or h2 by ALPN) and fills `tls`
-//! with the SNI (`serverName`) and ALPN (`negotiatedProtocol`) it saw: the backend of a
-//! passthrough route.
+//! with what it saw of the connection: the SNI (`serverName`), the ALPN
+//! (`negotiatedProtocol`), whether the handshake was `Full` or `Resumed` (`handshakeKind`)
+//! and the client certificate's SHA-256 (`clientCertificate`, null without one): the
+//! backend of a passthrough route or of a BackendTLSPolicy. [`Echo::start_tls_with`] can
+//! require client certificates and refuse resumption.
 //!
 //! [`TcpEcho`] speaks a line protocol over plain TCP or TLS (told apart by the first
 //! byte), reporting per line whether the bytes arrived encrypted and which SNI they
@@ -46,7 +49,7 @@ use tokio::{
 };
 use tokio_rustls::TlsAcceptor;
 
-use crate::tls::Leaf;
+use crate::tls::{sha256_hex, Leaf, ServerOptions};
 
 /// The runtime every in-process backend and test client runs on.
 pub fn runtime() -> &'static tokio::runtime::Runtime {
@@ -87,9 +90,19 @@ impl Echo {
     /// Starts an echo backend named `name` that speaks TLS only, with `cert` (ALPN h2,
     /// http/1.1); its answers carry the SNI and ALPN it saw.
     pub fn start_tls(name: &str, cert: &Leaf) -> Echo {
+        Self::start_tls_with(name, cert, &ServerOptions::default())
+    }
+
+    /// [`Echo::start_tls`] with `options` (client certificates, resumption); ALPN `h2`,
+    /// `http/1.1` when `options.alpn` is empty.
+    pub fn start_tls_with(name: &str, cert: &Leaf, options: &ServerOptions<'_>) -> Echo {
+        let mut options = options.clone();
+        if options.alpn.is_empty() {
+            options.alpn = vec![b"h2", b"http/1.1"];
+        }
         Self::start_with(
             name,
-            Some(TlsAcceptor::from(cert.server_config(&[b"h2", b"http/1.1"]))),
+            Some(TlsAcceptor::from(cert.server_config_with(&options))),
         )
     }
 
@@ -128,6 +141,13 @@ impl Echo {
                                 "negotiatedProtocol": session
                                     .alpn_protocol()
                                     .map(|p| String::from_utf8_lossy(p).into_owned()),
+                                "handshakeKind": session
+                                    .handshake_kind()
+                                    .map(|k| format!("{k:?}")),
+                                "clientCertificate": session
+                                    .peer_certificates()
+                                    .and_then(|c| c.first())
+                                    .map(|c| sha256_hex(c.as_ref())),
                             });
                             serve_echo(stream, state, Some(Arc::new(seen))).await;
                         }

@@ -101,7 +101,8 @@ impl Infra {
         self.add_started(ns, name, echo, None)
     }
 
-    fn add_started(
+    /// Adds a started echo backend behind a new Service whose port has `app_protocol`.
+    pub fn add_started(
         &mut self,
         ns: &str,
         name: &str,
@@ -120,6 +121,33 @@ impl Infra {
         self.yaml.push_str(&service(ns, name, &[addr], None));
     }
 
+    /// Adds a Service with several named ports, each `(name, service port, endpoint)`,
+    /// and one EndpointSlice carrying them all (the endpoints must share one address).
+    pub fn add_multi_port_service(
+        &mut self,
+        ns: &str,
+        name: &str,
+        ports: &[(&str, u16, SocketAddr)],
+    ) {
+        let svc_ports: Vec<String> = ports
+            .iter()
+            .map(|(n, p, _)| format!("{{name: {n}, port: {p}}}"))
+            .collect();
+        let slice_ports: Vec<String> = ports
+            .iter()
+            .map(|(n, _, a)| format!("{{name: {n}, port: {}}}", a.port()))
+            .collect();
+        let ip = ports
+            .first()
+            .map(|(_, _, a)| a.ip().to_string())
+            .unwrap_or_else(|| "127.0.0.1".to_string());
+        self.yaml.push_str(&format!(
+            "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  ports: [{}]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {name}-0, namespace: {ns}, labels: {{kubernetes.io/service-name: {name}}}}}\naddressType: IPv4\nports: [{}]\nendpoints: [{{addresses: ['{ip}']}}]\n",
+            svc_ports.join(", "),
+            slice_ports.join(", ")
+        ));
+    }
+
     /// The echo behind a Service.
     pub fn echo(&self, name: &str) -> &Echo {
         self.echoes
@@ -131,13 +159,24 @@ impl Infra {
 
     /// Starts gatewayd on these backends plus `manifests`.
     pub fn serve(&self, manifests: &[&str]) -> Served {
+        self.serve_with(manifests, &ServeOptions::default())
+    }
+
+    /// [`Infra::serve`] with `options`.
+    pub fn serve_with(&self, manifests: &[&str], options: &ServeOptions) -> Served {
+        Served::start_with(&self.manifest(manifests), options).unwrap_or_else(|e| panic!("{e:#}"))
+    }
+
+    /// The whole manifest gatewayd is given: these backends plus `manifests` (to rewrite
+    /// [`Served::config`] with).
+    pub fn manifest(&self, manifests: &[&str]) -> String {
         let mut all = self.yaml.clone();
         for m in manifests {
             all.push_str("---\n");
             all.push_str(m);
             all.push('\n');
         }
-        Served::start(&all).unwrap_or_else(|e| panic!("{e:#}"))
+        all
     }
 }
 
@@ -164,14 +203,51 @@ pub struct Served {
     _dir: tempfile::TempDir,
 }
 
+/// How [`Served`] starts gatewayd.
+#[derive(Clone, Debug)]
+pub struct ServeOptions {
+    /// `--workers` (2 by default).
+    pub workers: usize,
+    /// Extra environment variables (e.g. `SSL_CERT_FILE`).
+    pub env: Vec<(String, String)>,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions {
+            workers: 2,
+            env: Vec::new(),
+        }
+    }
+}
+
 impl Served {
     /// Writes `yaml`, starts `gatewayd run --ebpf off`, and waits for `/readyz`.
     pub fn start(yaml: &str) -> anyhow::Result<Served> {
+        Self::start_with(yaml, &ServeOptions::default())
+    }
+
+    /// [`Served::start`] with `options`.
+    pub fn start_with(yaml: &str, options: &ServeOptions) -> anyhow::Result<Served> {
         let dir = tempfile::tempdir()?;
         let config = crate::write_config(dir.path(), "gateway.yaml", yaml);
         let config_arg = config.to_string_lossy().into_owned();
-        let mut gw =
-            Gatewayd::start(&["--config", &config_arg, "--ebpf", "off", "--workers", "2"])?;
+        let workers = options.workers.to_string();
+        let mut cmd = std::process::Command::new(crate::gatewayd_bin());
+        for (k, v) in &options.env {
+            cmd.env(k, v);
+        }
+        let mut gw = Gatewayd::start_with(
+            cmd,
+            &[
+                "--config",
+                &config_arg,
+                "--ebpf",
+                "off",
+                "--workers",
+                &workers,
+            ],
+        )?;
         gw.wait_healthy()?;
         let served = Served {
             gw,
@@ -196,6 +272,63 @@ impl Served {
             }
         }
     }
+
+    /// Replaces the manifest file's content (gatewayd reloads it on the change). Written
+    /// to a temporary file and renamed over, so the reload never sees half a file.
+    pub fn rewrite(&self, yaml: &str) {
+        let tmp = self.config.with_extension("yaml.new");
+        std::fs::write(&tmp, yaml).expect("invariant: the test's temp dir is writable");
+        std::fs::rename(&tmp, &self.config).expect("invariant: rename within one directory");
+    }
+
+    /// `GET /status`, parsed.
+    pub fn status(&self) -> serde_json::Value {
+        let r = self.gw.get("/status").expect("GET /status");
+        serde_json::from_str(&r.body).expect("/status is JSON")
+    }
+
+    /// The value of one `/metrics` sample, by its exact name and labels as printed (e.g.
+    /// `gatewayd_backend_tls_handshakes_total{kind="resumed"}`); 0 when absent.
+    pub fn metric(&self, sample: &str) -> f64 {
+        let r = self.gw.get("/metrics").expect("GET /metrics");
+        r.body
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .find_map(|l| {
+                let (name, value) = l.rsplit_once(' ')?;
+                (name == sample).then(|| value.parse().ok()).flatten()
+            })
+            .unwrap_or(0.0)
+    }
+}
+
+/// The object of `kind` named `name` in a `/status` document.
+pub fn status_item<'s>(
+    status: &'s serde_json::Value,
+    kind: &str,
+    name: &str,
+) -> &'s serde_json::Value {
+    status["items"]
+        .as_array()
+        .and_then(|items| {
+            items
+                .iter()
+                .find(|i| i["kind"] == kind && i["metadata"]["name"] == name)
+        })
+        .unwrap_or_else(|| panic!("{kind} {name} not in /status: {status}"))
+}
+
+/// A condition of `type_` among `conditions`: `(status, reason, observedGeneration)`.
+pub fn condition_of(conditions: &serde_json::Value, type_: &str) -> (String, String, i64) {
+    let c = conditions
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == type_))
+        .unwrap_or_else(|| panic!("no {type_} condition in {conditions}"));
+    (
+        c["status"].as_str().unwrap_or_default().to_string(),
+        c["reason"].as_str().unwrap_or_default().to_string(),
+        c["observedGeneration"].as_i64().unwrap_or(-1),
+    )
 }
 
 /// A free port for a listener.
@@ -436,4 +569,135 @@ pub fn check_all(addr: SocketAddr, cases: &[(Req, Expect<'_>)]) {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// A Gateway in the infra namespace on 127.0.0.1 with `listeners` (from
+/// [`http_listener`], [`https_listener`], [`tls_terminate_listener`]) and, when given,
+/// `spec.tls` as a YAML flow mapping (e.g. `{backend: {clientCertificateRef: {name: c}}}`).
+pub fn gateway(name: &str, listeners: &[String], tls: Option<&str>) -> String {
+    let tls = tls.map_or(String::new(), |t| format!("  tls: {t}\n"));
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: {name}, namespace: {INFRA}}}\nspec:\n  gatewayClassName: gatewayd\n  addresses: [{{type: IPAddress, value: 127.0.0.1}}]\n{tls}  listeners:\n{}",
+        listeners.concat()
+    )
+}
+
+/// An HTTP listener accepting routes of its namespace.
+pub fn http_listener(name: &str, port: u16) -> String {
+    format!("  - {{name: {name}, port: {port}, protocol: HTTP, allowedRoutes: {{namespaces: {{from: Same}}}}}}\n")
+}
+
+/// An HTTPS listener terminating with the `kubernetes.io/tls` Secret `secret`.
+pub fn https_listener(name: &str, port: u16, secret: &str) -> String {
+    format!("  - {{name: {name}, port: {port}, protocol: HTTPS, allowedRoutes: {{namespaces: {{from: Same}}}}, tls: {{certificateRefs: [{{name: {secret}}}]}}}}\n")
+}
+
+/// A TLS listener in Terminate mode for TLSRoutes, with the Secret `secret`.
+pub fn tls_terminate_listener(name: &str, port: u16, secret: &str) -> String {
+    format!("  - {{name: {name}, port: {port}, protocol: TLS, allowedRoutes: {{namespaces: {{from: Same}}, kinds: [{{kind: TLSRoute}}]}}, tls: {{mode: Terminate, certificateRefs: [{{name: {secret}}}]}}}}\n")
+}
+
+/// A BackendTLSPolicy in the infra namespace. `targets`: Service names, `name#section`
+/// for one port; `validation`: the `spec.validation` flow mapping; `metadata`: extra
+/// metadata entries (e.g. `generation: 2, creationTimestamp: '2024-01-01T00:00:00Z'`).
+pub fn backend_tls_policy(
+    name: &str,
+    metadata: &str,
+    targets: &[&str],
+    validation: &str,
+) -> String {
+    let metadata = if metadata.is_empty() {
+        String::new()
+    } else {
+        format!(", {metadata}")
+    };
+    let targets: Vec<String> = targets
+        .iter()
+        .map(|t| match t.split_once('#') {
+            Some((svc, section)) => {
+                format!("{{group: '', kind: Service, name: {svc}, sectionName: {section}}}")
+            }
+            None => format!("{{group: '', kind: Service, name: {t}}}"),
+        })
+        .collect();
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: BackendTLSPolicy\nmetadata: {{name: {name}, namespace: {INFRA}{metadata}}}\nspec:\n  targetRefs: [{}]\n  validation: {validation}\n",
+        targets.join(", ")
+    )
+}
+
+/// The `validation` of a policy trusting the CA ConfigMap `config_map` for `hostname`.
+pub fn validate_with(config_map: &str, hostname: &str) -> String {
+    format!("{{caCertificateRefs: [{{group: '', kind: ConfigMap, name: {config_map}}}], hostname: {hostname}}}")
+}
+
+/// An HTTPRoute in the infra namespace: `parents` the parentRefs flow list items (e.g.
+/// `{name: gw}`), each rule `(exact path or "" for any, Service, port)`.
+pub fn http_route(name: &str, parents: &[&str], rules: &[(&str, &str, u16)]) -> String {
+    let mut out = format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: {name}, namespace: {INFRA}}}\nspec:\n  parentRefs: [{}]\n  rules:\n",
+        parents.join(", ")
+    );
+    for (path, svc, port) in rules {
+        if path.is_empty() {
+            out.push_str(&format!(
+                "  - backendRefs: [{{name: {svc}, port: {port}}}]\n"
+            ));
+        } else {
+            out.push_str(&format!(
+                "  - matches: [{{path: {{type: Exact, value: '{path}'}}}}]\n    backendRefs: [{{name: {svc}, port: {port}}}]\n"
+            ));
+        }
+    }
+    out
+}
+
+/// `(status, reason, observedGeneration)` of a BackendTLSPolicy's condition for its
+/// ancestor Gateway `gw`.
+pub fn policy_condition(
+    status: &serde_json::Value,
+    policy: &str,
+    gw: &str,
+    type_: &str,
+) -> (String, String, i64) {
+    let p = status_item(status, "BackendTLSPolicy", policy);
+    let ancestor = p["status"]["ancestors"]
+        .as_array()
+        .and_then(|a| a.iter().find(|a| a["ancestorRef"]["name"] == gw))
+        .unwrap_or_else(|| panic!("BackendTLSPolicy {policy} has no ancestor {gw}: {p}"));
+    condition_of(&ancestor["conditions"], type_)
+}
+
+/// `(status, reason, observedGeneration)` of a route's condition for its parent `gw`.
+pub fn route_condition(
+    status: &serde_json::Value,
+    kind: &str,
+    route: &str,
+    gw: &str,
+    type_: &str,
+) -> (String, String, i64) {
+    let r = status_item(status, kind, route);
+    let parent = r["status"]["parents"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["parentRef"]["name"] == gw))
+        .unwrap_or_else(|| panic!("{kind} {route} has no parent {gw}: {r}"));
+    condition_of(&parent["conditions"], type_)
+}
+
+/// Polls `f` every 20 ms until it returns `Some`, for at most `limit`; returns the value
+/// and how long it took, or `None` with the last try's description.
+pub fn wait_for<T>(
+    limit: Duration,
+    mut f: impl FnMut() -> Result<T, String>,
+) -> Result<(T, Duration), String> {
+    let start = Instant::now();
+    loop {
+        match f() {
+            Ok(v) => return Ok((v, start.elapsed())),
+            Err(last) if start.elapsed() > limit => {
+                return Err(format!("not within {limit:?}: {last}"))
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
 }

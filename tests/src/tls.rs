@@ -17,12 +17,14 @@ use http_body_util::{BodyExt as _, Full};
 use hyper::Request;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    string::Ia5String, BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, SanType,
 };
 use rustls::{
     client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
     crypto::CryptoProvider,
     pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime},
+    server::{NoServerSessionStorage, WebPkiClientVerifier},
     ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
 };
 use tokio::{
@@ -91,14 +93,43 @@ impl Ca {
     }
 
     fn leaf(&self, names: &[&str], eku: ExtendedKeyUsagePurpose) -> Leaf {
+        let sans: Vec<San<'_>> = names.iter().map(|n| San::Dns(n)).collect();
+        self.leaf_with(&sans, eku, None)
+    }
+
+    fn leaf_with(
+        &self,
+        sans: &[San<'_>],
+        eku: ExtendedKeyUsagePurpose,
+        validity: Option<(i32, i32)>,
+    ) -> Leaf {
         let key = KeyPair::generate().expect("invariant: rcgen makes a P-256 key");
         let mut params =
-            CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-                .expect("invariant: the test names valid DNS names");
-        if let Some(first) = names.first() {
-            params.distinguished_name.push(DnType::CommonName, *first);
-        }
+            CertificateParams::new(Vec::<String>::new()).expect("invariant: no names to check");
+        params.subject_alt_names = sans
+            .iter()
+            .map(|san| match san {
+                San::Dns(d) => SanType::DnsName(
+                    Ia5String::try_from(d.to_string()).expect("invariant: an ASCII DNS name"),
+                ),
+                San::Uri(u) => SanType::URI(
+                    Ia5String::try_from(u.to_string()).expect("invariant: an ASCII URI"),
+                ),
+            })
+            .collect();
+        let cn = sans
+            .iter()
+            .find_map(|s| match s {
+                San::Dns(d) => Some(*d),
+                San::Uri(_) => None,
+            })
+            .unwrap_or("uri-only leaf");
+        params.distinguished_name.push(DnType::CommonName, cn);
         params.extended_key_usages = vec![eku];
+        if let Some((from, until)) = validity {
+            params.not_before = rcgen::date_time_ymd(from, 1, 1);
+            params.not_after = rcgen::date_time_ymd(until, 1, 1);
+        }
         let cert = params
             .signed_by(&key, &self.issuer)
             .expect("invariant: the CA signs");
@@ -115,18 +146,74 @@ impl Ca {
         self.leaf(names, ExtendedKeyUsagePurpose::ServerAuth)
     }
 
+    /// A server certificate with exactly these subject alternative names (DNS and URI).
+    pub fn server_sans(&self, sans: &[San<'_>]) -> Leaf {
+        self.leaf_with(sans, ExtendedKeyUsagePurpose::ServerAuth, None)
+    }
+
+    /// A server certificate for `names` valid from January 1st of `from` to January 1st
+    /// of `until` (years): an expired one when `until` is past.
+    pub fn server_valid(&self, names: &[&str], from: i32, until: i32) -> Leaf {
+        let sans: Vec<San<'_>> = names.iter().map(|n| San::Dns(n)).collect();
+        self.leaf_with(
+            &sans,
+            ExtendedKeyUsagePurpose::ServerAuth,
+            Some((from, until)),
+        )
+    }
+
     /// A client certificate.
     pub fn client(&self, name: &str) -> Leaf {
         self.leaf(&[name], ExtendedKeyUsagePurpose::ClientAuth)
     }
 
+    /// A root store holding this CA alone.
+    pub fn roots(&self) -> RootCertStore {
+        let mut roots = RootCertStore::empty();
+        roots
+            .add(self.cert.clone())
+            .expect("invariant: rcgen CAs are valid roots");
+        roots
+    }
+
     /// A `ConfigMap` holding this CA as `ca.crt`.
     pub fn config_map(&self, ns: &str, name: &str) -> String {
-        format!(
-            "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {name}, namespace: {ns}}}\ndata:\n  ca.crt: |\n{}",
-            indent(&self.pem(), 4)
-        )
+        ca_config_map(ns, name, &[self])
     }
+}
+
+/// A subject alternative name of a test certificate.
+#[derive(Clone, Copy, Debug)]
+pub enum San<'a> {
+    /// A DNS name.
+    Dns(&'a str),
+    /// A URI (e.g. a SPIFFE id).
+    Uri(&'a str),
+}
+
+/// A `ConfigMap` whose `ca.crt` is the bundle of `cas` (empty: a ConfigMap with a `ca.crt`
+/// that holds no certificate).
+pub fn ca_config_map(ns: &str, name: &str, cas: &[&Ca]) -> String {
+    let bundle: String = cas.iter().map(|c| c.pem()).collect();
+    let value = if bundle.is_empty() {
+        " \"\"\n".to_string()
+    } else {
+        format!(" |\n{}", indent(&bundle, 4))
+    };
+    format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {name}, namespace: {ns}}}\ndata:\n  ca.crt:{value}"
+    )
+}
+
+/// How a test TLS server (a backend) behaves beyond its certificate.
+#[derive(Clone, Default)]
+pub struct ServerOptions<'a> {
+    /// ALPN protocols offered, in preference order.
+    pub alpn: Vec<&'a [u8]>,
+    /// Require a client certificate issued by this CA.
+    pub client_ca: Option<&'a Ca>,
+    /// Refuse resumption (no session cache, no TLS 1.3 tickets): every handshake is full.
+    pub no_resumption: bool,
 }
 
 impl Leaf {
@@ -141,15 +228,62 @@ impl Leaf {
 
     /// A rustls server config serving this chain, with `alpn`.
     pub fn server_config(&self, alpn: &[&[u8]]) -> Arc<rustls::ServerConfig> {
-        let mut c = rustls::ServerConfig::builder_with_provider(provider())
+        self.server_config_with(&ServerOptions {
+            alpn: alpn.to_vec(),
+            ..ServerOptions::default()
+        })
+    }
+
+    /// A rustls server config serving this chain as `options` say.
+    pub fn server_config_with(&self, options: &ServerOptions<'_>) -> Arc<rustls::ServerConfig> {
+        let builder = rustls::ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
-            .expect("invariant: the default versions are supported")
-            .with_no_client_auth()
+            .expect("invariant: the default versions are supported");
+        let builder = match options.client_ca {
+            None => builder.with_no_client_auth(),
+            Some(ca) => builder.with_client_cert_verifier(
+                WebPkiClientVerifier::builder_with_provider(Arc::new(ca.roots()), provider())
+                    .build()
+                    .expect("invariant: one valid root"),
+            ),
+        };
+        let mut c = builder
             .with_single_cert(self.chain.clone(), self.key.clone_key())
             .expect("invariant: the key matches the certificate");
-        c.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        c.alpn_protocols = options.alpn.iter().map(|p| p.to_vec()).collect();
+        if options.no_resumption {
+            c.session_storage = Arc::new(NoServerSessionStorage {});
+            c.send_tls13_tickets = 0;
+        }
         Arc::new(c)
     }
+
+    /// SHA-256 of the leaf certificate, lower-case hex (as [`Echo`](crate::echo::Echo)
+    /// reports a client certificate).
+    pub fn fingerprint(&self) -> String {
+        sha256_hex(self.chain[0].as_ref())
+    }
+}
+
+/// SHA-256 of `bytes`, lower-case hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    let hash = provider()
+        .cipher_suites
+        .iter()
+        .find_map(|s| match s {
+            rustls::SupportedCipherSuite::Tls13(t)
+                if t.common.suite == rustls::CipherSuite::TLS13_AES_128_GCM_SHA256 =>
+            {
+                Some(t.common.hash_provider)
+            }
+            _ => None,
+        })
+        .expect("invariant: aws-lc-rs has TLS13_AES_128_GCM_SHA256");
+    hash.hash(bytes)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// How a test client verifies the server and authenticates itself.
@@ -194,13 +328,7 @@ impl ClientTls {
             .with_safe_default_protocol_versions()
             .expect("invariant: the default versions are supported");
         let b = match ca {
-            Some(ca) => {
-                let mut roots = RootCertStore::empty();
-                roots
-                    .add(ca.cert.clone())
-                    .expect("invariant: rcgen CAs are valid roots");
-                b.with_root_certificates(roots)
-            }
+            Some(ca) => b.with_root_certificates(ca.roots()),
             None => b
                 .dangerous()
                 .with_custom_certificate_verifier(Arc::new(AnyServerCert(provider()))),
