@@ -72,11 +72,25 @@ pub struct Leaf {
 impl Ca {
     /// A self-signed CA named `name` (ECDSA P-256).
     pub fn new(name: &str) -> Ca {
+        Self::with_validity(name, None)
+    }
+
+    /// A self-signed CA valid from January 1st of `from` to January 1st of `until`
+    /// (years): an expired CA when `until` is past.
+    pub fn valid(name: &str, from: i32, until: i32) -> Ca {
+        Self::with_validity(name, Some((from, until)))
+    }
+
+    fn with_validity(name: &str, validity: Option<(i32, i32)>) -> Ca {
         let key = KeyPair::generate().expect("invariant: rcgen makes a P-256 key");
         let mut params =
             CertificateParams::new(Vec::<String>::new()).expect("invariant: no names to check");
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.distinguished_name.push(DnType::CommonName, name);
+        if let Some((from, until)) = validity {
+            params.not_before = rcgen::date_time_ymd(from, 1, 1);
+            params.not_after = rcgen::date_time_ymd(until, 1, 1);
+        }
         let cert = params
             .self_signed(&key)
             .expect("invariant: a CA signs itself");

@@ -165,8 +165,10 @@ fn https_listener_reencrypts_to_the_backend() {
 }
 
 /// Every certificate the policy does not vouch for is refused with a 502: issued for
-/// another name, by another CA, expired, not yet valid; the good one next to them
-/// answers, and each refusal is counted.
+/// another name, by another CA, expired, not yet valid, or by a CA certificate that has
+/// itself expired (a CA outside its validity is no trust anchor); the good one next to
+/// them answers, and each refusal is counted. A plaintext backend gets 502 too, and no
+/// request.
 #[test]
 fn backend_certificates_the_policy_does_not_vouch_for_get_502() {
     let ca = Ca::new("backend CA");
@@ -179,8 +181,35 @@ fn backend_certificates_the_policy_does_not_vouch_for_get_502() {
         ("expired", ca.server_valid(&[HOST], 2015, 2020)),
         ("not-yet-valid", ca.server_valid(&[HOST], 2090, 2095)),
     ];
-    let mut docs = vec![ca.config_map(INFRA, "backend-ca")];
-    let mut rules = Vec::new();
+    let expired_ca = Ca::valid("expired CA", 2015, 2020);
+    infra.add_echo(
+        INFRA,
+        "expired-ca",
+        Echo::start_tls("expired-ca", &expired_ca.server_valid(&[HOST], 2016, 2090)),
+    );
+    let mut docs = vec![
+        ca.config_map(INFRA, "backend-ca"),
+        expired_ca.config_map(INFRA, "expired-ca"),
+        backend_tls_policy(
+            "policy-expired-ca",
+            "",
+            &["expired-ca"],
+            &validate_with("expired-ca", HOST),
+        ),
+    ];
+    // A plaintext HTTP backend under a policy: the gateway's ClientHello gets an HTTP
+    // error back, never a plaintext request.
+    infra.add(INFRA, "plaintext", None);
+    docs.push(backend_tls_policy(
+        "policy-plaintext",
+        "",
+        &["plaintext"],
+        &validate_with("backend-ca", HOST),
+    ));
+    let mut rules = vec![
+        ("/expired-ca".to_string(), "expired-ca".to_string()),
+        ("/plaintext".to_string(), "plaintext".to_string()),
+    ];
     for (name, leaf) in &backends {
         infra.add_echo(INFRA, name, Echo::start_tls(name, leaf));
         docs.push(backend_tls_policy(
@@ -203,9 +232,13 @@ fn backend_certificates_the_policy_does_not_vouch_for_get_502() {
     let refused_before =
         served.metric(r#"gatewayd_backend_tls_certificate_checks_total{result="refused"}"#);
     let mut failures = Vec::new();
-    for (name, _) in &backends {
+    let names = backends
+        .iter()
+        .map(|(n, _)| *n)
+        .chain(["expired-ca", "plaintext"]);
+    for name in names {
         let r = get(addr(port), &Req::get(&format!("/{name}")));
-        let want = if *name == "good" { 200 } else { 502 };
+        let want = if name == "good" { 200 } else { 502 };
         if r.status != want {
             failures.push(format!("{name}: want {want}, got {}", r.status));
         }
@@ -217,10 +250,10 @@ fn backend_certificates_the_policy_does_not_vouch_for_get_502() {
     let refused =
         served.metric(r#"gatewayd_backend_tls_certificate_checks_total{result="refused"}"#);
     assert!(
-        refused - refused_before >= 4.0,
+        refused - refused_before >= 5.0,
         "refused checks went from {refused_before} to {refused}"
     );
-    assert!(served.metric("gatewayd_backend_tls_handshake_failures_total") >= 4.0);
+    assert!(served.metric("gatewayd_backend_tls_handshake_failures_total") >= 5.0);
 }
 
 /// A CA ConfigMap rewritten empty: within a second of the file changing the policy is
@@ -757,4 +790,185 @@ fn the_verify_cache_serves_repeat_chains_until_the_roots_change() {
     );
     let (s, _, _) = policy_condition(&served.status(), "p", "same-namespace", "Accepted");
     assert_eq!(s, "True", "the policy itself is valid");
+}
+
+/// Sessions and connections established under roots that a reload removed are not
+/// used again: the next HTTP/1.1 connection does not resume the old session (a resumed
+/// handshake shows no certificate, so it would skip verification), and the pooled HTTP/2
+/// connection is not reused; both answer 502 once the backend's CA left the bundle.
+#[test]
+fn a_ca_change_neither_resumes_old_sessions_nor_reuses_old_connections() {
+    let ca = Ca::new("backend CA");
+    let other_ca = Ca::new("replacement CA");
+    let leaf = ca.server(&[HOST]);
+    let mut infra = Infra::new();
+    infra.add_echo(INFRA, "h1-backend", Echo::start_tls("h1-backend", &leaf));
+    infra.add_started(
+        INFRA,
+        "h2-backend",
+        Echo::start_tls("h2-backend", &leaf),
+        Some("kubernetes.io/h2c"),
+    );
+    let port = listener_port();
+    let manifest = |cas: &[&Ca]| {
+        infra.manifest(&[
+            &same_namespace_gateway(port),
+            &http_route(
+                "r",
+                &["{name: same-namespace}"],
+                &[("/h1", "h1-backend", 8080), ("/h2", "h2-backend", 8080)],
+            ),
+            &ca_config_map(INFRA, "backend-ca", cas),
+            &backend_tls_policy(
+                "p",
+                "",
+                &["h1-backend", "h2-backend"],
+                &validate_with("backend-ca", HOST),
+            ),
+        ])
+    };
+    let served = Served::start_with(
+        &manifest(&[&ca]),
+        &ServeOptions {
+            workers: 1,
+            ..ServeOptions::default()
+        },
+    )
+    .expect("gatewayd starts");
+    // A session to resume, proven resumable under the current roots.
+    for kind in ["Full", "Resumed"] {
+        let r = get(addr(port), &closing("/h1"));
+        assert_eq!(
+            outcome(&r),
+            ok_from("h1-backend", HOST),
+            "{}",
+            served.gw.stderr()
+        );
+        assert_eq!(r.json()["tls"]["handshakeKind"], kind);
+    }
+    let r = get(addr(port), &Req::get("/h2"));
+    assert_eq!(outcome(&r), ok_from("h2-backend", HOST));
+    assert_eq!(r.json()["tls"]["negotiatedProtocol"], "h2");
+    let h2_connections = infra.echo("h2-backend").connections();
+
+    served.rewrite(&manifest(&[&other_ca]));
+    wait_for(RELOAD_LIMIT, || {
+        match served.metric("gatewayd_backend_tls_verify_cache_chains") {
+            0.0 => Ok(()),
+            n => Err(format!("{n} chains cached")),
+        }
+    })
+    .expect("the reload replaces the verify cache");
+    let h1 = get(addr(port), &closing("/h1"));
+    assert_eq!(
+        h1.status,
+        502,
+        "HTTP/1.1 under removed roots: {:?}",
+        h1.json()["tls"]
+    );
+    let h2 = get(addr(port), &Req::get("/h2"));
+    assert_eq!(h2.status, 502, "HTTP/2 under removed roots");
+    assert!(
+        infra.echo("h2-backend").connections() > h2_connections,
+        "no new HTTP/2 connection was tried"
+    );
+}
+
+/// Each endpoint of a Service resumes its own sessions: with two backends behind one
+/// Service (each with its own session cache), every connection after an endpoint's
+/// first is resumed; a session store shared by the endpoints would offer one backend the
+/// other's session and fall back to full handshakes.
+#[test]
+fn each_endpoint_resumes_its_own_sessions() {
+    let ca = Ca::new("backend CA");
+    let leaf = ca.server(&[HOST]);
+    let a = Echo::start_tls("endpoint-a", &leaf);
+    let b = Echo::start_tls("endpoint-b", &leaf);
+    let mut infra = Infra::new();
+    infra.yaml.push_str(&gateway_tests::scenario::service(
+        INFRA,
+        "two-endpoints",
+        &[a.addr, b.addr],
+        None,
+    ));
+    let port = listener_port();
+    let served = infra.serve_with(
+        &[
+            &same_namespace_gateway(port),
+            &http_route(
+                "r",
+                &["{name: same-namespace}"],
+                &[("", "two-endpoints", 8080)],
+            ),
+            &ca.config_map(INFRA, "backend-ca"),
+            &backend_tls_policy(
+                "p",
+                "",
+                &["two-endpoints"],
+                &validate_with("backend-ca", HOST),
+            ),
+        ],
+        &ServeOptions {
+            workers: 1,
+            ..ServeOptions::default()
+        },
+    );
+    let mut kinds: Vec<(String, Vec<String>)> = Vec::new();
+    for _ in 0..12 {
+        let r = get(addr(port), &closing("/"));
+        assert_eq!(r.status, 200, "{}", served.gw.stderr());
+        let pod = r.backend().expect("an echo answered");
+        let kind = r.json()["tls"]["handshakeKind"]
+            .as_str()
+            .unwrap_or("?")
+            .to_string();
+        match kinds.iter_mut().find(|(p, _)| *p == pod) {
+            Some((_, ks)) => ks.push(kind),
+            None => kinds.push((pod, vec![kind])),
+        }
+    }
+    for (pod, ks) in &kinds {
+        assert_eq!(ks[0], "Full", "{pod}: {ks:?}");
+        assert!(
+            ks[1..].iter().all(|k| k == "Resumed"),
+            "{pod} did not resume: {ks:?} (all: {kinds:?})"
+        );
+    }
+    assert_eq!(a.connections() + b.connections(), 12);
+}
+
+/// A backend that accepts the connection but never answers the ClientHello: the
+/// handshake times out (5 s) and the client gets a 504.
+#[test]
+fn a_backend_that_never_completes_the_handshake_gets_504() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let silent_addr = silent.local_addr().expect("addr");
+    let held = std::thread::spawn(move || {
+        // Read (the ClientHello) and never answer, until the gateway gives up and closes.
+        let (mut conn, _) = silent.accept().expect("the gateway connects");
+        let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
+        let mut buf = [0u8; 1024];
+        while matches!(std::io::Read::read(&mut conn, &mut buf), Ok(n) if n > 0) {}
+    });
+    let ca = Ca::new("backend CA");
+    let mut infra = Infra::new();
+    infra.add_service(INFRA, "silent", silent_addr);
+    let port = listener_port();
+    let served = infra.serve(&[
+        &same_namespace_gateway(port),
+        &http_route("r", &["{name: same-namespace}"], &[("", "silent", 8080)]),
+        &ca.config_map(INFRA, "backend-ca"),
+        &backend_tls_policy("p", "", &["silent"], &validate_with("backend-ca", HOST)),
+    ]);
+    let start = std::time::Instant::now();
+    let r = get(addr(port), &Req::get("/"));
+    let took = start.elapsed();
+    assert_eq!(r.status, 504, "after {took:?}\n{}", served.gw.stderr());
+    assert!(
+        took >= Duration::from_secs(4) && took < Duration::from_secs(8),
+        "the handshake timeout is 5 s, took {took:?}"
+    );
+    assert!(served.metric("gatewayd_backend_tls_handshake_failures_total") >= 1.0);
+    drop(served);
+    let _ = held.join();
 }
