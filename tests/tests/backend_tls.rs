@@ -472,14 +472,16 @@ fn grpc_and_h2_backends_get_http2_over_tls_by_alpn() {
     assert_eq!(r.json()["proto"], "HTTP/2.0");
 }
 
-/// One line through a TLS listener in Terminate mode; every line the backend answered.
+/// One line through a TLS listener in Terminate mode, then a half-close; every line the
+/// backend answered.
 fn terminate_lines(gw: SocketAddr, ca: &Ca) -> Vec<serde_json::Value> {
     let text = runtime().block_on(async {
         let mut s = connect(gw, HOST, &ClientTls::new(ca))
             .await
             .expect("handshake with the gateway");
-        s.write_all(b"one\n").await.expect("write");
-        s.shutdown().await.expect("half-close");
+        // The gateway may already have closed (a refused backend): the lines read tell.
+        let _ = s.write_all(b"one\n").await;
+        let _ = s.shutdown().await;
         let mut all = String::new();
         let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut all)).await;
         all
