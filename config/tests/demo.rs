@@ -76,11 +76,11 @@ fn a_directory_is_read_recursively_and_every_problem_is_reported() {
     assert!(text.contains("b.yml:"), "{text}");
 }
 
-/// demo-tls.yaml with the Secret `cargo xtask demo` generates (here from test data):
-/// edge and passthrough share 127.0.0.1:19443 and the SNI chooses; the HTTP listener of
-/// demo.yaml redirects secure.demo.test there.
+/// demo-tls.yaml with the Secret and CA ConfigMap `cargo xtask demo` generates (here from
+/// test data): edge, re-encrypt and passthrough share 127.0.0.1:19443 and the SNI
+/// chooses; the HTTP listener of demo.yaml redirects secure.demo.test there.
 #[test]
-fn the_tls_demo_serves_edge_and_passthrough_on_one_port_and_redirects_to_it() {
+fn the_tls_demo_serves_edge_reencrypt_and_passthrough_on_one_port_and_redirects_to_it() {
     let examples = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples");
     let data = |f: &str| {
         std::fs::read_to_string(
@@ -96,9 +96,10 @@ fn the_tls_demo_serves_edge_and_passthrough_on_one_port_and_redirects_to_it() {
     std::fs::write(
         &secrets,
         format!(
-            "apiVersion: v1\nkind: Secret\nmetadata: {{name: demo-tls, namespace: demo}}\ntype: kubernetes.io/tls\nstringData:\n  tls.crt: |\n{}  tls.key: |\n{}",
+            "apiVersion: v1\nkind: Secret\nmetadata: {{name: demo-tls, namespace: demo}}\ntype: kubernetes.io/tls\nstringData:\n  tls.crt: |\n{}  tls.key: |\n{}---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: demo-ca, namespace: demo}}\ndata:\n  ca.crt: |\n{}",
             indent(&data("ec.crt")),
-            indent(&data("ec.sec1.key"))
+            indent(&data("ec.sec1.key")),
+            indent(&data("ec.crt"))
         ),
     )
     .expect("write");
@@ -111,6 +112,7 @@ fn the_tls_demo_serves_edge_and_passthrough_on_one_port_and_redirects_to_it() {
     for (kind, name, gw) in [
         ("HTTPRoute", "app-tls", "demo-tls"),
         ("HTTPRoute", "to-https", "demo"),
+        ("HTTPRoute", "reencrypt", "demo-tls"),
         ("TLSRoute", "pass", "demo-tls"),
     ] {
         let conds = c
@@ -147,6 +149,17 @@ fn the_tls_demo_serves_edge_and_passthrough_on_one_port_and_redirects_to_it() {
         .table
         .route_http(bind, "app.demo.test", "GET", "/", "", |_| None)
         .is_some());
+    let reencrypt = c
+        .table
+        .route_http(bind, "reencrypt.demo.test", "GET", "/", "", |_| None)
+        .expect("the re-encrypt route");
+    match &reencrypt.rule.backends[0].tls {
+        gateway_config::BackendTls::Profile(p) => {
+            assert_eq!(&*p.hostname, "backend.demo.test");
+            assert_eq!(p.policy.to_string(), "demo/reencrypt");
+        }
+        other => panic!("re-encrypt backend without a TLS profile: {other:?}"),
+    }
     let http = c
         .table
         .bind_for("127.0.0.1:18080".parse().expect("addr"))

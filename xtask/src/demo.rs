@@ -1,5 +1,5 @@
 //! `cargo xtask demo`: gatewayd on the example config, XDP on `lo`, some loopback traffic,
-//! then `/flows` and `/metrics`; edge TLS termination, passthrough and an HTTP -> HTTPS
+//! then `/flows` and `/metrics`; edge TLS termination, re-encrypt, passthrough and an HTTP -> HTTPS
 //! redirect shown with curl commands (certificates generated at start, see
 //! `demo_tls`); and gatewayd left running until Ctrl-C.
 
@@ -33,9 +33,18 @@ fn start_backend() -> anyhow::Result<()> {
 }
 
 fn serve_backend(mut stream: TcpStream) {
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+    // The whole head, however many segments it came in: closing with unread bytes would
+    // reset the connection instead of ending the response.
+    let mut got = Vec::new();
     let mut buf = [0u8; 4096];
-    let Ok(n) = stream.read(&mut buf) else { return };
-    let request = String::from_utf8_lossy(&buf[..n]);
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    let request = String::from_utf8_lossy(&got);
     let path = request.split_whitespace().nth(1).unwrap_or("/").to_owned();
     // What the gateway tells the backend about the client's connection.
     let header = |name: &str| {
@@ -54,11 +63,11 @@ fn serve_backend(mut stream: TcpStream) {
         header("host"),
         header("x-forwarded-proto")
     );
-    let _ = write!(
-        stream,
+    let response = format!(
         "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
     );
+    let _ = stream.write_all(response.as_bytes());
 }
 
 /// `GET path` over a fresh connection; returns the body.
@@ -66,10 +75,9 @@ pub fn http_get(addr: &str, path: &str) -> anyhow::Result<String> {
     let addr: SocketAddr = addr.parse().context("address")?;
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n"
-    )?;
+    // One write: `write!` on a socket sends each formatted piece separately.
+    let request = format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes())?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
     let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
@@ -99,6 +107,12 @@ fn wait_healthy(child: &mut Child) -> anyhow::Result<()> {
 pub fn demo(gatewayd: &Path, seconds: Option<u64>) -> anyhow::Result<()> {
     let config = workspace_root().join("config/examples/demo.yaml");
     let tls_config = workspace_root().join("config/examples/demo-tls.yaml");
+    if http_get(ADMIN, "/healthz").is_ok() {
+        bail!(
+            "something already answers on the demo's admin address {ADMIN} (a gatewayd from an \
+             earlier demo?); stop it first"
+        );
+    }
     let pki = demo_tls::generate()?;
     start_backend()?;
     demo_tls::start_backend(&pki)?;
@@ -118,6 +132,17 @@ pub fn demo(gatewayd: &Path, seconds: Option<u64>) -> anyhow::Result<()> {
         return Err(err);
     }
 
+    let result = show(&mut child, &pki, seconds);
+    if result.is_err() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    demo_tls::cleanup(&pki.dir);
+    result
+}
+
+/// Traffic, what the admin API shows of it, the TLS commands; then waits for gatewayd.
+fn show(child: &mut Child, pki: &demo_tls::Pki, seconds: Option<u64>) -> anyhow::Result<()> {
     eprintln!("\n== loopback traffic: 20 HTTP requests to the demo backend on {BACKEND}");
     for i in 0..20 {
         http_get(BACKEND, &format!("/demo/{i}"))?;
@@ -161,22 +186,18 @@ pub fn demo(gatewayd: &Path, seconds: Option<u64>) -> anyhow::Result<()> {
     println!("{}", http_get(ADMIN, "/status")?);
 
     println!(
-        "\n== TLS on 127.0.0.1:{}: edge termination and passthrough on one port, by SNI \
+        "\n== TLS on 127.0.0.1:{}: edge termination, re-encrypt and passthrough on one port, by SNI \
          (certificates generated in {})",
         demo_tls::TLS_PORT,
         pki.dir.display()
     );
-    if let Err(err) = demo_tls::show(&pki) {
-        let _ = child.kill();
-        demo_tls::cleanup(&pki.dir);
-        return Err(err);
-    }
+    demo_tls::show(pki)?;
 
     println!("\ngatewayd is running (admin on http://{ADMIN}). Try:");
     println!("  curl http://{ADMIN}/flows");
     println!("  curl http://{ADMIN}/metrics");
     println!("  curl http://{ADMIN}/status");
-    for (_, args) in demo_tls::commands(&pki) {
+    for (_, args) in demo_tls::commands(pki) {
         let line: Vec<String> = args.iter().map(|a| demo_tls::shell_quote(a)).collect();
         println!("  {}", line.join(" "));
     }
@@ -189,7 +210,6 @@ pub fn demo(gatewayd: &Path, seconds: Option<u64>) -> anyhow::Result<()> {
         None => println!("Ctrl-C stops it."),
     }
     let status = child.wait()?;
-    demo_tls::cleanup(&pki.dir);
     if !status.success() {
         bail!("gatewayd exited with {status}");
     }
