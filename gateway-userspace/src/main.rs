@@ -211,6 +211,20 @@ async fn serve(args: RunArgs, workers: usize) -> anyhow::Result<ExitCode> {
     {
         error!(error = %err, "detaching eBPF programs failed");
     }
+    if let Some(snapshot) = state.snapshot() {
+        let t = snapshot.backend_tls.totals();
+        if t.handshakes + t.handshake_failures > 0 {
+            info!(
+                handshakes = t.handshakes,
+                resumed = t.resumed,
+                failed = t.handshake_failures,
+                full_validations = t.full_validations,
+                verify_cache_hits = t.cache_hits,
+                refused = t.verify_failures,
+                "backend TLS since start"
+            );
+        }
+    }
     info!("stopped");
     Ok(ExitCode::SUCCESS)
 }

@@ -290,10 +290,12 @@ impl hyper::service::Service<Request<Incoming>> for Service {
         let guard = RequestGuard::new(&self.conn.activity);
         let ctx = self.ctx.clone();
         let conn = self.conn.clone();
-        Box::pin(async move {
-            let resp = proxy::handle(&ctx, &conn, req).await;
+        let grpc = super::forward::is_grpc(req.headers());
+        let fut = async move {
+            let resp = proxy::respond_with(proxy::proxy(&ctx, &conn, req, grpc).await, grpc);
             Ok(resp.map(|body| body.with_guard(guard)))
-        })
+        };
+        Box::pin(fut)
     }
 }
 

@@ -8,6 +8,7 @@
 
 pub mod body;
 pub mod conn;
+mod deadline;
 pub mod error;
 pub mod filter;
 pub mod forward;

@@ -21,12 +21,13 @@ use tracing::debug;
 use super::{
     body::RespBody,
     conn::ConnInfo,
+    deadline::{Deadline, Elapsed},
     error::{respond, ProxyError},
     filter, forward, MAX_HEADERS, MAX_HEADER_BLOCK, MAX_URI,
 };
 use crate::{
     backend_tls::{BackendTlsError, ProfileTls},
-    upstream::{Protocol, ReqBody, UpstreamBody},
+    upstream::{Endpoint, Protocol, ReqBody, UpstreamBody, UpstreamError},
     worker::{View, WorkerCtx},
 };
 
@@ -35,14 +36,12 @@ const MIRROR_TIMEOUT: Duration = Duration::from_secs(30);
 /// Pause between retries when the rule gives no `backoff`.
 const DEFAULT_BACKOFF: Duration = Duration::from_millis(10);
 
-/// Handles one request; never fails (errors become responses).
-pub async fn handle(
-    ctx: &WorkerCtx,
-    conn: &ConnInfo,
-    req: Request<Incoming>,
+/// The response for `proxy`'s result.
+pub fn respond_with(
+    result: Result<Response<RespBody>, ProxyError>,
+    grpc: bool,
 ) -> Response<RespBody> {
-    let grpc = forward::is_grpc(req.headers());
-    match proxy(ctx, conn, req, grpc).await {
+    match result {
         Ok(resp) => resp,
         Err(err) => respond(&err, grpc),
     }
@@ -70,7 +69,17 @@ fn view_for(ctx: &WorkerCtx, conn: &ConnInfo) -> Arc<View> {
     }
 }
 
-async fn proxy(
+/// One request's route, filters and exchange; [`respond_with`] turns its error into a
+/// response. The caller (the connection's service) awaits this future itself.
+///
+/// The request path is a chain of futures (this, the exchange, the endpoint's send, the
+/// HTTP/1.1 exchange), and each layer is built and then moved into its parent: every
+/// byte of a layer is copied once per request per level above it. So the chain is kept
+/// short and flat: no wrapper layer above this one, timers only where configured
+/// ([`Deadline`]), rare paths (Upgrade, retries, connecting) boxed, and `attempt` and
+/// `Endpoint::send` plain functions returning their inner future instead of async layers
+/// of their own (4.7 KiB per request before, 2.7 KiB after; `docs/benchmarks.md`).
+pub async fn proxy(
     ctx: &WorkerCtx,
     conn: &ConnInfo,
     mut req: Request<Incoming>,
@@ -195,13 +204,12 @@ async fn proxy(
         protocol,
         tls,
     };
-    let exchange = exchange(ctx, &target, parts, body, &plan, upgrade);
-    let resp = match deadline {
-        Some(at) => tokio::time::timeout_at(at, exchange)
-            .await
-            .map_err(|_| ProxyError::RequestTimeout)??,
-        None => exchange.await?,
-    };
+    let resp = Deadline::new(
+        deadline,
+        exchange(ctx, &target, parts, body, &plan, upgrade),
+    )
+    .await
+    .map_err(|_| ProxyError::RequestTimeout)??;
 
     let (mut parts, body) = resp.into_parts();
     if parts.status == StatusCode::SWITCHING_PROTOCOLS {
@@ -385,15 +393,34 @@ async fn exchange(
     plan: &Plan<'_>,
     upgrade: Option<hyper::upgrade::OnUpgrade>,
 ) -> Result<Response<UpstreamBody>, ProxyError> {
+    // The rare paths are boxed: inline, their states would size every request's future.
     if let Some(client) = upgrade {
-        return exchange_upgrade(ctx, target, parts, body, client).await;
+        return Box::pin(exchange_upgrade(ctx, target, parts, body, client)).await;
     }
     let retry = plan
         .retry
         .filter(|r| r.attempts > 0 && http_body::Body::is_end_stream(&body));
-    let Some(retry) = retry else {
-        return attempt(ctx, target, Request::from_parts(parts, body), plan).await;
-    };
+    match retry {
+        None => {
+            // Its own statement: a `?` temporary would stay in the state next to the
+            // future being awaited.
+            let sent = attempt(ctx, target, Request::from_parts(parts, body), plan)?;
+            attempted(sent.await)
+        }
+        Some(retry) => Box::pin(with_retries(ctx, target, parts, body, plan, retry)).await,
+    }
+}
+
+/// The rule's `retry`: attempts while the answer is one of its codes and repeating the
+/// request is safe.
+async fn with_retries(
+    ctx: &WorkerCtx,
+    target: &Target<'_>,
+    parts: Parts,
+    body: ReqBody,
+    plan: &Plan<'_>,
+    retry: &Retry,
+) -> Result<Response<UpstreamBody>, ProxyError> {
     let idempotent = matches!(
         parts.method,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
@@ -409,7 +436,10 @@ async fn exchange(
                 _ => break,
             },
         };
-        let result = attempt(ctx, target, req, plan).await;
+        let result = match attempt(ctx, target, req, plan) {
+            Ok(sent) => attempted(sent.await),
+            Err(err) => Err(err),
+        };
         if last {
             return result;
         }
@@ -441,24 +471,38 @@ fn copy_request(p: &Parts) -> Request<ReqBody> {
     req
 }
 
-async fn attempt(
+/// One try: picks an endpoint now and gives the exchange with it, under
+/// `timeouts.backendRequest`, for [`attempted`] (a plain function: see [`handle`]).
+fn attempt(
     ctx: &WorkerCtx,
     target: &Target<'_>,
     req: Request<ReqBody>,
     plan: &Plan<'_>,
-) -> Result<Response<UpstreamBody>, ProxyError> {
+) -> Result<
+    Deadline<
+        impl std::future::Future<Output = Result<Response<UpstreamBody>, UpstreamError>> + use<>,
+    >,
+    ProxyError,
+> {
     let endpoint = ctx
         .upstreams
         .pick(&target.service.endpoints, target.protocol, target.tls)
         .ok_or_else(|| no_endpoints(target.service))?;
     let guard = endpoint.begin();
-    let send = endpoint.send(req, guard);
-    match plan.timeouts.backend_request {
-        Some(limit) => tokio::time::timeout(limit, send)
-            .await
-            .map_err(|_| ProxyError::BackendTimeout)?
-            .map_err(Into::into),
-        None => send.await.map_err(Into::into),
+    let at = plan
+        .timeouts
+        .backend_request
+        .map(|limit| tokio::time::Instant::now() + limit);
+    Ok(Deadline::new(at, Endpoint::send(&endpoint, req, guard)))
+}
+
+/// What an [`attempt`] gave.
+fn attempted(
+    out: Result<Result<Response<UpstreamBody>, UpstreamError>, Elapsed>,
+) -> Result<Response<UpstreamBody>, ProxyError> {
+    match out {
+        Ok(result) => result.map_err(Into::into),
+        Err(Elapsed) => Err(ProxyError::BackendTimeout),
     }
 }
 

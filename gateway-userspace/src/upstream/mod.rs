@@ -19,6 +19,7 @@ mod io;
 
 use std::{
     collections::HashMap,
+    future::Future,
     net::SocketAddr,
     sync::{
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
@@ -33,6 +34,7 @@ use hyper::{
 };
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
+use tokio_util::either::Either;
 use tracing::debug;
 
 use self::h1::H1Conn;
@@ -362,27 +364,31 @@ impl Endpoint {
     /// pooled connection did not take (it was closing) goes on another connection; an
     /// error after the request was handed to a connection is returned (the caller decides
     /// whether retrying is safe).
-    pub async fn send(
+    ///
+    /// A plain function returning the protocol's own future: an async layer here would
+    /// keep a second copy of the request in the request's future.
+    pub fn send(
         self: &Arc<Self>,
         req: Request<ReqBody>,
         guard: InFlight,
-    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+    ) -> impl Future<Output = Result<Response<UpstreamBody>, UpstreamError>> + use<> {
         self.last_used.store(now_ms(), Ordering::Relaxed);
+        let this = self.clone();
         match self.key.protocol {
-            Protocol::Http1 => self.send_h1(req, guard).await,
-            Protocol::H2c => self.send_h2(req, guard).await,
+            Protocol::Http1 => Either::Left(Self::send_h1(this, req, guard)),
+            Protocol::H2c => Either::Right(Self::send_h2(this, req, guard)),
         }
     }
 
     async fn send_h1(
-        self: &Arc<Self>,
+        self: Arc<Self>,
         mut req: Request<ReqBody>,
         guard: InFlight,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
         let addr = self.key.addr;
         let exchange = loop {
             if let Some(conn) = self.checkout() {
-                match conn.start(req, self) {
+                match conn.start(req, &self) {
                     Ok(exchange) => break exchange,
                     // Not written: the connection was closing. Try another one.
                     Err(not_sent) => req = not_sent.req,
@@ -391,7 +397,7 @@ impl Endpoint {
                 // Boxed: connecting is rare next to reuse, and its future would otherwise
                 // size the future of every request.
                 let conn = H1Conn::new(Box::pin(self.connect_io(Protocol::Http1.alpn())).await?);
-                match conn.start(req, self) {
+                match conn.start(req, &self) {
                     Ok(exchange) => break exchange,
                     Err(not_sent) => {
                         return Err(UpstreamError::Reset {
@@ -412,7 +418,7 @@ impl Endpoint {
     }
 
     async fn send_h2(
-        self: &Arc<Self>,
+        self: Arc<Self>,
         req: Request<ReqBody>,
         guard: InFlight,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
