@@ -3,6 +3,7 @@
 
 pub mod echo;
 pub mod netns;
+pub mod reencrypt;
 pub mod scenario;
 pub mod tls;
 

@@ -20,7 +20,9 @@ use hyper_util::{
 
 use crate::{
     echo::{runtime, Echo},
-    free_port, http_get, Gatewayd,
+    free_port, http_get,
+    tls::Leaf,
+    Gatewayd,
 };
 
 /// The conformance suite's infrastructure namespace.
@@ -96,7 +98,12 @@ impl Infra {
         self.add_started(ns, name, Echo::start(name), app_protocol)
     }
 
-    /// Adds a started echo backend (e.g. [`Echo::start_tls`]) behind a new Service.
+    /// Adds a TLS echo backend ([`Echo::start_tls`]) with `cert` behind a new Service.
+    pub fn add_tls(&mut self, ns: &str, name: &str, cert: &Leaf) -> SocketAddr {
+        self.add_echo(ns, name, Echo::start_tls(name, cert))
+    }
+
+    /// Adds a started echo backend (e.g. [`Echo::start_tls_with`]) behind a new Service.
     pub fn add_echo(&mut self, ns: &str, name: &str, echo: Echo) -> SocketAddr {
         self.add_started(ns, name, echo, None)
     }
@@ -158,22 +165,22 @@ impl Infra {
     }
 
     /// Starts gatewayd on these backends plus `manifests`.
-    pub fn serve(&self, manifests: &[&str]) -> Served {
+    pub fn serve(&self, manifests: &[impl AsRef<str>]) -> Served {
         self.serve_with(manifests, &ServeOptions::default())
     }
 
     /// [`Infra::serve`] with `options`.
-    pub fn serve_with(&self, manifests: &[&str], options: &ServeOptions) -> Served {
+    pub fn serve_with(&self, manifests: &[impl AsRef<str>], options: &ServeOptions) -> Served {
         Served::start_with(&self.manifest(manifests), options).unwrap_or_else(|e| panic!("{e:#}"))
     }
 
     /// The whole manifest gatewayd is given: these backends plus `manifests` (to rewrite
     /// [`Served::config`] with).
-    pub fn manifest(&self, manifests: &[&str]) -> String {
+    pub fn manifest(&self, manifests: &[impl AsRef<str>]) -> String {
         let mut all = self.yaml.clone();
         for m in manifests {
             all.push_str("---\n");
-            all.push_str(m);
+            all.push_str(m.as_ref());
             all.push('\n');
         }
         all
@@ -210,6 +217,16 @@ pub struct ServeOptions {
     pub workers: usize,
     /// Extra environment variables (e.g. `SSL_CERT_FILE`).
     pub env: Vec<(String, String)>,
+}
+
+impl ServeOptions {
+    /// The defaults with `--workers workers`.
+    pub fn with_workers(workers: usize) -> ServeOptions {
+        ServeOptions {
+            workers,
+            ..ServeOptions::default()
+        }
+    }
 }
 
 impl Default for ServeOptions {
@@ -316,6 +333,31 @@ pub fn status_item<'s>(
                 .find(|i| i["kind"] == kind && i["metadata"]["name"] == name)
         })
         .unwrap_or_else(|| panic!("{kind} {name} not in /status: {status}"))
+}
+
+/// The status of the listener `listener` of Gateway `gw` in a `/status` document.
+pub fn listener_status<'s>(
+    status: &'s serde_json::Value,
+    gw: &str,
+    listener: &str,
+) -> &'s serde_json::Value {
+    let g = status_item(status, "Gateway", gw);
+    g["status"]["listeners"]
+        .as_array()
+        .and_then(|ls| ls.iter().find(|l| l["name"] == listener))
+        .unwrap_or_else(|| panic!("Gateway {gw} has no listener {listener}: {g}"))
+}
+
+/// `(status, reason, observedGeneration)` of the condition `type_` of Gateway `gw`.
+pub fn gateway_condition(
+    status: &serde_json::Value,
+    gw: &str,
+    type_: &str,
+) -> (String, String, i64) {
+    condition_of(
+        &status_item(status, "Gateway", gw)["status"]["conditions"],
+        type_,
+    )
 }
 
 /// A condition of `type_` among `conditions`: `(status, reason, observedGeneration)`.
@@ -633,12 +675,17 @@ pub fn validate_with(config_map: &str, hostname: &str) -> String {
 
 /// An HTTPRoute in the infra namespace: `parents` the parentRefs flow list items (e.g.
 /// `{name: gw}`), each rule `(exact path or "" for any, Service, port)`.
-pub fn http_route(name: &str, parents: &[&str], rules: &[(&str, &str, u16)]) -> String {
+pub fn http_route(
+    name: &str,
+    parents: &[&str],
+    rules: &[(impl AsRef<str>, impl AsRef<str>, u16)],
+) -> String {
     let mut out = format!(
         "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: {name}, namespace: {INFRA}}}\nspec:\n  parentRefs: [{}]\n  rules:\n",
         parents.join(", ")
     );
     for (path, svc, port) in rules {
+        let (path, svc) = (path.as_ref(), svc.as_ref());
         if path.is_empty() {
             out.push_str(&format!(
                 "  - backendRefs: [{{name: {svc}, port: {port}}}]\n"

@@ -13,13 +13,14 @@ use std::{io::Write as _, net::SocketAddr, time::Duration};
 
 use gateway_tests::{
     echo::{runtime, Echo, TcpEcho},
+    reencrypt::{reencrypt, routed, trusting},
     scenario::{
-        backend_tls_policy, condition_of, gateway, http_listener, http_route, https_listener,
+        backend_tls_policy, gateway, gateway_condition, http_listener, http_route, https_listener,
         listener_port, policy_condition, route_condition, same_namespace_gateway, send,
-        status_item, tls_terminate_listener, validate_with, wait_for, Infra, Reply, Req,
-        ServeOptions, Served, INFRA,
+        tls_terminate_listener, validate_with, wait_for, Infra, Reply, Req, ServeOptions, Served,
+        INFRA,
     },
-    tls::{ca_config_map, connect, https_send, Ca, ClientTls, ServerOptions},
+    tls::{connect, https_send, Ca, ClientTls, Leaf, ServerOptions},
 };
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
@@ -56,6 +57,30 @@ fn ok_from(backend: &str, sni: &str) -> (u16, Option<String>, Option<String>) {
     (200, Some(backend.to_string()), Some(sni.to_string()))
 }
 
+/// Adds a TLS echo backend with `leaf` behind a Service whose port has `appProtocol:
+/// kubernetes.io/h2c` (HTTP/2 to the backend; over TLS, negotiated by ALPN).
+fn add_h2c_tls(infra: &mut Infra, name: &str, leaf: &Leaf) {
+    infra.add_started(
+        INFRA,
+        name,
+        Echo::start_tls(name, leaf),
+        Some("kubernetes.io/h2c"),
+    );
+}
+
+/// Rewrites the manifest with a new CA bundle and waits for the reload to replace the
+/// verify cache (no chain cached).
+fn reload_with_new_roots(served: &Served, manifest: &str) {
+    served.rewrite(manifest);
+    wait_for(RELOAD_LIMIT, || {
+        match served.metric("gatewayd_backend_tls_verify_cache_chains") {
+            0.0 => Ok(()),
+            n => Err(format!("{n} chains cached")),
+        }
+    })
+    .expect("the reload replaces the verify cache");
+}
+
 /// The conformance `BackendTLSPolicy` scenario over the HTTP listener: the backend sees
 /// the policy's hostname as SNI and a verified TLS session (ALPN http/1.1), and the
 /// policy is Accepted with its references resolved.
@@ -64,23 +89,14 @@ fn http_to_a_tls_backend_sends_the_policy_hostname_as_sni_and_verifies_it() {
     let ca = Ca::new("backend-ca");
     let leaf = ca.server(&["backend.example.test"]);
     let mut infra = Infra::new();
-    infra.add_echo(INFRA, "tls-backend", Echo::start_tls("tls-backend", &leaf));
+    infra.add_tls(INFRA, "tls-backend", &leaf);
     let port = listener_port();
-    let served = infra.serve(&[
-        &same_namespace_gateway(port),
-        &http_route(
-            "r",
-            &["{name: same-namespace}"],
-            &[("", "tls-backend", 8080)],
-        ),
-        &ca.config_map(INFRA, "backend-ca"),
-        &backend_tls_policy(
-            "p",
-            "",
-            &["tls-backend"],
-            &validate_with("backend-ca", "backend.example.test"),
-        ),
-    ]);
+    let served = infra.serve(&[reencrypt(
+        port,
+        &[("", "tls-backend")],
+        &[&ca],
+        "backend.example.test",
+    )]);
     let reply = get(addr(port), &Req::get("/"));
     assert_eq!(reply.status, 200, "{}", served.gw.stderr());
     let json = reply.json();
@@ -104,11 +120,7 @@ fn https_listener_reencrypts_to_the_backend() {
     let gateway_ca = Ca::new("gateway CA");
     let backend_ca = Ca::new("backend CA");
     let mut infra = Infra::new();
-    infra.add_echo(
-        INFRA,
-        "tls-backend",
-        Echo::start_tls("tls-backend", &backend_ca.server(&[HOST])),
-    );
+    infra.add_tls(INFRA, "tls-backend", &backend_ca.server(&[HOST]));
     let (https, http) = (listener_port(), listener_port());
     let served = infra.serve(&[
         &gateway(
@@ -182,10 +194,10 @@ fn backend_certificates_the_policy_does_not_vouch_for_get_502() {
         ("not-yet-valid", ca.server_valid(&[HOST], 2090, 2095)),
     ];
     let expired_ca = Ca::valid("expired CA", 2015, 2020);
-    infra.add_echo(
+    infra.add_tls(
         INFRA,
         "expired-ca",
-        Echo::start_tls("expired-ca", &expired_ca.server_valid(&[HOST], 2016, 2090)),
+        &expired_ca.server_valid(&[HOST], 2016, 2090),
     );
     let mut docs = vec![
         ca.config_map(INFRA, "backend-ca"),
@@ -207,28 +219,23 @@ fn backend_certificates_the_policy_does_not_vouch_for_get_502() {
         &validate_with("backend-ca", HOST),
     ));
     let mut rules = vec![
-        ("/expired-ca".to_string(), "expired-ca".to_string()),
-        ("/plaintext".to_string(), "plaintext".to_string()),
+        ("/expired-ca".to_string(), "expired-ca", 8080),
+        ("/plaintext".to_string(), "plaintext", 8080),
     ];
     for (name, leaf) in &backends {
-        infra.add_echo(INFRA, name, Echo::start_tls(name, leaf));
+        infra.add_tls(INFRA, name, leaf);
         docs.push(backend_tls_policy(
             &format!("policy-{name}"),
             "",
             &[name],
             &validate_with("backend-ca", HOST),
         ));
-        rules.push((format!("/{name}"), name.to_string()));
+        rules.push((format!("/{name}"), name, 8080));
     }
-    let rules: Vec<(&str, &str, u16)> = rules
-        .iter()
-        .map(|(p, s)| (p.as_str(), s.as_str(), 8080))
-        .collect();
     let port = listener_port();
     docs.push(same_namespace_gateway(port));
     docs.push(http_route("r", &["{name: same-namespace}"], &rules));
-    let refs: Vec<&str> = docs.iter().map(String::as_str).collect();
-    let served = infra.serve(&refs);
+    let served = infra.serve(&docs);
     let refused_before =
         served.metric(r#"gatewayd_backend_tls_certificate_checks_total{result="refused"}"#);
     let mut failures = Vec::new();
@@ -264,29 +271,10 @@ fn backend_certificates_the_policy_does_not_vouch_for_get_502() {
 fn an_emptied_ca_config_map_fails_closed_and_its_restoration_recovers_within_a_second() {
     let ca = Ca::new("backend CA");
     let mut infra = Infra::new();
-    infra.add_echo(
-        INFRA,
-        "tls-backend",
-        Echo::start_tls("tls-backend", &ca.server(&[HOST])),
-    );
+    infra.add_tls(INFRA, "tls-backend", &ca.server(&[HOST]));
     let port = listener_port();
-    let manifest = |cas: &[&Ca]| {
-        infra.manifest(&[
-            &same_namespace_gateway(port),
-            &http_route(
-                "r",
-                &["{name: same-namespace}"],
-                &[("", "tls-backend", 8080)],
-            ),
-            &ca_config_map(INFRA, "backend-ca", cas),
-            &backend_tls_policy(
-                "p",
-                "",
-                &["tls-backend"],
-                &validate_with("backend-ca", HOST),
-            ),
-        ])
-    };
+    let manifest =
+        |cas: &[&Ca]| infra.manifest(&[reencrypt(port, &[("", "tls-backend")], cas, HOST)]);
     let served = Served::start(&manifest(&[&ca])).expect("gatewayd starts");
     assert_eq!(get(addr(port), &Req::get("/")).status, 200);
     let accepted = |served: &Served| {
@@ -384,13 +372,7 @@ fn gateway_backend_client_certificate_is_presented_to_the_backend() {
             ],
             &[("", "mtls-backend", 8080)],
         ),
-        &ca.config_map(INFRA, "backend-ca"),
-        &backend_tls_policy(
-            "p",
-            "",
-            &["mtls-backend"],
-            &validate_with("backend-ca", HOST),
-        ),
+        &trusting(&[&ca], &["mtls-backend"], HOST),
     ]);
     let r = get(addr(with), &Req::get("/"));
     assert_eq!(
@@ -405,8 +387,8 @@ fn gateway_backend_client_certificate_is_presented_to_the_backend() {
         "the backend saw another client certificate"
     );
     assert_eq!(get(addr(without), &Req::get("/")).status, 502);
-    let g = status_item(&served.status(), "Gateway", "gateway-with-client-cert").clone();
-    let (s, reason, _) = condition_of(&g["status"]["conditions"], "ResolvedRefs");
+    let (s, reason, _) =
+        gateway_condition(&served.status(), "gateway-with-client-cert", "ResolvedRefs");
     assert_eq!((s.as_str(), reason.as_str()), ("True", "ResolvedRefs"));
 }
 
@@ -417,17 +399,8 @@ fn grpc_and_h2_backends_get_http2_over_tls_by_alpn() {
     let ca = Ca::new("backend CA");
     let leaf = ca.server(&[HOST]);
     let mut infra = Infra::new();
-    infra.add_echo(
-        INFRA,
-        "grpc-tls-backend",
-        Echo::start_tls("grpc-tls-backend", &leaf),
-    );
-    infra.add_started(
-        INFRA,
-        "h2-tls-backend",
-        Echo::start_tls("h2-tls-backend", &leaf),
-        Some("kubernetes.io/h2c"),
-    );
+    infra.add_tls(INFRA, "grpc-tls-backend", &leaf);
+    add_h2c_tls(&mut infra, "h2-tls-backend", &leaf);
     // GRPCRoutes and HTTPRoutes with intersecting hostnames conflict on one listener.
     let (port, h2_port) = (listener_port(), listener_port());
     let grpc_route = format!(
@@ -442,13 +415,7 @@ fn grpc_and_h2_backends_get_http2_over_tls_by_alpn() {
             &["{name: h2-gateway}"],
             &[("/h2", "h2-tls-backend", 8080)],
         ),
-        &ca.config_map(INFRA, "backend-ca"),
-        &backend_tls_policy(
-            "p",
-            "",
-            &["grpc-tls-backend", "h2-tls-backend"],
-            &validate_with("backend-ca", HOST),
-        ),
+        &trusting(&[&ca], &["grpc-tls-backend", "h2-tls-backend"], HOST),
     ]);
     let call = Req::get("/gateway_api_conformance.grpc_echo.grpcecho.GrpcEcho/Echo")
         .method("POST")
@@ -527,13 +494,7 @@ fn tls_route_in_terminate_mode_reencrypts_to_the_backend() {
             "gateway-tlsroute-terminate-2",
             "tcp-stranger-backend",
         ),
-        &ca.config_map(INFRA, "backend-ca"),
-        &backend_tls_policy(
-            "p",
-            "",
-            &["tcp-tls-backend", "tcp-stranger-backend"],
-            &validate_with("backend-ca", HOST),
-        ),
+        &trusting(&[&ca], &["tcp-tls-backend", "tcp-stranger-backend"], HOST),
     ]);
     let lines = terminate_lines(addr(port_good), &gateway_ca);
     assert_eq!(lines.len(), 2, "{lines:?}\n{}", served.gw.stderr());
@@ -560,29 +521,16 @@ fn system_trust_comes_from_ssl_cert_file() {
     let ca = Ca::new("system-trusted CA");
     let stranger = Ca::new("another CA");
     let mut infra = Infra::new();
-    infra.add_echo(
-        INFRA,
-        "trusted",
-        Echo::start_tls("trusted", &ca.server(&[HOST])),
-    );
-    infra.add_echo(
-        INFRA,
-        "untrusted",
-        Echo::start_tls("untrusted", &stranger.server(&[HOST])),
-    );
+    infra.add_tls(INFRA, "trusted", &ca.server(&[HOST]));
+    infra.add_tls(INFRA, "untrusted", &stranger.server(&[HOST]));
     let mut bundle = tempfile::NamedTempFile::new().expect("temp file");
     bundle.write_all(ca.pem().as_bytes()).expect("write bundle");
     let port = listener_port();
     let served = infra.serve_with(
         &[
-            &same_namespace_gateway(port),
-            &http_route(
-                "r",
-                &["{name: same-namespace}"],
-                &[
-                    ("/trusted", "trusted", 8080),
-                    ("/untrusted", "untrusted", 8080),
-                ],
+            &routed(
+                port,
+                &[("/trusted", "trusted"), ("/untrusted", "untrusted")],
             ),
             &backend_tls_policy(
                 "p",
@@ -617,32 +565,11 @@ fn system_trust_comes_from_ssl_cert_file() {
 fn a_new_backend_connection_resumes_the_previous_session() {
     let ca = Ca::new("backend CA");
     let mut infra = Infra::new();
-    infra.add_echo(
-        INFRA,
-        "tls-backend",
-        Echo::start_tls("tls-backend", &ca.server(&[HOST])),
-    );
+    infra.add_tls(INFRA, "tls-backend", &ca.server(&[HOST]));
     let port = listener_port();
     let served = infra.serve_with(
-        &[
-            &same_namespace_gateway(port),
-            &http_route(
-                "r",
-                &["{name: same-namespace}"],
-                &[("", "tls-backend", 8080)],
-            ),
-            &ca.config_map(INFRA, "backend-ca"),
-            &backend_tls_policy(
-                "p",
-                "",
-                &["tls-backend"],
-                &validate_with("backend-ca", HOST),
-            ),
-        ],
-        &ServeOptions {
-            workers: 1,
-            ..ServeOptions::default()
-        },
+        &[reencrypt(port, &[("", "tls-backend")], &[&ca], HOST)],
+        &ServeOptions::with_workers(1),
     );
     let first = get(addr(port), &closing("/"));
     let second = get(addr(port), &closing("/"));
@@ -700,31 +627,10 @@ fn the_verify_cache_serves_repeat_chains_until_the_roots_change() {
         ),
     );
     let port = listener_port();
-    let manifest = |cas: &[&Ca]| {
-        infra.manifest(&[
-            &same_namespace_gateway(port),
-            &http_route(
-                "r",
-                &["{name: same-namespace}"],
-                &[("", "tls-backend", 8080)],
-            ),
-            &ca_config_map(INFRA, "backend-ca", cas),
-            &backend_tls_policy(
-                "p",
-                "",
-                &["tls-backend"],
-                &validate_with("backend-ca", HOST),
-            ),
-        ])
-    };
-    let served = Served::start_with(
-        &manifest(&[&ca]),
-        &ServeOptions {
-            workers: 1,
-            ..ServeOptions::default()
-        },
-    )
-    .expect("gatewayd starts");
+    let manifest =
+        |cas: &[&Ca]| infra.manifest(&[reencrypt(port, &[("", "tls-backend")], cas, HOST)]);
+    let served = Served::start_with(&manifest(&[&ca]), &ServeOptions::with_workers(1))
+        .expect("gatewayd starts");
     let checks = |served: &Served| {
         (
             served.metric(r#"gatewayd_backend_tls_certificate_checks_total{result="full"}"#),
@@ -751,14 +657,7 @@ fn the_verify_cache_serves_repeat_chains_until_the_roots_change() {
     );
 
     // Another CA joins the bundle: new roots, new cache.
-    served.rewrite(&manifest(&[&ca, &second_ca]));
-    wait_for(RELOAD_LIMIT, || {
-        match served.metric("gatewayd_backend_tls_verify_cache_chains") {
-            0.0 => Ok(()),
-            n => Err(format!("{n} chains cached")),
-        }
-    })
-    .expect("the reload replaces the verify cache");
+    reload_with_new_roots(&served, &manifest(&[&ca, &second_ca]));
     ok(&get(addr(port), &Req::get("/")), "after adding a CA");
     assert_eq!(
         checks(&served),
@@ -768,14 +667,7 @@ fn the_verify_cache_serves_repeat_chains_until_the_roots_change() {
     let connections = infra.echo("tls-backend").connections();
 
     // The backend's CA leaves the bundle while that connection sits idle in the pool.
-    served.rewrite(&manifest(&[&second_ca]));
-    wait_for(RELOAD_LIMIT, || {
-        match served.metric("gatewayd_backend_tls_verify_cache_chains") {
-            0.0 => Ok(()),
-            n => Err(format!("{n} chains cached")),
-        }
-    })
-    .expect("the reload replaces the verify cache");
+    reload_with_new_roots(&served, &manifest(&[&second_ca]));
     for _ in 0..2 {
         let r = get(addr(port), &Req::get("/"));
         assert_eq!(
@@ -804,39 +696,19 @@ fn a_ca_change_neither_resumes_old_sessions_nor_reuses_old_connections() {
     let other_ca = Ca::new("replacement CA");
     let leaf = ca.server(&[HOST]);
     let mut infra = Infra::new();
-    infra.add_echo(INFRA, "h1-backend", Echo::start_tls("h1-backend", &leaf));
-    infra.add_started(
-        INFRA,
-        "h2-backend",
-        Echo::start_tls("h2-backend", &leaf),
-        Some("kubernetes.io/h2c"),
-    );
+    infra.add_tls(INFRA, "h1-backend", &leaf);
+    add_h2c_tls(&mut infra, "h2-backend", &leaf);
     let port = listener_port();
     let manifest = |cas: &[&Ca]| {
-        infra.manifest(&[
-            &same_namespace_gateway(port),
-            &http_route(
-                "r",
-                &["{name: same-namespace}"],
-                &[("/h1", "h1-backend", 8080), ("/h2", "h2-backend", 8080)],
-            ),
-            &ca_config_map(INFRA, "backend-ca", cas),
-            &backend_tls_policy(
-                "p",
-                "",
-                &["h1-backend", "h2-backend"],
-                &validate_with("backend-ca", HOST),
-            ),
-        ])
+        infra.manifest(&[reencrypt(
+            port,
+            &[("/h1", "h1-backend"), ("/h2", "h2-backend")],
+            cas,
+            HOST,
+        )])
     };
-    let served = Served::start_with(
-        &manifest(&[&ca]),
-        &ServeOptions {
-            workers: 1,
-            ..ServeOptions::default()
-        },
-    )
-    .expect("gatewayd starts");
+    let served = Served::start_with(&manifest(&[&ca]), &ServeOptions::with_workers(1))
+        .expect("gatewayd starts");
     // A session to resume, proven resumable under the current roots.
     for kind in ["Full", "Resumed"] {
         let r = get(addr(port), &closing("/h1"));
@@ -853,14 +725,7 @@ fn a_ca_change_neither_resumes_old_sessions_nor_reuses_old_connections() {
     assert_eq!(r.json()["tls"]["negotiatedProtocol"], "h2");
     let h2_connections = infra.echo("h2-backend").connections();
 
-    served.rewrite(&manifest(&[&other_ca]));
-    wait_for(RELOAD_LIMIT, || {
-        match served.metric("gatewayd_backend_tls_verify_cache_chains") {
-            0.0 => Ok(()),
-            n => Err(format!("{n} chains cached")),
-        }
-    })
-    .expect("the reload replaces the verify cache");
+    reload_with_new_roots(&served, &manifest(&[&other_ca]));
     let h1 = get(addr(port), &closing("/h1"));
     assert_eq!(
         h1.status,
@@ -895,25 +760,8 @@ fn each_endpoint_resumes_its_own_sessions() {
     ));
     let port = listener_port();
     let served = infra.serve_with(
-        &[
-            &same_namespace_gateway(port),
-            &http_route(
-                "r",
-                &["{name: same-namespace}"],
-                &[("", "two-endpoints", 8080)],
-            ),
-            &ca.config_map(INFRA, "backend-ca"),
-            &backend_tls_policy(
-                "p",
-                "",
-                &["two-endpoints"],
-                &validate_with("backend-ca", HOST),
-            ),
-        ],
-        &ServeOptions {
-            workers: 1,
-            ..ServeOptions::default()
-        },
+        &[reencrypt(port, &[("", "two-endpoints")], &[&ca], HOST)],
+        &ServeOptions::with_workers(1),
     );
     let mut kinds: Vec<(String, Vec<String>)> = Vec::new();
     for _ in 0..12 {
@@ -956,12 +804,7 @@ fn a_backend_that_never_completes_the_handshake_gets_504() {
     let mut infra = Infra::new();
     infra.add_service(INFRA, "silent", silent_addr);
     let port = listener_port();
-    let served = infra.serve(&[
-        &same_namespace_gateway(port),
-        &http_route("r", &["{name: same-namespace}"], &[("", "silent", 8080)]),
-        &ca.config_map(INFRA, "backend-ca"),
-        &backend_tls_policy("p", "", &["silent"], &validate_with("backend-ca", HOST)),
-    ]);
+    let served = infra.serve(&[reencrypt(port, &[("", "silent")], &[&ca], HOST)]);
     let start = std::time::Instant::now();
     let r = get(addr(port), &Req::get("/"));
     let took = start.elapsed();

@@ -8,9 +8,9 @@
 use std::net::SocketAddr;
 
 use gateway_tests::{
-    echo::Echo,
+    reencrypt::routed,
     scenario::{
-        backend_tls_policy, condition_of, gateway, http_listener, http_route, listener_port,
+        backend_tls_policy, gateway, gateway_condition, http_listener, http_route, listener_port,
         policy_condition, route_condition, same_namespace_gateway, send, status_item,
         validate_with, wait_for, Infra, Reply, Req, Served, INFRA,
     },
@@ -48,6 +48,37 @@ fn cond(status: &serde_json::Value, policy: &str, type_: &str) -> (String, Strin
     (s, r)
 }
 
+/// The status of an HTTPRoute's condition `type_` under the `same-namespace` Gateway.
+fn route_status(status: &serde_json::Value, route: &str, type_: &str) -> String {
+    route_condition(status, "HTTPRoute", route, GW, type_).0
+}
+
+/// The Service of a conformance case: `backendtlspolicy-{name}-test`.
+fn case_service(name: &str) -> String {
+    format!("backendtlspolicy-{name}-test")
+}
+
+/// The path HTTPRoute [`policy_per_case`] routes a case at: `/backendtlspolicy-{name}`.
+fn case_path(name: &str) -> String {
+    format!("/backendtlspolicy-{name}")
+}
+
+/// The conformance layout of one policy per case: the `same-namespace` Gateway on `port`,
+/// for each `(name, validation)` a BackendTLSPolicy `name` with that `spec.validation` on
+/// the Service [`case_service`] (the caller adds it), and HTTPRoute `route` sending
+/// [`case_path`] to it.
+fn policy_per_case(port: u16, route: &str, cases: &[(&str, String)]) -> Vec<String> {
+    let mut docs = vec![same_namespace_gateway(port)];
+    let mut rules = Vec::new();
+    for (name, validation) in cases {
+        let svc = case_service(name);
+        docs.push(backend_tls_policy(name, "", &[&svc], validation));
+        rules.push((case_path(name), svc, 8080));
+    }
+    docs.push(http_route(route, &[&format!("{{name: {GW}}}")], &rules));
+    docs
+}
+
 /// BackendTLSPolicySANValidation, its six cases. With `subjectAltNames` set, the
 /// certificate must carry one of them and `hostname` is the SNI only: a certificate
 /// whose DNS names miss the hostname passes on its URI SAN, and one that matches the
@@ -57,22 +88,16 @@ fn subject_alt_names_replace_the_hostname_check() {
     let ca = Ca::new("tls-checks CA");
     let mut infra = Infra::new();
     // The conformance backend's certificate: the hostname as DNS SAN and a SPIFFE id.
-    let both = infra.add_echo(
+    let both = infra.add_tls(
         INFRA,
         "tls-backend",
-        Echo::start_tls(
-            "tls-backend",
-            &ca.server_sans(&[San::Dns(HOST), San::Uri(SPIFFE_ABC)]),
-        ),
+        &ca.server_sans(&[San::Dns(HOST), San::Uri(SPIFFE_ABC)]),
     );
     // The SPIFFE id only, with a DNS name that is not the hostname.
-    let uri_only = infra.add_echo(
+    let uri_only = infra.add_tls(
         INFRA,
         "spiffe-backend",
-        Echo::start_tls(
-            "spiffe-backend",
-            &ca.server_sans(&[San::Dns("unrelated.example.net"), San::Uri(SPIFFE_ABC)]),
-        ),
+        &ca.server_sans(&[San::Dns("unrelated.example.net"), San::Uri(SPIFFE_ABC)]),
     );
     let cases: [(&str, SocketAddr, String, u16); 6] = [
         ("san-dns", both, format!("[{{type: Hostname, hostname: {HOST}}}]"), 200),
@@ -104,49 +129,26 @@ fn subject_alt_names_replace_the_hostname_check() {
             502,
         ),
     ];
-    let port = listener_port();
-    let mut docs = vec![
-        same_namespace_gateway(port),
-        ca.config_map(INFRA, "tls-checks-ca-certificate"),
-    ];
-    let mut rules = Vec::new();
+    let mut policies = Vec::new();
     for (name, backend, sans, _) in &cases {
-        let svc = format!("backendtlspolicy-{name}-test");
-        infra.add_service(INFRA, &svc, *backend);
-        docs.push(backend_tls_policy(
-            name,
-            "",
-            &[&svc],
-            &format!("{{caCertificateRefs: [{{group: '', kind: ConfigMap, name: tls-checks-ca-certificate}}], hostname: {HOST}, subjectAltNames: {sans}}}"),
-        ));
-        rules.push((format!("/backendtlspolicy-{name}"), svc));
+        infra.add_service(INFRA, &case_service(name), *backend);
+        policies.push((*name, format!("{{caCertificateRefs: [{{group: '', kind: ConfigMap, name: tls-checks-ca-certificate}}], hostname: {HOST}, subjectAltNames: {sans}}}")));
     }
-    let rules: Vec<(&str, &str, u16)> = rules
-        .iter()
-        .map(|(p, s)| (p.as_str(), s.as_str(), 8080))
-        .collect();
-    docs.push(http_route(
-        "backendtlspolicy-san-test",
-        &["{name: same-namespace}"],
-        &rules,
-    ));
-    let refs: Vec<&str> = docs.iter().map(String::as_str).collect();
-    let served = infra.serve(&refs);
+    let port = listener_port();
+    let mut docs = policy_per_case(port, "backendtlspolicy-san-test", &policies);
+    docs.push(ca.config_map(INFRA, "tls-checks-ca-certificate"));
+    let served = infra.serve(&docs);
     let status = served.status();
-    let (s, _, _) = route_condition(
-        &status,
-        "HTTPRoute",
-        "backendtlspolicy-san-test",
-        GW,
-        "ResolvedRefs",
+    assert_eq!(
+        route_status(&status, "backendtlspolicy-san-test", "ResolvedRefs"),
+        "True"
     );
-    assert_eq!(s, "True");
     let mut failures = Vec::new();
     for (name, _, _, want) in &cases {
         if cond(&status, name, "Accepted") != pair("True", "Accepted") {
             failures.push(format!("{name}: {:?}", cond(&status, name, "Accepted")));
         }
-        let r = get(addr(port), &format!("/backendtlspolicy-{name}"));
+        let r = get(addr(port), &case_path(name));
         let expected = match want {
             200 => (200, Some(HOST.to_string())),
             s => (*s, None),
@@ -167,18 +169,15 @@ fn subject_alt_names_replace_the_hostname_check() {
 fn conflicting_policies_resolve_by_age_then_name_and_sections_do_not_conflict() {
     let ca = Ca::new("tls-checks CA");
     let mut infra = Infra::new();
-    let backend = infra.add_echo(
+    let backend = infra.add_tls(
         INFRA,
         "tls-backend",
-        Echo::start_tls(
-            "tls-backend",
-            &ca.server(&[
-                HOST,
-                "other.example.com",
-                "older.example.com",
-                "newer.example.com",
-            ]),
-        ),
+        &ca.server(&[
+            HOST,
+            "other.example.com",
+            "older.example.com",
+            "newer.example.com",
+        ]),
     );
     infra.add_multi_port_service(
         INFRA,
@@ -343,43 +342,26 @@ fn invalid_ca_certificate_refs_and_kinds_are_reported_and_fail_closed() {
             "InvalidKind",
         ),
     ];
-    let mut docs = vec![format!(
-        "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: malformed-ca-certificate, namespace: {INFRA}}}\ndata: {{}}\n"
-    )];
-    let mut rules = Vec::new();
+    let mut policies = Vec::new();
     for (name, ca_ref, _) in &cases {
-        let svc = format!("backendtlspolicy-{name}-test");
-        infra.add(INFRA, &svc, None);
-        docs.push(backend_tls_policy(
-            name,
-            "",
-            &[&svc],
-            &format!("{{caCertificateRefs: [{ca_ref}], hostname: {HOST}}}"),
+        infra.add(INFRA, &case_service(name), None);
+        policies.push((
+            *name,
+            format!("{{caCertificateRefs: [{ca_ref}], hostname: {HOST}}}"),
         ));
-        rules.push((format!("/backendtlspolicy-{name}"), svc));
     }
     let port = listener_port();
-    docs.push(same_namespace_gateway(port));
-    let rules: Vec<(&str, &str, u16)> = rules
-        .iter()
-        .map(|(p, s)| (p.as_str(), s.as_str(), 8080))
-        .collect();
-    docs.push(http_route(
-        "backendtlspolicy-invalid-refs",
-        &["{name: same-namespace}"],
-        &rules,
+    let mut docs = policy_per_case(port, "backendtlspolicy-invalid-refs", &policies);
+    docs.push(format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: malformed-ca-certificate, namespace: {INFRA}}}\ndata: {{}}\n"
     ));
-    let refs: Vec<&str> = docs.iter().map(String::as_str).collect();
-    let served = infra.serve(&refs);
+    let served = infra.serve(&docs);
     let status = served.status();
-    let (s, _, _) = route_condition(
-        &status,
-        "HTTPRoute",
-        "backendtlspolicy-invalid-refs",
-        GW,
-        "Accepted",
+    assert_eq!(
+        route_status(&status, "backendtlspolicy-invalid-refs", "Accepted"),
+        "True",
+        "the route is Accepted"
     );
-    assert_eq!(s, "True", "the route is Accepted");
     let mut failures = Vec::new();
     for (name, _, reason) in &cases {
         let a = cond(&status, name, "Accepted");
@@ -390,12 +372,11 @@ fn invalid_ca_certificate_refs_and_kinds_are_reported_and_fail_closed() {
         if rr != pair("False", reason) {
             failures.push(format!("{name}: ResolvedRefs {rr:?}, want {reason}"));
         }
-        let r = get(addr(port), &format!("/backendtlspolicy-{name}"));
+        let r = get(addr(port), &case_path(name));
         if ![500, 502, 503].contains(&r.status) {
             failures.push(format!("{name}: status {}", r.status));
         }
-        let svc = format!("backendtlspolicy-{name}-test");
-        if infra.echo(&svc).connections() != 0 {
+        if infra.echo(&case_service(name)).connections() != 0 {
             failures.push(format!("{name}: the backend was connected to"));
         }
     }
@@ -409,21 +390,12 @@ fn invalid_ca_certificate_refs_and_kinds_are_reported_and_fail_closed() {
 fn policy_conditions_follow_the_generation() {
     let ca = Ca::new("tls-checks CA");
     let mut infra = Infra::new();
-    infra.add_echo(
-        INFRA,
-        "tls-backend",
-        Echo::start_tls("tls-backend", &ca.server(&[HOST, "foo.example.com"])),
-    );
+    infra.add_tls(INFRA, "tls-backend", &ca.server(&[HOST, "foo.example.com"]));
     let port = listener_port();
     let manifest = |generation: i64, hostname: &str| {
         infra.manifest(&[
-            &same_namespace_gateway(port),
+            &routed(port, &[("", "tls-backend")]),
             &ca.config_map(INFRA, "tls-checks-ca-certificate"),
-            &http_route(
-                "r",
-                &["{name: same-namespace}"],
-                &[("", "tls-backend", 8080)],
-            ),
             &backend_tls_policy(
                 "observed-generation-bump",
                 &format!("generation: {generation}"),
@@ -518,17 +490,15 @@ fn invalid_gateway_backend_client_certificate_refs_are_reported() {
             Some(&format!("{{backend: {{clientCertificateRef: {r}}}}}")),
         ));
     }
-    let refs: Vec<&str> = docs.iter().map(String::as_str).collect();
-    let served = infra.serve(&refs);
+    let served = infra.serve(&docs);
     let status = served.status();
     let mut failures = Vec::new();
     for (name, _, reason) in &cases {
-        let g = status_item(&status, "Gateway", name);
-        let (s, r, _) = condition_of(&g["status"]["conditions"], "ResolvedRefs");
+        let (s, r, _) = gateway_condition(&status, name, "ResolvedRefs");
         if (s.as_str(), r.as_str()) != ("False", *reason) {
             failures.push(format!("{name}: ResolvedRefs ({s}, {r}), want {reason}"));
         }
-        let (s, r, _) = condition_of(&g["status"]["conditions"], "Accepted");
+        let (s, r, _) = gateway_condition(&status, name, "Accepted");
         if (s.as_str(), r.as_str()) != ("True", "Accepted") {
             failures.push(format!("{name}: Accepted ({s}, {r})"));
         }

@@ -14,7 +14,7 @@ use std::{
 
 use gateway_tests::{
     echo::{runtime, Echo, TcpEcho},
-    scenario::{listener_port, Infra, Req, Served, INFRA, WEB},
+    scenario::{self, condition_of, listener_port, listener_status, Infra, Req, INFRA, WEB},
     tls::{self, connect, https_send, probe_client_hello, Ca, ClientTls, Refusal},
 };
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _};
@@ -71,12 +71,8 @@ fn tls_infra() -> (Infra, Ca) {
     let backend_ca = Ca::new("backend CA");
     let leaf = backend_ca.server(&["*.example.com", "abc.example.com", "*.com", "*.example.org"]);
     let mut infra = Infra::new();
-    infra.add_echo(INFRA, "tls-backend", Echo::start_tls("tls-backend", &leaf));
-    infra.add_echo(
-        INFRA,
-        "tls-backend-2",
-        Echo::start_tls("tls-backend-2", &leaf),
-    );
+    infra.add_tls(INFRA, "tls-backend", &leaf);
+    infra.add_tls(INFRA, "tls-backend-2", &leaf);
     (infra, backend_ca)
 }
 
@@ -110,11 +106,6 @@ fn assert_refused(gw: SocketAddr, sni: Option<&str>) {
     );
 }
 
-fn status_json(served: &Served) -> serde_json::Value {
-    let r = served.gw.get("/status").expect("/status");
-    serde_json::from_str(&r.body).expect("/status is JSON")
-}
-
 /// `(status, reason)` of a TLSRoute's condition for its parent `gw`.
 fn route_condition(
     status: &serde_json::Value,
@@ -122,51 +113,14 @@ fn route_condition(
     gw: &str,
     type_: &str,
 ) -> (String, String) {
-    let items = status["items"].as_array().expect("items");
-    let r = items
-        .iter()
-        .find(|i| i["kind"] == "TLSRoute" && i["metadata"]["name"] == route)
-        .unwrap_or_else(|| panic!("TLSRoute {route} in /status"));
-    let parent = r["status"]["parents"]
-        .as_array()
-        .and_then(|ps| ps.iter().find(|p| p["parentRef"]["name"] == gw))
-        .unwrap_or_else(|| panic!("parent {gw} of {route}: {r}"));
-    let c = parent["conditions"]
-        .as_array()
-        .and_then(|cs| cs.iter().find(|c| c["type"] == type_))
-        .unwrap_or_else(|| panic!("{type_} of {route}"));
-    (
-        c["status"].as_str().unwrap_or_default().to_string(),
-        c["reason"].as_str().unwrap_or_default().to_string(),
-    )
+    let (s, reason, _) = scenario::route_condition(status, "TLSRoute", route, gw, type_);
+    (s, reason)
 }
 
-fn listener_status<'s>(
-    status: &'s serde_json::Value,
-    gw: &str,
-    listener: &str,
-) -> &'s serde_json::Value {
-    status["items"]
-        .as_array()
-        .and_then(|items| {
-            items
-                .iter()
-                .find(|i| i["kind"] == "Gateway" && i["metadata"]["name"] == gw)
-        })
-        .and_then(|g| g["status"]["listeners"].as_array())
-        .and_then(|ls| ls.iter().find(|l| l["name"] == listener))
-        .unwrap_or_else(|| panic!("listener {gw}/{listener}"))
-}
-
+/// `(status, reason)` of the condition `type_` of a status object (e.g. a listener's).
 fn condition(obj: &serde_json::Value, type_: &str) -> (String, String) {
-    let c = obj["conditions"]
-        .as_array()
-        .and_then(|cs| cs.iter().find(|c| c["type"] == type_))
-        .unwrap_or_else(|| panic!("{type_} in {obj}"));
-    (
-        c["status"].as_str().unwrap_or_default().to_string(),
-        c["reason"].as_str().unwrap_or_default().to_string(),
-    )
+    let (s, reason, _) = condition_of(&obj["conditions"], type_);
+    (s, reason)
 }
 
 fn pair(a: &str, b: &str) -> (String, String) {
@@ -307,9 +261,8 @@ fn tls_routes_serve_the_intersection_of_their_hostnames_with_the_listeners() {
             "tls-backend-2",
         ),
     ];
-    let refs: Vec<&str> = docs.iter().map(String::as_str).collect();
-    let served = infra.serve(&refs);
-    let status = status_json(&served);
+    let served = infra.serve(&docs);
+    let status = served.status();
     for (route, gw) in [
         (
             "tlsroute-more-specific-wc-hostname-x-1",
@@ -544,9 +497,8 @@ fn invalid_tls_routes_report_why_and_their_connections_are_reset() {
             "tls-backend",
         ),
     ];
-    let refs: Vec<&str> = docs.iter().map(String::as_str).collect();
-    let served = infra.serve(&refs);
-    let status = status_json(&served);
+    let served = infra.serve(&docs);
+    let status = served.status();
 
     assert_eq!(
         route_condition(
@@ -637,7 +589,7 @@ fn tls_listeners_support_tls_routes_only_and_serve_nothing_without_one() {
         "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: supported-kinds, namespace: {INFRA}}}\nspec:\n  gatewayClassName: gatewayd\n  addresses: [{{type: IPAddress, value: 127.0.0.1}}]\n  listeners:\n  - {{name: tls-passthrough, port: {p_pass}, protocol: TLS, allowedRoutes: {{namespaces: {{from: Same}}, kinds: [{{kind: TCPRoute}}, {{kind: TLSRoute}}]}}, tls: {{mode: Passthrough}}}}\n  - {{name: tls-terminate, port: {p_term}, protocol: TLS, allowedRoutes: {{namespaces: {{from: Same}}, kinds: [{{kind: TLSRoute}}]}}, tls: {{mode: Terminate, certificateRefs: [{{name: cert}}]}}}}\n"
     );
     let served = infra.serve(&[&gw, &ca.server(&["abc.example.com"]).secret(INFRA, "cert")]);
-    let status = status_json(&served);
+    let status = served.status();
     let pass = listener_status(&status, "supported-kinds", "tls-passthrough");
     assert_eq!(
         pass["supportedKinds"],
@@ -776,7 +728,7 @@ fn terminate_and_passthrough_listeners_share_a_port_by_sni() {
             "tcp-backend",
         ),
     ]);
-    let status = status_json(&served);
+    let status = served.status();
     for l in ["tls-terminate", "tls-passthrough"] {
         let ls = listener_status(&status, "gateway-tlsroute-mixed-termination", l);
         assert_eq!(condition(ls, "Accepted"), pair("True", "Accepted"), "{l}");
