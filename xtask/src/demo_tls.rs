@@ -150,63 +150,57 @@ fn serve_tls(stream: TcpStream, config: Arc<rustls::ServerConfig>) {
 /// The commands a user can paste, and what each shows.
 pub fn commands(pki: &Pki) -> Vec<(&'static str, Vec<String>)> {
     let ca = pki.ca.display().to_string();
-    let resolve = |host: &str, port: u16| format!("{host}:{port}:127.0.0.1");
+    // `curl -sS <extra> --cacert CA --resolve HOST:PORT:127.0.0.1... URL`.
+    let curl = |extra: &[&str], resolves: &[(&str, u16)], url: String| -> Vec<String> {
+        let mut args: Vec<String> = ["curl", "-sS"].iter().map(|a| a.to_string()).collect();
+        args.extend(extra.iter().map(|a| a.to_string()));
+        args.extend(["--cacert".to_string(), ca.clone()]);
+        for (host, port) in resolves {
+            args.extend(["--resolve".to_string(), format!("{host}:{port}:127.0.0.1")]);
+        }
+        args.push(url);
+        args
+    };
     vec![
         (
             "edge termination, HTTP/2 (the gateway's certificate, routed to the echo backend)",
-            vec![
-                "curl".into(),
-                "-sS".into(),
-                "--http2".into(),
-                "-w".into(),
-                "  [HTTP/%{http_version} %{http_code}]\\n".into(),
-                "--cacert".into(),
-                ca.clone(),
-                "--resolve".into(),
-                resolve("app.demo.test", TLS_PORT),
+            curl(
+                &["--http2", "-w", "  [HTTP/%{http_version} %{http_code}]\\n"],
+                &[("app.demo.test", TLS_PORT)],
                 format!("https://app.demo.test:{TLS_PORT}/edge"),
-            ],
+            ),
         ),
         (
             "passthrough (not decrypted: the backend's certificate and the SNI it saw)",
-            vec![
-                "curl".into(),
-                "-sS".into(),
-                "--cacert".into(),
-                ca.clone(),
-                "--resolve".into(),
-                resolve("pass.demo.test", TLS_PORT),
+            curl(
+                &[],
+                &[("pass.demo.test", TLS_PORT)],
                 format!("https://pass.demo.test:{TLS_PORT}/passthrough"),
-            ],
+            ),
         ),
         (
             "re-encrypt (the gateway's certificate to the client; TLS to the backend, verified \
              under BackendTLSPolicy demo/reencrypt with SNI backend.demo.test)",
-            vec![
-                "curl".into(),
-                "-sS".into(),
-                "--cacert".into(),
-                ca.clone(),
-                "--resolve".into(),
-                resolve("reencrypt.demo.test", TLS_PORT),
+            curl(
+                &[],
+                &[("reencrypt.demo.test", TLS_PORT)],
                 format!("https://reencrypt.demo.test:{TLS_PORT}/reencrypt"),
-            ],
+            ),
         ),
         (
             "HTTP -> HTTPS redirect, followed",
-            vec![
-                "curl".into(),
-                "-sSL".into(),
-                "-w".into(),
-                "  [%{url_effective} %{http_code}, redirects: %{num_redirects}]\\n".into(),
-                "--cacert".into(),
-                ca,
-                "--resolve".into(),
-                resolve("secure.demo.test", HTTP_PORT),
-                "--resolve".into(),
-                resolve("secure.demo.test", TLS_PORT),
+            curl(
+                &[
+                    "-L",
+                    "-w",
+                    "  [%{url_effective} %{http_code}, redirects: %{num_redirects}]\\n",
+                ],
+                &[
+                    ("secure.demo.test", HTTP_PORT),
+                    ("secure.demo.test", TLS_PORT),
+                ],
                 format!("http://secure.demo.test:{HTTP_PORT}/login"),
-            ],
+            ),
         ),
     ]
 }
