@@ -157,10 +157,9 @@ fn invalid_backend_references_answer_500_and_valid_ones_keep_working() {
 #[test]
 fn endpoint_failures_map_to_503_and_502() {
     let mut infra = Infra::new();
-    let refused = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        l.local_addr().expect("addr")
-    };
+    // Nothing listens there: a port from below the ephemeral range, so no other socket
+    // of the test run can be using it as its source port.
+    let refused: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
     let reset = RawBackend::start(Misbehaviour::ResetBeforeResponse);
     infra
         .yaml
