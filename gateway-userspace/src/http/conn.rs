@@ -18,10 +18,11 @@ use std::{
         atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering},
         Arc,
     },
-    task::{Context, Poll},
+    task::{ready, Context, Poll},
     time::Duration,
 };
 
+use bytes::BytesMut;
 use gateway_config::ListenerId;
 use hyper::{body::Incoming, header::HeaderValue, Request, Response, Version};
 use hyper_util::rt::TokioIo;
@@ -168,7 +169,23 @@ struct WatchedIo<S: Stream> {
     /// response head and a small body go out as one TLS record (one AEAD seal and one
     /// record header) instead of one record per slice.
     coalesce: Option<Vec<u8>>,
+    /// Plain TCP: the first read of the connection goes into this buffer, whatever size
+    /// hyper asks for. hyper first reads exactly 24 bytes (is it the HTTP/2 preface?),
+    /// then the rest of the request head: without this, two `recvfrom` per new
+    /// connection where one does. `None` once consumed, and for TLS (rustls buffers).
+    ahead: Option<ReadAhead>,
 }
+
+/// Bytes read from the socket and not yet handed out.
+struct ReadAhead {
+    buf: BytesMut,
+    pos: usize,
+    /// The socket has been read into `buf` (then `buf[pos..]` is what is left).
+    filled: bool,
+}
+
+/// The first read of a plain connection: the size of a typical request head.
+const READ_AHEAD: usize = 4096;
 
 /// What a client connection's byte stream must be (a socket or a TLS stream).
 pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
@@ -218,6 +235,32 @@ impl<S: Stream> AsyncRead for WatchedIo<S> {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let before = buf.filled().len();
+        if let Some(ahead) = this.ahead.as_mut() {
+            if !ahead.filled {
+                let stream = this
+                    .stream
+                    .as_mut()
+                    .ok_or_else(|| io::Error::from(io::ErrorKind::NotConnected))?;
+                // Into the uninitialized capacity: nothing is zeroed first.
+                ready!(tokio_util::io::poll_read_buf(
+                    Pin::new(stream),
+                    cx,
+                    &mut ahead.buf
+                ))?;
+                ahead.filled = true;
+            }
+            let left = &ahead.buf[ahead.pos..];
+            let n = left.len().min(buf.remaining());
+            buf.put_slice(&left[..n]);
+            ahead.pos += n;
+            if ahead.pos == ahead.buf.len() {
+                this.ahead = None;
+            }
+            if n > 0 {
+                this.activity.on_read();
+            }
+            return Poll::Ready(Ok(()));
+        }
         let polled = this.stream()?.poll_read(cx, buf);
         if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
             this.activity.on_read();
@@ -350,6 +393,11 @@ async fn serve_stream<S: Stream>(
         stream: Some(stream),
         activity: activity.clone(),
         coalesce: sni_listener.map(|_| Vec::new()),
+        ahead: sni_listener.is_none().then(|| ReadAhead {
+            buf: BytesMut::with_capacity(READ_AHEAD),
+            pos: 0,
+            filled: false,
+        }),
     });
     let service = Service {
         ctx: ctx.clone(),
@@ -393,5 +441,101 @@ async fn serve_stream<S: Stream>(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _, DuplexStream};
+
+    /// A stream that counts the reads that reached it.
+    struct Counted {
+        inner: DuplexStream,
+        reads: Arc<AtomicUsize>,
+    }
+
+    impl AsyncRead for Counted {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            self.reads.fetch_add(1, Ordering::Relaxed);
+            Pin::new(&mut self.inner).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for Counted {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            Pin::new(&mut self.inner).poll_write(cx, buf)
+        }
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.inner).poll_flush(cx)
+        }
+        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.inner).poll_shutdown(cx)
+        }
+    }
+
+    fn watched(inner: DuplexStream, reads: &Arc<AtomicUsize>) -> WatchedIo<Counted> {
+        WatchedIo {
+            stream: Some(Counted {
+                inner,
+                reads: reads.clone(),
+            }),
+            activity: Arc::new(Activity::new()),
+            coalesce: None,
+            ahead: Some(ReadAhead {
+                buf: BytesMut::with_capacity(READ_AHEAD),
+                pos: 0,
+                filled: false,
+            }),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_preface_sniff_and_the_rest_of_the_head_come_from_one_socket_read() {
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        let reads = Arc::new(AtomicUsize::new(0));
+        let mut io = watched(server, &reads);
+        let head =
+            b"GET /a/long/enough/path HTTP/1.1\r\nhost: example.com\r\nconnection: close\r\n\r\n";
+        client.write_all(head).await.expect("write");
+        client.write_all(b"next").await.expect("write");
+
+        let mut preface = [0u8; 24];
+        io.read_exact(&mut preface).await.expect("24 bytes");
+        let mut rest = vec![0u8; head.len() - 24];
+        io.read_exact(&mut rest)
+            .await
+            .expect("the rest of the head");
+        assert_eq!([&preface[..], &rest[..]].concat(), head.to_vec());
+        assert_eq!(reads.load(Ordering::Relaxed), 1, "one read of the socket");
+
+        let mut next = [0u8; 4];
+        io.read_exact(&mut next).await.expect("what followed");
+        assert_eq!(&next, b"next");
+        assert!(io.ahead.is_none(), "the read-ahead is used once");
+
+        drop(client);
+        let mut end = Vec::new();
+        io.read_to_end(&mut end).await.expect("EOF");
+        assert!(end.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_connection_closed_before_sending_anything_reads_as_eof() {
+        let (client, server) = tokio::io::duplex(1024);
+        let reads = Arc::new(AtomicUsize::new(0));
+        let mut io = watched(server, &reads);
+        drop(client);
+        let mut buf = [0u8; 24];
+        assert_eq!(io.read(&mut buf).await.expect("EOF"), 0);
     }
 }
