@@ -61,22 +61,25 @@ pub fn protocol_name(protocol: ListenerProtocol) -> &'static str {
 
 /// The kernel key of an address and TCP port (IPv4 in the first 4 bytes).
 pub fn key(addr: IpAddr, port: u16) -> ListenerKey {
-    let mut key = ListenerKey {
+    let (family, addr) = family_and_addr(addr);
+    ListenerKey {
         port,
         protocol: IPPROTO_TCP,
-        ..ListenerKey::default()
-    };
+        family,
+        addr,
+    }
+}
+
+/// An address as the kernel maps hold it: family, and 16 bytes (IPv4 in the first 4).
+pub fn family_and_addr(addr: IpAddr) -> (u8, [u8; 16]) {
     match addr {
         IpAddr::V4(v4) => {
-            key.family = FAMILY_IPV4;
-            key.addr[..4].copy_from_slice(&v4.octets());
+            let mut bytes = [0u8; 16];
+            bytes[..4].copy_from_slice(&v4.octets());
+            (FAMILY_IPV4, bytes)
         }
-        IpAddr::V6(v6) => {
-            key.family = FAMILY_IPV6;
-            key.addr = v6.octets();
-        }
+        IpAddr::V6(v6) => (FAMILY_IPV6, v6.octets()),
     }
-    key
 }
 
 /// `LISTENERS` contents wanted for `plan`.

@@ -47,10 +47,9 @@ use aya::{
 };
 use gateway_common::{
     AddrKey, DataplaneConfig, DropReason, FlowKey, FlowValue, CONFIG_ACL_V4, CONFIG_ACL_V6,
-    CONFIG_DROP_UNLISTED, CONFIG_SYN_GUARD, FAMILY_IPV4, FAMILY_IPV6, FLOWS_MAX_ENTRIES,
-    MAP_ACL_V4, MAP_ACL_V6, MAP_FLOWS, MAP_GATEWAY_ADDRS, MAP_LISTENERS, MAP_SOCKETS,
-    PROG_SK_LOOKUP_STEER, PROG_SK_REUSEPORT_PICK, PROG_TC_REPLY, PROG_XDP_FLOW,
-    REUSEPORT_WORKERS_MAX, SOCKET_SLOTS, STATS_TC, STATS_XDP,
+    CONFIG_DROP_UNLISTED, CONFIG_SYN_GUARD, FLOWS_MAX_ENTRIES, MAP_ACL_V4, MAP_ACL_V6, MAP_FLOWS,
+    MAP_GATEWAY_ADDRS, MAP_LISTENERS, MAP_SOCKETS, PROG_SK_LOOKUP_STEER, PROG_SK_REUSEPORT_PICK,
+    PROG_TC_REPLY, PROG_XDP_FLOW, REUSEPORT_WORKERS_MAX, SOCKET_SLOTS, STATS_TC, STATS_XDP,
 };
 use gateway_config::EbpfListenerEntry;
 use tracing::{info, warn};
@@ -353,18 +352,12 @@ fn monotonic_ns() -> u64 {
 }
 
 fn addr_key(addr: IpAddr) -> AddrKey {
-    let mut key = AddrKey::default();
-    match addr {
-        IpAddr::V4(v4) => {
-            key.family = FAMILY_IPV4;
-            key.addr[..4].copy_from_slice(&v4.octets());
-        }
-        IpAddr::V6(v6) => {
-            key.family = FAMILY_IPV6;
-            key.addr = v6.octets();
-        }
+    let (family, addr) = listener::family_and_addr(addr);
+    AddrKey {
+        family,
+        addr,
+        ..AddrKey::default()
     }
-    key
 }
 
 /// The gateway's own addresses: every explicit listener address, and every address of
@@ -445,13 +438,7 @@ impl Dataplane {
 
         let workers = options.workers.max(1);
         let (mut ebpf, pinned) = load_object(options.pin_dir.as_deref(), workers, &mut degraded)?;
-        let xdp: &mut Xdp = ebpf
-            .program_mut(PROG_XDP_FLOW)
-            .ok_or(EbpfError::MissingProgram {
-                name: PROG_XDP_FLOW,
-            })?
-            .try_into()
-            .map_err(|e: aya::programs::ProgramError| EbpfError::Load { reason: chain(&e) })?;
+        let xdp: &mut Xdp = program_of(&mut ebpf, PROG_XDP_FLOW)?;
         xdp.load()
             .map_err(|e| EbpfError::Load { reason: chain(&e) })?;
         let tc_loaded = match load_tc(&mut ebpf) {
@@ -785,27 +772,26 @@ fn load_object(
     Ok((ebpf, false))
 }
 
-fn load_tc(ebpf: &mut Ebpf) -> Result<(), EbpfError> {
-    let program: &mut SchedClassifier = ebpf
-        .program_mut(PROG_TC_REPLY)
-        .ok_or(EbpfError::MissingProgram {
-            name: PROG_TC_REPLY,
-        })?
+/// The program `name` of the object, as its type `P`.
+fn program_of<'a, P>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut P, EbpfError>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or(EbpfError::MissingProgram { name })?
         .try_into()
-        .map_err(|e: aya::programs::ProgramError| EbpfError::Load { reason: chain(&e) })?;
+        .map_err(|e: aya::programs::ProgramError| EbpfError::Load { reason: chain(&e) })
+}
+
+fn load_tc(ebpf: &mut Ebpf) -> Result<(), EbpfError> {
+    let program: &mut SchedClassifier = program_of(ebpf, PROG_TC_REPLY)?;
     program
         .load()
         .map_err(|e| EbpfError::Load { reason: chain(&e) })
 }
 
 fn load_sk_lookup(ebpf: &mut Ebpf) -> Result<(), EbpfError> {
-    let program: &mut SkLookup = ebpf
-        .program_mut(PROG_SK_LOOKUP_STEER)
-        .ok_or(EbpfError::MissingProgram {
-            name: PROG_SK_LOOKUP_STEER,
-        })?
-        .try_into()
-        .map_err(|e: aya::programs::ProgramError| EbpfError::Load { reason: chain(&e) })?;
+    let program: &mut SkLookup = program_of(ebpf, PROG_SK_LOOKUP_STEER)?;
     program
         .load()
         .map_err(|e| EbpfError::Load { reason: chain(&e) })
@@ -820,13 +806,7 @@ fn attach_sk_lookup(ebpf: &mut Ebpf) -> Result<(), EbpfError> {
         reason,
     };
     let netns = File::open("/proc/self/ns/net").map_err(|e| attach_err(e.to_string()))?;
-    let program: &mut SkLookup = ebpf
-        .program_mut(PROG_SK_LOOKUP_STEER)
-        .ok_or(EbpfError::MissingProgram {
-            name: PROG_SK_LOOKUP_STEER,
-        })?
-        .try_into()
-        .map_err(|e: aya::programs::ProgramError| EbpfError::Load { reason: chain(&e) })?;
+    let program: &mut SkLookup = program_of(ebpf, PROG_SK_LOOKUP_STEER)?;
     program
         .attach(netns)
         .map(|_| ())
@@ -835,13 +815,7 @@ fn attach_sk_lookup(ebpf: &mut Ebpf) -> Result<(), EbpfError> {
 
 /// Loads `sk_reuseport_pick`; a descriptor of it to attach to `SO_REUSEPORT` groups.
 fn load_sk_reuseport(ebpf: &mut Ebpf) -> Result<ProgramFd, EbpfError> {
-    let program: &mut SkReuseport = ebpf
-        .program_mut(PROG_SK_REUSEPORT_PICK)
-        .ok_or(EbpfError::MissingProgram {
-            name: PROG_SK_REUSEPORT_PICK,
-        })?
-        .try_into()
-        .map_err(|e: aya::programs::ProgramError| EbpfError::Load { reason: chain(&e) })?;
+    let program: &mut SkReuseport = program_of(ebpf, PROG_SK_REUSEPORT_PICK)?;
     program
         .load()
         .map_err(|e| EbpfError::Load { reason: chain(&e) })?;
@@ -856,13 +830,7 @@ fn load_sk_reuseport(ebpf: &mut Ebpf) -> Result<ProgramFd, EbpfError> {
 
 /// Native XDP first, generic as the fallback.
 fn attach_xdp(ebpf: &mut Ebpf, iface: &str) -> Result<&'static str, EbpfError> {
-    let program: &mut Xdp = ebpf
-        .program_mut(PROG_XDP_FLOW)
-        .ok_or(EbpfError::MissingProgram {
-            name: PROG_XDP_FLOW,
-        })?
-        .try_into()
-        .map_err(|e: aya::programs::ProgramError| EbpfError::Load { reason: chain(&e) })?;
+    let program: &mut Xdp = program_of(ebpf, PROG_XDP_FLOW)?;
     match program.attach(iface, XdpMode::Driver) {
         Ok(_) => Ok("driver"),
         Err(driver_err) => {
@@ -881,13 +849,7 @@ fn attach_xdp(ebpf: &mut Ebpf, iface: &str) -> Result<&'static str, EbpfError> {
 
 /// TCX (kernel 6.6+) first; else a clsact qdisc and a netlink filter.
 fn attach_tc(ebpf: &mut Ebpf, iface: &str) -> Result<&'static str, EbpfError> {
-    let program: &mut SchedClassifier = ebpf
-        .program_mut(PROG_TC_REPLY)
-        .ok_or(EbpfError::MissingProgram {
-            name: PROG_TC_REPLY,
-        })?
-        .try_into()
-        .map_err(|e: aya::programs::ProgramError| EbpfError::Load { reason: chain(&e) })?;
+    let program: &mut SchedClassifier = program_of(ebpf, PROG_TC_REPLY)?;
     let tcx_err = match program.attach_with_options(
         iface,
         TcAttachType::Egress,
@@ -1208,6 +1170,7 @@ fn sync_gateway_addrs(inner: &mut Inner) -> Result<(), EbpfError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use gateway_common::FAMILY_IPV4;
     use gateway_config::ListenerProtocol;
 
     #[test]

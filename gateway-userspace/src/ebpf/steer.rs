@@ -24,10 +24,10 @@ use aya::{
     Ebpf,
 };
 use gateway_common::{
-    steer_v4, steer_v6, ListenerKey, FAMILY_IPV4, FAMILY_IPV6, IPPROTO_TCP, MAP_REUSEPORT_GROUPS,
-    MAP_REUSEPORT_LIVE, MAP_SOCKETS, MAP_SOCKET_STATS, MAP_STEER_V4, MAP_STEER_V6,
-    REUSEPORT_WORKERS_MAX, SOCKET_PICKED, SOCKET_PICK_FALLBACK, SOCKET_REFUSED, SOCKET_SLOTS,
-    SOCKET_STATS_SLOTS, SOCKET_STEERED, SOCKET_STEER_MISSED, STEER_PORT_BITS,
+    steer_v4, steer_v6, ListenerKey, MAP_REUSEPORT_GROUPS, MAP_REUSEPORT_LIVE, MAP_SOCKETS,
+    MAP_SOCKET_STATS, MAP_STEER_V4, MAP_STEER_V6, REUSEPORT_WORKERS_MAX, SOCKET_PICKED,
+    SOCKET_PICK_FALLBACK, SOCKET_REFUSED, SOCKET_SLOTS, SOCKET_STATS_SLOTS, SOCKET_STEERED,
+    SOCKET_STEER_MISSED, STEER_PORT_BITS,
 };
 use tracing::debug;
 
@@ -189,24 +189,9 @@ fn map_err(name: &'static str) -> impl Fn(MapError) -> EbpfError {
 }
 
 /// The kernel's key for a bind (`ListenerKey` layout: what `sk_reuseport_pick` reads
-/// from a socket of the group).
+/// from a socket of the group), the same key as the listener table's.
 fn group_key(bind: SocketAddr) -> ListenerKey {
-    let mut key = ListenerKey {
-        port: bind.port(),
-        protocol: IPPROTO_TCP,
-        ..ListenerKey::default()
-    };
-    match bind.ip() {
-        IpAddr::V4(v4) => {
-            key.family = FAMILY_IPV4;
-            key.addr[..4].copy_from_slice(&v4.octets());
-        }
-        IpAddr::V6(v6) => {
-            key.family = FAMILY_IPV6;
-            key.addr = v6.octets();
-        }
-    }
-    key
+    super::listener::key(bind.ip(), bind.port())
 }
 
 /// A private duplicate of `fd`, if it is a listening `SO_REUSEPORT` TCP socket bound to
