@@ -26,16 +26,14 @@ use tokio::{
 use tracing::debug;
 
 use crate::{
-    backend_tls::{self, Alpn, ProfileTls},
+    backend_tls::Alpn,
     http,
     passthrough::{self, CloseReason, Decision},
     tls,
-    upstream::BackendIo,
+    upstream::{self, UpstreamError},
     worker::{View, WorkerCtx},
 };
 
-/// How long connecting to a TLSRoute backend may take (as for HTTP backends).
-const BACKEND_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a terminated TLS connection that cannot be forwarded gets to receive its
 /// `close_notify`.
 const CLOSE_NOTIFY_TIMEOUT: Duration = Duration::from_secs(1);
@@ -125,22 +123,12 @@ fn has_passthrough(view: &View, bind: &Bind) -> bool {
 
 /// Passthrough: connect the endpoint and copy both ways, half-closes included.
 async fn splice_to(mut client: TcpStream, peer: SocketAddr, addr: SocketAddr) {
-    let Some(mut backend) = connect(addr).await else {
+    let Ok(mut backend) = upstream::connect_tcp(addr).await else {
         debug!(%peer, backend = %addr, "passthrough: backend connection failed, closing");
         return reset(client);
     };
     if let Err(err) = passthrough::splice_bidirectional(&mut client, &mut backend).await {
         debug!(%peer, backend = %addr, error = %err, "passthrough connection ended");
-    }
-}
-
-async fn connect(addr: SocketAddr) -> Option<TcpStream> {
-    match tokio::time::timeout(BACKEND_CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
-        Ok(Ok(s)) => {
-            let _ = s.set_nodelay(true);
-            Some(s)
-        }
-        Ok(Err(_)) | Err(_) => None,
     }
 }
 
@@ -205,7 +193,12 @@ async fn forward_terminated<S>(
         .and_then(|target| passthrough::pick(target, fastrand::u64(..)));
     let backend = match picked {
         Ok((backend, addr)) => match view.backend_tls().resolve(&backend.tls) {
-            Ok(profile) => connect_backend(addr, profile.map(|p| &**p)).await,
+            Ok(profile) => upstream::connect(addr, profile.map(|p| &**p), Alpn::None)
+                .await
+                .map_err(|err| match err {
+                    UpstreamError::Tls { .. } => CloseReason::BackendTls,
+                    _ => CloseReason::Connect,
+                }),
             Err(err) => {
                 tracing::warn!(%peer, backend = %backend.name, error = %err, "TLS terminate: backend TLS unusable, closing");
                 Err(CloseReason::BackendTls)
@@ -223,27 +216,6 @@ async fn forward_terminated<S>(
     };
     if let Err(err) = tokio::io::copy_bidirectional(&mut client, &mut backend).await {
         debug!(%peer, error = %err, "TLS terminate connection ended");
-    }
-}
-
-/// TCP to `addr`, then TLS under `profile` when there is one.
-async fn connect_backend(
-    addr: SocketAddr,
-    profile: Option<&ProfileTls>,
-) -> Result<BackendIo, CloseReason> {
-    let tcp = connect(addr).await.ok_or(CloseReason::Connect)?;
-    let Some(profile) = profile else {
-        return Ok(BackendIo::Plain(tcp));
-    };
-    match profile
-        .connect(tcp, Some(addr), Alpn::None, backend_tls::HANDSHAKE_TIMEOUT)
-        .await
-    {
-        Ok(tls) => Ok(BackendIo::Tls(Box::new(tls))),
-        Err(err) => {
-            tracing::warn!(endpoint = %addr, sni = ?profile.server_name(), error = %err, "backend TLS failed");
-            Err(CloseReason::BackendTls)
-        }
     }
 }
 

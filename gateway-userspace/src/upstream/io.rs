@@ -66,11 +66,6 @@ impl BackendIo {
             }
         }
     }
-
-    /// `true` over TLS.
-    pub fn is_tls(&self) -> bool {
-        matches!(self, BackendIo::Tls(_))
-    }
 }
 
 impl AsyncRead for BackendIo {

@@ -226,6 +226,51 @@ impl Upstreams {
     }
 }
 
+/// TCP to a backend endpoint within [`CONNECT_TIMEOUT`], without Nagle (small requests
+/// and responses never wait).
+pub async fn connect_tcp(addr: SocketAddr) -> Result<TcpStream, UpstreamError> {
+    let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+        Err(_) => return Err(UpstreamError::ConnectTimeout { addr }),
+        Ok(Err(source)) => return Err(UpstreamError::connect(addr, source)),
+        Ok(Ok(stream)) => stream,
+    };
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
+/// A connection to a backend endpoint: TCP, then TLS under `tls` when the backend has a
+/// BackendTLSPolicy (that profile's config and the endpoint's session store, offering
+/// `alpn`). A failed handshake or verification is an error, logged with the check that
+/// failed, never a plain connection.
+pub async fn connect(
+    addr: SocketAddr,
+    tls: Option<&ProfileTls>,
+    alpn: Alpn,
+) -> Result<BackendIo, UpstreamError> {
+    let tcp = connect_tcp(addr).await?;
+    let Some(profile) = tls else {
+        return Ok(BackendIo::Plain(tcp));
+    };
+    match profile
+        .connect(tcp, Some(addr), alpn, backend_tls::HANDSHAKE_TIMEOUT)
+        .await
+    {
+        Ok(stream) => Ok(BackendIo::Tls(Box::new(stream))),
+        Err(source) => {
+            tracing::warn!(
+                endpoint = %addr,
+                sni = ?profile.server_name(),
+                error = %source,
+                "backend TLS failed"
+            );
+            Err(UpstreamError::Tls {
+                addr,
+                source: Box::new(source),
+            })
+        }
+    }
+}
+
 impl Endpoint {
     fn new(key: PoolKey, tls: Option<Arc<ProfileTls>>) -> Self {
         debug_assert_eq!(key.tls, tls.as_ref().map(|t| t.identity()));
@@ -283,43 +328,9 @@ impl Endpoint {
     }
 
     /// A connection for `alpn`: TCP, then TLS under the endpoint's profile when it has
-    /// one (a failed handshake or verification is an error, never a plain connection).
+    /// one (see [`connect`]).
     async fn connect_io(&self, alpn: Alpn) -> Result<BackendIo, UpstreamError> {
-        let tcp = self.connect_tcp().await?;
-        let Some(profile) = &self.tls else {
-            return Ok(BackendIo::Plain(tcp));
-        };
-        let addr = self.key.addr;
-        match profile
-            .connect(tcp, Some(addr), alpn, backend_tls::HANDSHAKE_TIMEOUT)
-            .await
-        {
-            Ok(stream) => Ok(BackendIo::Tls(Box::new(stream))),
-            Err(source) => {
-                tracing::warn!(
-                    endpoint = %addr,
-                    sni = ?profile.server_name(),
-                    error = %source,
-                    "backend TLS failed"
-                );
-                Err(UpstreamError::Tls {
-                    addr,
-                    source: Box::new(source),
-                })
-            }
-        }
-    }
-
-    async fn connect_tcp(&self) -> Result<TcpStream, UpstreamError> {
-        let addr = self.key.addr;
-        let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
-            Err(_) => return Err(UpstreamError::ConnectTimeout { addr }),
-            Ok(Err(source)) => return Err(UpstreamError::connect(addr, source)),
-            Ok(Ok(stream)) => stream,
-        };
-        // Small requests and responses: never wait for Nagle.
-        let _ = stream.set_nodelay(true);
-        Ok(stream)
+        connect(self.key.addr, self.tls.as_deref(), alpn).await
     }
 
     /// A hyper HTTP/1.1 connection for an `Upgrade` request (hyper hands over the upgraded
