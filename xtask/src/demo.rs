@@ -4,7 +4,7 @@
 //! `demo_tls`); and gatewayd left running until Ctrl-C.
 
 use std::{
-    io::{Read as _, Write as _},
+    io::{Read, Write as _},
     net::{SocketAddr, TcpListener, TcpStream},
     path::Path,
     process::{Child, Command},
@@ -32,20 +32,28 @@ fn start_backend() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn serve_backend(mut stream: TcpStream) {
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
-    // The whole head, however many segments it came in: closing with unread bytes would
-    // reset the connection instead of ending the response.
+/// The request head and its path, however many segments the head came in (closing with
+/// unread bytes would reset the connection instead of ending the response); `None` when
+/// the client leaves first.
+pub fn read_head(stream: &mut impl Read) -> Option<(String, String)> {
     let mut got = Vec::new();
     let mut buf = [0u8; 4096];
     while !got.windows(4).any(|w| w == b"\r\n\r\n") {
         match stream.read(&mut buf) {
-            Ok(0) | Err(_) => return,
+            Ok(0) | Err(_) => return None,
             Ok(n) => got.extend_from_slice(&buf[..n]),
         }
     }
-    let request = String::from_utf8_lossy(&got);
+    let request = String::from_utf8_lossy(&got).into_owned();
     let path = request.split_whitespace().nth(1).unwrap_or("/").to_owned();
+    Some((request, path))
+}
+
+fn serve_backend(mut stream: TcpStream) {
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+    let Some((request, path)) = read_head(&mut stream) else {
+        return;
+    };
     // What the gateway tells the backend about the client's connection.
     let header = |name: &str| {
         request

@@ -5,7 +5,7 @@
 //! re-encrypt and the HTTP -> HTTPS redirect.
 
 use std::{
-    io::{Read as _, Write as _},
+    io::Write as _,
     net::{TcpListener, TcpStream},
     path::{Path, PathBuf},
     process::Command,
@@ -124,16 +124,9 @@ fn serve_tls(stream: TcpStream, config: Arc<rustls::ServerConfig>) {
         return;
     };
     let mut tls = rustls::StreamOwned::new(conn, stream);
-    let mut buf = [0u8; 4096];
-    let mut got = Vec::new();
-    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-        match tls.read(&mut buf) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => got.extend_from_slice(&buf[..n]),
-        }
-    }
-    let request = String::from_utf8_lossy(&got);
-    let path = request.split_whitespace().nth(1).unwrap_or("/").to_owned();
+    let Some((_, path)) = crate::demo::read_head(&mut tls) else {
+        return;
+    };
     let sni = tls.conn.server_name().unwrap_or("").to_owned();
     let body = format!(
         "{{\"backend\":\"demo-tls-backend\",\"path\":\"{path}\",\"arrived_over_tls\":true,\"sni_seen\":\"{sni}\"}}\n"
