@@ -34,6 +34,7 @@ use gateway_common::{
     steer_v4, ListenerKey, FAMILY_IPV4, IPPROTO_TCP, MAP_REUSEPORT_GROUPS, MAP_REUSEPORT_LIVE,
     MAP_SOCKETS, MAP_STEER_V4, PROG_SK_LOOKUP_STEER, PROG_SK_REUSEPORT_PICK, STEER_PORT_BITS,
 };
+use gateway_tests::bpf::{sk_lookup_test_run, SkLookupCtx};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 /// Runs per `BPF_PROG_TEST_RUN` call.
@@ -152,75 +153,11 @@ fn connection_rate(servers: &[TcpListener], dst: SocketAddr, n: usize) -> f64 {
 
 // ---- BPF_PROG_TEST_RUN ------------------------------------------------------------------
 
-/// `struct bpf_sk_lookup`.
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-struct SkLookupCtx {
-    cookie: u64,
-    family: u32,
-    protocol: u32,
-    remote_ip4: u32,
-    remote_ip6: [u32; 4],
-    remote_port: u16,
-    _pad: u16,
-    local_ip4: u32,
-    local_ip6: [u32; 4],
-    local_port: u32,
-    ingress_ifindex: u32,
-    _tail: u32,
-}
-
-/// The `test` member of `union bpf_attr`.
-#[repr(C)]
-#[derive(Default)]
-struct TestAttr {
-    prog_fd: u32,
-    retval: u32,
-    data_size_in: u32,
-    data_size_out: u32,
-    data_in: u64,
-    data_out: u64,
-    repeat: u32,
-    duration: u32,
-    ctx_size_in: u32,
-    ctx_size_out: u32,
-    ctx_in: u64,
-    ctx_out: u64,
-    flags: u32,
-    cpu: u32,
-    batch_size: u32,
-    _pad: u32,
-}
-
 /// Average ns per run of `program` on `ctx` over `REPEAT` runs, and the cookie assigned.
 fn test_run(program: &SkLookup, ctx: SkLookupCtx) -> (u32, u64) {
-    let mut out = SkLookupCtx::default();
-    let mut attr = TestAttr {
-        prog_fd: program.fd().expect("loaded").as_fd().as_raw_fd() as u32,
-        repeat: REPEAT,
-        ctx_size_in: size_of::<SkLookupCtx>() as u32,
-        ctx_size_out: size_of::<SkLookupCtx>() as u32,
-        ctx_in: (&raw const ctx) as u64,
-        ctx_out: (&raw mut out) as u64,
-        ..TestAttr::default()
-    };
-    // SAFETY: BPF_PROG_TEST_RUN (10) with a `bpf_attr` prefix of the right layout whose
-    // pointers describe `ctx` and `out`, both alive and of the given sizes.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            10 as libc::c_long,
-            &raw mut attr,
-            size_of::<TestAttr>(),
-        )
-    };
-    assert_eq!(
-        rc,
-        0,
-        "BPF_PROG_TEST_RUN: {}",
-        std::io::Error::last_os_error()
-    );
-    (attr.duration, out.cookie)
+    let run = sk_lookup_test_run(program.fd().expect("loaded").as_fd(), &ctx, REPEAT)
+        .expect("BPF_PROG_TEST_RUN");
+    (run.duration_ns, run.out.cookie)
 }
 
 fn lookup_ctx(addr: Ipv4Addr, port: u16) -> SkLookupCtx {

@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests in `tests/tests/`: locating and running the real
 //! `gatewayd` binary, small HTTP over raw sockets, and network namespaces with veth pairs.
 
+pub mod bpf;
 pub mod echo;
 pub mod netns;
 pub mod reencrypt;

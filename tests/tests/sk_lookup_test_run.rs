@@ -11,7 +11,7 @@ mod support;
 
 use std::{
     net::{Ipv4Addr, Ipv6Addr, TcpListener},
-    os::fd::{AsFd as _, AsRawFd as _},
+    os::fd::AsFd as _,
 };
 
 use aya::{
@@ -23,54 +23,11 @@ use gateway_common::{
     steer_v4, steer_v6, IPPROTO_TCP, IPPROTO_UDP, MAP_SOCKETS, MAP_SOCKET_STATS, MAP_STEER_V4,
     MAP_STEER_V6, PROG_SK_LOOKUP_STEER, SOCKET_STEERED, SOCKET_STEER_MISSED, STEER_PORT_BITS,
 };
+use gateway_tests::bpf::{sk_lookup_test_run, SkLookupCtx};
 
 const SK_PASS: u32 = 1;
 const AF_INET: u32 = 2;
 const AF_INET6: u32 = 10;
-/// `enum bpf_cmd`: `BPF_PROG_TEST_RUN`.
-const BPF_PROG_TEST_RUN: nix::libc::c_long = 10;
-
-/// `struct bpf_sk_lookup` (uapi/linux/bpf.h), 72 bytes.
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-struct SkLookupCtx {
-    cookie: u64,
-    family: u32,
-    protocol: u32,
-    remote_ip4: u32,
-    remote_ip6: [u32; 4],
-    remote_port: u16,
-    _pad: u16,
-    local_ip4: u32,
-    local_ip6: [u32; 4],
-    local_port: u32,
-    ingress_ifindex: u32,
-    _tail: u32,
-}
-
-/// The `test` member of `union bpf_attr`.
-#[repr(C)]
-#[derive(Default)]
-struct TestAttr {
-    prog_fd: u32,
-    retval: u32,
-    data_size_in: u32,
-    data_size_out: u32,
-    data_in: u64,
-    data_out: u64,
-    repeat: u32,
-    duration: u32,
-    ctx_size_in: u32,
-    ctx_size_out: u32,
-    ctx_in: u64,
-    ctx_out: u64,
-    flags: u32,
-    cpu: u32,
-    batch_size: u32,
-    _pad: u32,
-}
-
-const _: () = assert!(size_of::<SkLookupCtx>() == 72);
 
 struct Loaded {
     ebpf: Ebpf,
@@ -141,35 +98,9 @@ impl Loaded {
             .expect("program")
             .try_into()
             .expect("sk_lookup");
-        let fd = program.fd().expect("loaded").as_fd().as_raw_fd();
-        let mut out = SkLookupCtx::default();
-        let mut attr = TestAttr {
-            prog_fd: u32::try_from(fd).expect("fd"),
-            repeat: 1,
-            ctx_size_in: size_of::<SkLookupCtx>() as u32,
-            ctx_size_out: size_of::<SkLookupCtx>() as u32,
-            ctx_in: (&raw const ctx) as u64,
-            ctx_out: (&raw mut out) as u64,
-            ..TestAttr::default()
-        };
-        // SAFETY: BPF_PROG_TEST_RUN with a `bpf_attr` prefix of the right layout whose
-        // pointers describe `ctx` and `out`, both alive and of the given sizes.
-        #[allow(unsafe_code)]
-        let rc = unsafe {
-            nix::libc::syscall(
-                nix::libc::SYS_bpf,
-                BPF_PROG_TEST_RUN,
-                &raw mut attr,
-                size_of::<TestAttr>(),
-            )
-        };
-        assert_eq!(
-            rc,
-            0,
-            "BPF_PROG_TEST_RUN: {}",
-            std::io::Error::last_os_error()
-        );
-        (attr.retval, out.cookie)
+        let run = sk_lookup_test_run(program.fd().expect("loaded").as_fd(), &ctx, 1)
+            .expect("BPF_PROG_TEST_RUN");
+        (run.retval, run.out.cookie)
     }
 }
 
