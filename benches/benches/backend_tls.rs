@@ -14,6 +14,9 @@
 //!   the handshake signature is still verified.
 //! - `resumed`: the server issues tickets; the client offers one every time.
 
+#[path = "common/handshake.rs"]
+mod handshake;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,6 +24,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use gateway_config::{BackendTlsProfile, ObjectRef, TrustRoots};
 use gateway_userspace::backend_tls::{Alpn, BackendTlsConfigs, BackendTlsOptions, ProfileTls};
 use gateway_userspace::tls::provider;
+use handshake::Side;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::NoServerSessionStorage;
 use rustls::{ClientConfig, ClientConnection, HandshakeKind, ServerConfig, ServerConnection};
@@ -94,46 +98,10 @@ fn handshake(
     tls: &ProfileTls,
     server: &Arc<ServerConfig>,
 ) -> (Duration, HandshakeKind) {
-    let mut client_time = Duration::ZERO;
     let mut s = ServerConnection::new(server.clone()).expect("server");
     let t = Instant::now();
     let mut c = ClientConnection::new(client.clone(), tls.server_name().clone()).expect("client");
-    client_time += t.elapsed();
-    let mut buf = Vec::with_capacity(8 * 1024);
-    loop {
-        let mut moved = false;
-        buf.clear();
-        let t = Instant::now();
-        while c.wants_write() {
-            c.write_tls(&mut buf).expect("client write");
-        }
-        client_time += t.elapsed();
-        if !buf.is_empty() {
-            moved = true;
-            let mut rd = &buf[..];
-            while !rd.is_empty() {
-                s.read_tls(&mut rd).expect("server read");
-            }
-            s.process_new_packets().expect("server process");
-        }
-        buf.clear();
-        while s.wants_write() {
-            s.write_tls(&mut buf).expect("server write");
-        }
-        if !buf.is_empty() {
-            moved = true;
-            let t = Instant::now();
-            let mut rd = &buf[..];
-            while !rd.is_empty() {
-                c.read_tls(&mut rd).expect("client read");
-            }
-            c.process_new_packets().expect("client process");
-            client_time += t.elapsed();
-        }
-        if !moved && !s.is_handshaking() && !c.is_handshaking() {
-            break;
-        }
-    }
+    let client_time = t.elapsed() + handshake::drive(&mut c, &mut s, Side::Client);
     (client_time, c.handshake_kind().expect("handshake done"))
 }
 

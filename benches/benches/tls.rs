@@ -9,6 +9,9 @@
 //! client and server together.
 
 use std::hint::black_box;
+#[path = "common/handshake.rs"]
+mod handshake;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,6 +19,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use gateway_config::{compile, parse_str, CompileOptions};
 use gateway_userspace::passthrough::{peek_sni, Peek};
 use gateway_userspace::tls::{provider, SessionResumption, TlsBindings};
+use handshake::Side;
 use rustls::client::Resumption;
 use rustls::pki_types::ServerName;
 use rustls::{
@@ -130,46 +134,11 @@ fn client_config(
 
 /// One handshake, in memory; returns the time spent in server-side calls and the kind.
 fn handshake(server: &Arc<ServerConfig>, client: &Arc<ClientConfig>) -> (Duration, HandshakeKind) {
-    let mut server_time = Duration::ZERO;
     let t = Instant::now();
     let mut s = ServerConnection::new(server.clone()).expect("server");
-    server_time += t.elapsed();
+    let new_server = t.elapsed();
     let mut c = ClientConnection::new(client.clone(), name("gw.example.test")).expect("client");
-    let mut buf = Vec::with_capacity(8 * 1024);
-    loop {
-        let mut moved = false;
-        buf.clear();
-        while c.wants_write() {
-            c.write_tls(&mut buf).expect("client write");
-        }
-        if !buf.is_empty() {
-            moved = true;
-            let t = Instant::now();
-            let mut rd = &buf[..];
-            while !rd.is_empty() {
-                s.read_tls(&mut rd).expect("server read");
-            }
-            s.process_new_packets().expect("server process");
-            server_time += t.elapsed();
-        }
-        buf.clear();
-        let t = Instant::now();
-        while s.wants_write() {
-            s.write_tls(&mut buf).expect("server write");
-        }
-        server_time += t.elapsed();
-        if !buf.is_empty() {
-            moved = true;
-            let mut rd = &buf[..];
-            while !rd.is_empty() {
-                c.read_tls(&mut rd).expect("client read");
-            }
-            c.process_new_packets().expect("client process");
-        }
-        if !moved && !s.is_handshaking() && !c.is_handshaking() {
-            break;
-        }
-    }
+    let server_time = new_server + handshake::drive(&mut c, &mut s, Side::Server);
     (server_time, s.handshake_kind().expect("handshake done"))
 }
 
