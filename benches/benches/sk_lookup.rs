@@ -15,12 +15,11 @@
 //!
 //! Needs root (BPF, network namespaces); prints why and does nothing otherwise.
 
-#![allow(unsafe_code)] // setns, BPF_PROG_TEST_RUN, SO_ATTACH_REUSEPORT_EBPF
 
 use std::{
     io::ErrorKind,
     net::{Ipv4Addr, SocketAddr, TcpListener},
-    os::fd::{AsFd as _, AsRawFd as _},
+    os::fd::AsFd as _,
     process::Command,
     time::Instant,
 };
@@ -34,7 +33,10 @@ use gateway_common::{
     steer_v4, ListenerKey, FAMILY_IPV4, IPPROTO_TCP, MAP_REUSEPORT_GROUPS, MAP_REUSEPORT_LIVE,
     MAP_SOCKETS, MAP_STEER_V4, PROG_SK_LOOKUP_STEER, PROG_SK_REUSEPORT_PICK, STEER_PORT_BITS,
 };
-use gateway_tests::bpf::{sk_lookup_test_run, SkLookupCtx};
+use gateway_tests::{
+    bpf::{sk_lookup_test_run, SkLookupCtx},
+    is_root,
+};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 /// Runs per `BPF_PROG_TEST_RUN` call.
@@ -43,17 +45,6 @@ const TEST_RUN_SAMPLES: usize = 16;
 /// Connections per sample, and rounds (one sample of every case per round).
 const CONNECTIONS: usize = 20_000;
 const ROUNDS: usize = 9;
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(2).map(|uid| uid == "0"))
-        })
-        .unwrap_or(false)
-}
 
 fn ip(args: &[&str]) {
     let status = Command::new("ip").args(args).status().expect("run ip");
@@ -87,10 +78,7 @@ impl Netns {
 
     /// Moves the calling thread into the namespace.
     fn enter(&self) {
-        let file = self.file();
-        // SAFETY: setns on a valid namespace fd; it changes only this thread's namespace.
-        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+        gateway_tests::netns::enter(&self.0).expect("setns into the bench namespace");
     }
 }
 

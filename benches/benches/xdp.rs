@@ -5,11 +5,10 @@
 //!
 //! Needs root (BPF, network namespaces); prints why and does nothing otherwise.
 
-#![allow(unsafe_code)] // setns, AF_PACKET and sendmmsg for the packet generator
+#![allow(unsafe_code)] // AF_PACKET and sendmmsg for the packet generator
 
 use std::{
     hint::black_box,
-    process::Command,
     sync::Mutex,
     time::{Duration, Instant},
 };
@@ -26,6 +25,10 @@ use gateway_common::{
     MAP_CONFIG, MAP_DROPS, MAP_GATEWAY_ADDRS, MAP_LISTENERS, MAP_LISTENER_PORTS, PROG_TC_REPLY,
     PROG_XDP_FLOW,
 };
+use gateway_tests::{
+    is_root,
+    netns::{enter, NetnsPair},
+};
 
 /// Runs per `BPF_PROG_TEST_RUN` call.
 const REPEAT: u32 = 1_000_000;
@@ -34,17 +37,6 @@ const FLOOD_FOR: Duration = Duration::from_secs(3);
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(2).map(|uid| uid == "0"))
-        })
-        .unwrap_or(false)
-}
 
 // ---- frames -----------------------------------------------------------------------------
 
@@ -432,88 +424,6 @@ fn test_run_benches(c: &mut Criterion) {
 
 // ---- packets dropped on a veth ------------------------------------------------------------
 
-fn ip(args: &[&str]) {
-    let status = Command::new("ip").args(args).status().expect("run ip");
-    assert!(status.success(), "ip {args:?} failed");
-}
-
-/// Two namespaces joined by a veth pair, deleted on drop.
-struct Pair {
-    a: String,
-    b: String,
-    veth_a: String,
-    veth_b: String,
-}
-
-impl Pair {
-    fn new() -> Self {
-        let id = std::process::id() % 100_000;
-        let pair = Self {
-            a: format!("gwbench-{id}-a"),
-            b: format!("gwbench-{id}-b"),
-            veth_a: format!("gwba{id}"),
-            veth_b: format!("gwbb{id}"),
-        };
-        ip(&["netns", "add", &pair.a]);
-        ip(&["netns", "add", &pair.b]);
-        ip(&[
-            "link",
-            "add",
-            &pair.veth_a,
-            "netns",
-            &pair.a,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &pair.veth_b,
-            "netns",
-            &pair.b,
-        ]);
-        for (ns, dev, addr) in [
-            (&pair.a, &pair.veth_a, "198.18.250.1/24"),
-            (&pair.b, &pair.veth_b, "198.18.250.2/24"),
-        ] {
-            ip(&["-n", ns, "addr", "add", addr, "dev", dev]);
-            ip(&["-n", ns, "link", "set", dev, "up"]);
-        }
-        pair
-    }
-
-    fn mac(&self, ns: &str, dev: &str) -> [u8; 6] {
-        let out = Command::new("ip")
-            .args(["-n", ns, "link", "show", "dev", dev])
-            .output()
-            .expect("ip link show");
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let mac = text
-            .split_whitespace()
-            .skip_while(|w| *w != "link/ether")
-            .nth(1)
-            .expect("a MAC address");
-        let mut bytes = [0u8; 6];
-        for (byte, hex) in bytes.iter_mut().zip(mac.split(':')) {
-            *byte = u8::from_str_radix(hex, 16).expect("hex MAC");
-        }
-        bytes
-    }
-}
-
-impl Drop for Pair {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.a]).status();
-        let _ = Command::new("ip").args(["netns", "del", &self.b]).status();
-    }
-}
-
-/// Moves the calling thread into network namespace `ns`.
-fn enter(ns: &str) {
-    let file = std::fs::File::open(format!("/var/run/netns/{ns}")).expect("open netns");
-    // SAFETY: setns on a valid namespace fd; it changes only this thread's namespace.
-    let rc = unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET) };
-    assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-}
-
 /// Sends `frame` on `dev` (in the calling thread's namespace) as fast as one thread can,
 /// in batches of 256 (sendmmsg), for `duration`. Returns the frames sent.
 fn flood(dev: &str, frame: &[u8], duration: Duration) -> u64 {
@@ -570,18 +480,19 @@ fn flood(dev: &str, frame: &[u8], duration: Duration) -> u64 {
 }
 
 fn veth_drop_rate() {
-    let pair = Pair::new();
-    let mac_a = pair.mac(&pair.a, &pair.veth_a);
-    let mac_b = pair.mac(&pair.b, &pair.veth_b);
+    let pair = NetnsPair::new("xdpb").expect("a veth pair between two namespaces");
+    let mac_a = NetnsPair::mac(&pair.a, &pair.veth_a).expect("MAC of veth a");
+    let mac_b = NetnsPair::mac(&pair.b, &pair.veth_b).expect("MAC of veth b");
+    let (addr_a, addr_b) = (pair.addr_a.octets(), pair.addr_b.octets());
     let mut loaded = Loaded::new();
     loaded.config(DataplaneConfig {
         flags: CONFIG_ACL_V4,
         ..DataplaneConfig::default()
     });
-    loaded.deny([198, 18, 250, 2], 32);
+    loaded.deny(addr_b, 32);
     std::thread::scope(|s| {
         s.spawn(|| {
-            enter(&pair.a);
+            enter(&pair.a).expect("into namespace a");
             let xdp: &mut Xdp = loaded
                 .ebpf
                 .program_mut(PROG_XDP_FLOW)
@@ -593,11 +504,11 @@ fn veth_drop_rate() {
         });
     });
 
-    // 64-byte frames (60 + FCS): UDP 198.18.250.2 -> .1, denied by the ACL.
+    // 64-byte frames (60 + FCS): UDP b -> a, denied by the ACL.
     let mut frame = Vec::with_capacity(60);
     frame.extend_from_slice(&mac_a);
     frame.extend_from_slice(&mac_b);
-    frame.extend_from_slice(&frame_ip_udp([198, 18, 250, 2], [198, 18, 250, 1]));
+    frame.extend_from_slice(&frame_ip_udp(addr_b, addr_a));
     frame.resize(60, 0);
 
     // One sender per CPU: veth runs the receiver's NAPI (and so xdp_flow) on the sender's
@@ -609,7 +520,7 @@ fn veth_drop_rate() {
         let threads: Vec<_> = (0..senders)
             .map(|_| {
                 s.spawn(|| {
-                    enter(&pair.b);
+                    enter(&pair.b).expect("into namespace b");
                     flood(&pair.veth_b, &frame, FLOOD_FOR)
                 })
             })

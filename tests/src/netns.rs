@@ -92,14 +92,29 @@ impl NetnsPair {
         ns: &str,
         f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
     ) -> anyhow::Result<T> {
-        let path = format!("/var/run/netns/{ns}");
+        let name = ns.to_owned();
         std::thread::spawn(move || {
-            let file = std::fs::File::open(&path).with_context(|| format!("opening {path}"))?;
-            setns(file, CloneFlags::CLONE_NEWNET).with_context(|| format!("setns into {path}"))?;
+            enter(&name)?;
             f()
         })
         .join()
         .map_err(|_| anyhow::anyhow!("thread in namespace {ns} panicked"))?
+    }
+
+    /// The MAC address of `dev` in namespace `ns`.
+    pub fn mac(ns: &str, dev: &str) -> anyhow::Result<[u8; 6]> {
+        let out = run_ok(Command::new("ip").args(["-n", ns, "link", "show", "dev", dev]))?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let mac = text
+            .split_whitespace()
+            .skip_while(|w| *w != "link/ether")
+            .nth(1)
+            .with_context(|| format!("no MAC address for {dev} in {ns}: {text}"))?;
+        let mut bytes = [0u8; 6];
+        for (byte, hex) in bytes.iter_mut().zip(mac.split(':')) {
+            *byte = u8::from_str_radix(hex, 16).with_context(|| format!("MAC {mac}"))?;
+        }
+        Ok(bytes)
     }
 
     /// `ip netns exec <ns>` followed by `program`, as a Command to add arguments to.
@@ -116,4 +131,12 @@ impl Drop for NetnsPair {
         let _ = Command::new("ip").args(["netns", "del", &self.a]).status();
         let _ = Command::new("ip").args(["netns", "del", &self.b]).status();
     }
+}
+
+/// Moves the calling thread into network namespace `ns` (the network namespace is
+/// per-thread).
+pub fn enter(ns: &str) -> anyhow::Result<()> {
+    let path = format!("/var/run/netns/{ns}");
+    let file = std::fs::File::open(&path).with_context(|| format!("opening {path}"))?;
+    setns(file, CloneFlags::CLONE_NEWNET).with_context(|| format!("setns into {path}"))
 }
