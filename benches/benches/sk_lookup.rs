@@ -15,7 +15,6 @@
 //!
 //! Needs root (BPF, network namespaces); prints why and does nothing otherwise.
 
-
 use std::{
     io::ErrorKind,
     net::{Ipv4Addr, SocketAddr, TcpListener},
