@@ -135,6 +135,12 @@ pub fn demo(gatewayd: &Path, seconds: Option<u64>) -> anyhow::Result<()> {
         .args(["--admin", ADMIN, "--xdp-iface", "lo"]);
     eprintln!("+ {}", crate::display(&cmd));
     let mut child = cmd.spawn().context("starting gatewayd")?;
+    // Ctrl-C reaches the whole foreground process group: gatewayd detaches and exits on it,
+    // and this process outlives it (SIGINT only sets a flag here) to check its exit status
+    // and remove the demo's files.
+    let interrupted = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGINT, interrupted)
+        .context("installing the SIGINT handler")?;
     if let Err(err) = wait_healthy(&mut child) {
         let _ = child.kill();
         return Err(err);
@@ -146,6 +152,9 @@ pub fn demo(gatewayd: &Path, seconds: Option<u64>) -> anyhow::Result<()> {
         let _ = child.wait();
     }
     demo_tls::cleanup(&pki.dir);
+    if result.is_ok() {
+        eprintln!("gatewayd stopped (exit 0); removed {}", pki.dir.display());
+    }
     result
 }
 

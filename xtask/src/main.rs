@@ -113,6 +113,39 @@ fn target_dir() -> PathBuf {
         .unwrap_or_else(|| workspace_root().join("target"))
 }
 
+/// Clippy on the kernel programs for the BPF target, where their code exists (on the host
+/// `gateway-ebpf` is an empty `main`): nightly, `core` built from source, as
+/// gateway-userspace/build.rs builds them.
+fn clippy_ebpf() -> anyhow::Result<()> {
+    let mut cmd = Command::new("rustup");
+    cmd.args([
+        "run",
+        "nightly",
+        "cargo",
+        "clippy",
+        "-p",
+        "gateway-ebpf",
+        "--target",
+        "bpfel-unknown-none",
+        "-Z",
+        "build-std=core",
+        "--release",
+        "--",
+        "-D",
+        "warnings",
+    ])
+    .current_dir(workspace_root())
+    .env("CARGO_TARGET_DIR", target_dir().join("ebpf-clippy"))
+    // The stable toolchain's cargo and rustc, as `cargo xtask` was started with, must not
+    // leak into the nightly build.
+    .env_remove("RUSTC")
+    .env_remove("RUSTC_WRAPPER")
+    .env_remove("RUSTC_WORKSPACE_WRAPPER")
+    .env_remove("RUSTUP_TOOLCHAIN")
+    .env_remove("CARGO");
+    run(&mut cmd)
+}
+
 fn test(args: &[String]) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     run(cargo().args(["fmt", "--all", "--check"]))?;
@@ -124,6 +157,7 @@ fn test(args: &[String]) -> anyhow::Result<()> {
         "-D",
         "warnings",
     ]))?;
+    clippy_ebpf()?;
     // The integration tests drive the real binary; build it first so they find it.
     let gatewayd = build_gatewayd(false)?;
     let mut cmd = cargo();
@@ -139,9 +173,10 @@ fn test(args: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// "1" when running as root: then an eBPF test that cannot run is a failure, not a skip.
+/// "1" when running as root, or when the caller already asks for it (`.ci/run` does): then
+/// an eBPF test that cannot run is a failure, not a skip.
 fn require_ebpf_tests() -> &'static str {
-    if setup::is_root() {
+    if setup::is_root() || std::env::var("GATEWAYD_REQUIRE_EBPF_TESTS").as_deref() == Ok("1") {
         "1"
     } else {
         "0"
@@ -219,6 +254,7 @@ fn main() -> anyhow::Result<()> {
             test(&args)
         }
         Task::Bench { anchors: true, .. } => {
+            setup::setup()?;
             setup::setup_bench()?;
             anchors()
         }

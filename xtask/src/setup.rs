@@ -34,6 +34,12 @@ fn have_command(name: &str) -> bool {
     output(Command::new("sh").args(["-c", &format!("command -v {name}")])).is_some()
 }
 
+/// Whether dpkg has the Debian package installed (not merely known or half-removed).
+fn package_installed(package: &str) -> bool {
+    output(Command::new("dpkg-query").args(["-W", "-f=${Status}", package]))
+        .is_some_and(|status| status.ends_with("install ok installed"))
+}
+
 fn report(piece: &str, what: &str) {
     eprintln!("setup: {piece}: {what}");
 }
@@ -117,20 +123,18 @@ pub fn setup() -> anyhow::Result<()> {
         report("nightly rust-src", "installed");
     }
 
-    // LLVM 22 (bpf-linker links against it, and needs it at run time).
-    let llvm_config = Path::new(LLVM_PREFIX).join("bin/llvm-config");
-    if llvm_config.exists() {
-        report(LLVM_PACKAGE, "present");
-    } else {
-        apt.install(&[LLVM_PACKAGE], "building bpf-linker")?;
-        report(LLVM_PACKAGE, "installed");
-    }
-
-    // bpf-linker, built against that LLVM.
+    // bpf-linker, built against LLVM 22. A bpf-linker that answers `--version` already has
+    // its LLVM libraries; only building it needs the development package.
     let linker_version = output(Command::new("bpf-linker").arg("--version")).unwrap_or_default();
     if linker_version.contains(BPF_LINKER_VERSION) {
         report("bpf-linker", &format!("{BPF_LINKER_VERSION} present"));
     } else {
+        if package_installed(LLVM_PACKAGE) {
+            report(LLVM_PACKAGE, "present");
+        } else {
+            apt.install(&[LLVM_PACKAGE], "building bpf-linker")?;
+            report(LLVM_PACKAGE, "installed");
+        }
         let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
         cmd.args([
             "install",
