@@ -6,6 +6,9 @@
 //!   served through one socket on the range's first address; the steering follows
 //!   reloads; a single address inside the range belongs to its own Gateway (longest
 //!   prefix).
+//! - a Gateway `IPAddress` that no interface has (a plain bind fails with EADDRNOTAVAIL)
+//!   is served through `sk_lookup` like a one-address range; without eBPF the listener is
+//!   not ready and the reason names the address and the listener.
 //! - `sk_reuseport_pick`: new connections spread over the workers by flow hash; a worker
 //!   drained through the admin API gets none until it is taken back.
 //! - graceful fallback: a namespace that refuses another sk_lookup program turns steering
@@ -17,7 +20,7 @@ mod support;
 
 use std::{
     collections::BTreeMap,
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream},
+    net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream},
     path::Path,
     time::{Duration, Instant},
 };
@@ -48,6 +51,31 @@ fn route_range(pair: &NetnsPair) {
     ]);
     let via = pair.addr_a.to_string();
     ip(&["-n", &pair.b, "route", "add", "192.0.2.0/24", "via", &via]);
+}
+
+/// `addr` is on no interface of namespace A, yet A delivers it locally and B routes it
+/// there: a plain bind on it fails with EADDRNOTAVAIL. For IPv4 the local route sits in a
+/// routing table of its own, chosen by a rule (routing finds it; `bind` looks in the
+/// `local` table only; `ip route add local ADDR dev lo` alone would make the address
+/// bindable). For IPv6 a local route is enough: `bind` accepts only interface addresses.
+fn route_nonlocal(pair: &NetnsPair, addr: IpAddr, via: IpAddr) {
+    let host = match addr {
+        IpAddr::V4(_) => format!("{addr}/32"),
+        IpAddr::V6(_) => format!("{addr}/128"),
+    };
+    let family = if addr.is_ipv4() { "-4" } else { "-6" };
+    if addr.is_ipv4() {
+        ip(&[
+            "-n", &pair.a, "route", "add", "local", &host, "dev", "lo", "table", "100",
+        ]);
+        ip(&["-n", &pair.a, "rule", "add", "to", &host, "lookup", "100"]);
+    } else {
+        ip(&[
+            "-n", &pair.a, "-6", "route", "add", "local", &host, "dev", "lo",
+        ]);
+    }
+    let via = via.to_string();
+    ip(&["-n", &pair.b, family, "route", "add", &host, "via", &via]);
 }
 
 /// An echo backend listening on 127.0.0.1 inside namespace `ns`.
@@ -639,5 +667,119 @@ fn more_workers_than_sk_reuseport_can_choose_from_turn_it_off_with_one_warning_a
         refused.body.contains("sk_reuseport_pick"),
         "{}",
         refused.body
+    );
+}
+
+#[test]
+fn an_address_no_interface_has_is_served_through_sk_lookup_and_without_ebpf_the_error_names_it() {
+    require_ebpf!(
+        "an_address_no_interface_has_is_served_through_sk_lookup_and_without_ebpf_the_error_names_it"
+    );
+    let v4: IpAddr = "198.51.100.7".parse().expect("address");
+    let v6: IpAddr = "2001:db8:7::7".parse().expect("address");
+    let pair = pair("nla");
+    let (v6_a, _) = enable_ipv6(&pair);
+    route_nonlocal(&pair, v4, pair.addr_a.into());
+    route_nonlocal(&pair, v6, v6_a.into());
+    // The setup holds: the host cannot bind either address.
+    for addr in [v4, v6] {
+        let refused = NetnsPair::run_in(&pair.a, move || {
+            Ok(std::net::TcpListener::bind((addr, PORT)).map_err(|e| e.raw_os_error()))
+        })
+        .expect("bind in A");
+        assert_eq!(
+            refused.err(),
+            Some(Some(nix::libc::EADDRNOTAVAIL)),
+            "a plain bind on {addr} must fail"
+        );
+    }
+    let echo = echo_in(&pair.a, "nonlocal-backend");
+    let config = [
+        service("default", "nonlocal-backend", &[echo.addr], None),
+        gateway(
+            "single",
+            "2020-01-01T00:00:00Z",
+            &format!(
+                "[{{type: IPAddress, value: \"{v4}\"}}, {{type: IPAddress, value: \"{v6}\"}}]"
+            ),
+        ),
+        route("single", "nonlocal-backend"),
+    ]
+    .join("\n---\n");
+    let targets = [SocketAddr::new(v4, PORT), SocketAddr::new(v6, PORT)];
+    let dir = tempfile::tempdir().expect("temp dir");
+
+    // Without eBPF: not ready, and the reason names each address, the listener and what is
+    // missing.
+    let off = NsGatewayd::start(&pair.a, dir.path(), &config, &["--ebpf", "off"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let readyz = loop {
+        let readyz = off.get("/readyz").expect("GET /readyz");
+        if readyz.body.contains("cannot listen") || Instant::now() > deadline {
+            break readyz;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(readyz.status, 503, "{}", readyz.body);
+    for needle in [
+        "cannot listen on 198.51.100.7:8080 for listener http of Gateway default/single: the host has no address 198.51.100.7",
+        "cannot listen on [2001:db8:7::7]:8080 for listener http of Gateway default/single: the host has no address 2001:db8:7::7",
+        "sk_lookup",
+    ] {
+        assert!(readyz.body.contains(needle), "{needle:?} missing: {}", readyz.body);
+    }
+    let stderr = off.stderr();
+    assert!(
+        stderr.contains("198.51.100.7")
+            && stderr.contains("listener http of Gateway default/single"),
+        "the log names them too: {stderr}"
+    );
+    for addr in targets {
+        assert!(!connects_from(&pair.b, addr), "nothing listens on {addr}");
+    }
+    drop(off);
+
+    // With sk_lookup: bound with IP_FREEBIND, steered as a /32 and a /128, served.
+    let gw = NsGatewayd::start(
+        &pair.a,
+        dir.path(),
+        &config,
+        &[
+            "--ebpf",
+            "required",
+            "--bpf-pin-dir",
+            "none",
+            "--workers",
+            "2",
+        ],
+    );
+    wait_ready(&gw);
+    let m = gw.wait_metrics(Duration::from_secs(5), |m| {
+        m.get("gatewayd_sk_lookup_prefixes") >= 2.0
+    });
+    assert_eq!(m.feature("sk_lookup"), Some(1.0), "{}", gw.stderr());
+    assert_eq!(m.get("gatewayd_sk_lookup_prefixes"), 2.0, "{}", gw.stderr());
+    for addr in targets {
+        for _ in 0..3 {
+            let response = get_from(&pair.b, addr)
+                .unwrap_or_else(|e| panic!("{addr}: {e:#}\n{}", gw.stderr()));
+            assert_eq!(response.status, 200, "{addr}: {}", response.body);
+            assert_eq!(backend(&response), "nonlocal-backend", "{addr}");
+        }
+    }
+    let m = gw.metrics();
+    assert_eq!(m.get("gatewayd_sk_lookup_steered_total"), 6.0, "{:?}", m.0);
+    assert_eq!(m.get("gatewayd_sk_lookup_missed_total"), 0.0);
+    // Only those addresses on that port: another port of theirs is nobody's.
+    for addr in targets {
+        assert!(!connects_from(
+            &pair.b,
+            SocketAddr::new(addr.ip(), PORT + 1)
+        ));
+    }
+    assert!(
+        !gw.stderr().contains("ERROR") && !gw.stderr().contains("WARN"),
+        "{}",
+        gw.stderr()
     );
 }

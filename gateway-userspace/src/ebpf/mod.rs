@@ -1094,6 +1094,12 @@ impl DataplaneHandle {
         lock(&self.shared.inner).steering.sync(plan)
     }
 
+    /// Whether `sk_lookup_steer` runs, so that a bind on an address the host does not have
+    /// can be served (its socket is bound with `IP_FREEBIND` and the address steered to it).
+    pub fn steering_on(&self) -> bool {
+        lock(&self.shared.inner).steering.steer_on
+    }
+
     /// Whether `sk_reuseport_pick` runs (so workers can drain).
     pub fn reuseport_on(&self) -> bool {
         lock(&self.shared.inner).steering.reuseport_on()

@@ -52,6 +52,9 @@ pub struct BindSockets {
 pub struct PlannedBind {
     pub addr: SocketAddr,
     pub prefix_len: Option<u8>,
+    /// One address the host does not have, bound with `IP_FREEBIND`: steered as a
+    /// full-length prefix, since nothing else brings it connections.
+    pub nonlocal: bool,
 }
 
 fn contains(net: IpAddr, len: u8, ip: IpAddr) -> bool {
@@ -69,9 +72,11 @@ fn contains(net: IpAddr, len: u8, ip: IpAddr) -> bool {
 }
 
 /// The plan for the sockets the listeners hold (`(bind, worker, fd)`), with the ranges
-/// and addresses of the serving table's binds. A bind that is in the table but has no
-/// socket yet is left out (the next listener change brings it); a bind with sockets that
-/// the table no longer has keeps its worker group but is not steered.
+/// and addresses of the serving table's binds. A range is steered whole; one address is
+/// steered when the host does not have it, or when a range on the same port covers it.
+/// A bind that is in the table but has no socket yet is left out (the next listener
+/// change brings it); a bind with sockets that the table no longer has keeps its worker
+/// group but is not steered.
 pub fn plan(binds: &[PlannedBind], sockets: &[(SocketAddr, usize, RawFd)]) -> Vec<BindSockets> {
     let ranges: Vec<(u16, IpAddr, u8)> = binds
         .iter()
@@ -89,7 +94,7 @@ pub fn plan(binds: &[PlannedBind], sockets: &[(SocketAddr, usize, RawFd)]) -> Ve
         let covered = ranges
             .iter()
             .any(|&(port, net, len)| port == addr.port() && contains(net, len, ip));
-        covered.then(|| (ip, if ip.is_ipv4() { 32 } else { 128 }))
+        (bind.nonlocal || covered).then(|| (ip, if ip.is_ipv4() { 32 } else { 128 }))
     };
     let mut by_bind: BTreeMap<SocketAddr, Vec<(usize, RawFd)>> = BTreeMap::new();
     for &(bind, worker, fd) in sockets {
@@ -620,6 +625,7 @@ mod tests {
         PlannedBind {
             addr: addr.parse().expect("test address"),
             prefix_len,
+            nonlocal: false,
         }
     }
 
@@ -668,6 +674,36 @@ mod tests {
             ]
         );
         assert!(plan.iter().all(|b| b.sockets.len() == 2));
+    }
+
+    #[test]
+    fn an_address_the_host_does_not_have_is_steered_as_a_full_length_prefix() {
+        let binds = [
+            PlannedBind {
+                nonlocal: true,
+                ..bind("198.51.100.7:80", None)
+            },
+            PlannedBind {
+                nonlocal: true,
+                ..bind("[2001:db8::7]:80", None)
+            },
+            bind("198.51.100.8:80", None),
+        ];
+        let plan = plan(
+            &binds,
+            &sockets(&["198.51.100.7:80", "[2001:db8::7]:80", "198.51.100.8:80"]),
+        );
+        let steer: Vec<(String, Option<(IpAddr, u8)>)> =
+            plan.iter().map(|b| (b.bind.to_string(), b.steer)).collect();
+        let ip = |s: &str| s.parse::<IpAddr>().expect("test address");
+        assert_eq!(
+            steer,
+            vec![
+                ("198.51.100.7:80".into(), Some((ip("198.51.100.7"), 32))),
+                ("198.51.100.8:80".into(), None),
+                ("[2001:db8::7]:80".into(), Some((ip("2001:db8::7"), 128))),
+            ]
+        );
     }
 
     #[test]

@@ -7,6 +7,8 @@
 //! blocking pool; errors are logged and counted, and the task goes on.
 
 use std::{
+    collections::BTreeSet,
+    net::SocketAddr,
     path::{Path, PathBuf},
     sync::Arc,
     time::Duration,
@@ -262,6 +264,9 @@ pub fn spawn_sockets(
 }
 
 async fn sync_sockets(handle: &DataplaneHandle, state: &State, listeners: &Listeners) {
+    let fds = listeners.socket_fds();
+    let nonlocal: BTreeSet<SocketAddr> =
+        fds.iter().filter(|s| s.nonlocal).map(|s| s.bind).collect();
     let binds: Vec<PlannedBind> = state
         .snapshot()
         .map(|snapshot| {
@@ -273,15 +278,12 @@ async fn sync_sockets(handle: &DataplaneHandle, state: &State, listeners: &Liste
                 .map(|b| PlannedBind {
                     addr: b.addr,
                     prefix_len: b.prefix_len,
+                    nonlocal: nonlocal.contains(&b.addr),
                 })
                 .collect()
         })
         .unwrap_or_default();
-    let sockets: Vec<_> = listeners
-        .socket_fds()
-        .iter()
-        .map(|s| (s.bind, s.worker, s.fd))
-        .collect();
+    let sockets: Vec<_> = fds.iter().map(|s| (s.bind, s.worker, s.fd)).collect();
     let plan = steer::plan(&binds, &sockets);
     let handle = handle.clone();
     match blocking(move || handle.sync_sockets(&plan)).await {

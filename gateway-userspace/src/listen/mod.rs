@@ -3,6 +3,12 @@
 //! worker and `sk_lookup` steers address ranges to these sockets: [`Listeners::socket_fds`],
 //! `ebpf::steer`).
 //!
+//! A bind on one address the host has is a plain bind. One the host does not have
+//! (`EADDRNOTAVAIL`) is bound with `IP_FREEBIND` and served like a one-address range,
+//! through `sk_lookup`, when that program runs; without it the bind fails, naming the
+//! address and its listeners. An address range is always bound with `IP_FREEBIND` on its
+//! first address.
+//!
 //! [`Listeners::run`] follows every snapshot the [`State`] publishes: it hands the new
 //! table to the workers, binds the binds that are new, and closes the ones that are gone.
 //! Closing a listening socket stops new connections only; established connections keep
@@ -27,7 +33,7 @@ use crate::{
     worker::{WorkerCtx, WorkerStats, Workers},
 };
 
-pub use socket::{bind_reuseport, bind_reuseport_range};
+pub use socket::{bind_reuseport, bind_reuseport_freebind, is_address_not_available};
 
 /// Binds that failed are tried again this often (and the serving snapshot is checked).
 const RETRY_EVERY: Duration = Duration::from_secs(1);
@@ -41,6 +47,9 @@ pub struct SocketFd {
     pub worker: usize,
     /// The socket's file descriptor; valid while the bind is in the table.
     pub fd: RawFd,
+    /// The bind is one address the host does not have, bound with `IP_FREEBIND`: only
+    /// `sk_lookup` steering brings it connections.
+    pub nonlocal: bool,
 }
 
 struct Bound {
@@ -49,11 +58,31 @@ struct Bound {
     accept: AbortHandle,
 }
 
+/// The sockets of one bind.
+struct Held {
+    sockets: Vec<Bound>,
+    /// See [`SocketFd::nonlocal`].
+    nonlocal: bool,
+}
+
+/// Why a bind has no sockets.
+#[derive(Debug, thiserror::Error)]
+enum BindError {
+    #[error("the host has no address {addr} ({source}); an address the host does not have is served through eBPF sk_lookup steering, which is not running (--ebpf off, or refused at start-up: see the eBPF warning)")]
+    NotLocal {
+        addr: std::net::IpAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
 /// Every listening socket of the data path.
 pub struct Listeners {
     state: Arc<State>,
     workers: Arc<Workers>,
-    bound: Mutex<BTreeMap<SocketAddr, Vec<Bound>>>,
+    bound: Mutex<BTreeMap<SocketAddr, Held>>,
     changed: watch::Sender<u64>,
 }
 
@@ -76,11 +105,12 @@ impl Listeners {
     pub fn socket_fds(&self) -> Vec<SocketFd> {
         lock(&self.bound)
             .iter()
-            .flat_map(|(bind, sockets)| {
-                sockets.iter().map(|s| SocketFd {
+            .flat_map(|(bind, held)| {
+                held.sockets.iter().map(|s| SocketFd {
                     bind: *bind,
                     worker: s.worker,
                     fd: s.fd,
+                    nonlocal: held.nonlocal,
                 })
             })
             .collect()
@@ -138,11 +168,11 @@ impl Listeners {
         let mut changed = false;
         {
             let mut bound = lock(&self.bound);
-            bound.retain(|addr, sockets| {
+            bound.retain(|addr, held| {
                 if wanted.contains(addr) {
                     return true;
                 }
-                for s in sockets.iter() {
+                for s in &held.sockets {
                     s.accept.abort();
                 }
                 info!(bind = %addr, "listener closed");
@@ -154,14 +184,19 @@ impl Listeners {
                     continue;
                 }
                 match self.bind(*addr, ranges.contains(addr)) {
-                    Ok(sockets) => {
-                        info!(bind = %addr, sockets = sockets.len(), "listening");
-                        bound.insert(*addr, sockets);
+                    Ok(held) => {
+                        if held.nonlocal {
+                            info!(bind = %addr, sockets = held.sockets.len(), "listening on an address the host does not have (IP_FREEBIND), served through sk_lookup");
+                        } else {
+                            info!(bind = %addr, sockets = held.sockets.len(), "listening");
+                        }
+                        bound.insert(*addr, held);
                         changed = true;
                     }
                     Err(err) => {
-                        warn!(bind = %addr, error = %err, "cannot listen");
-                        problems.push(format!("cannot listen on {addr}: {err}"));
+                        let listeners = listener_names(snapshot, *addr);
+                        warn!(bind = %addr, listeners = %listeners, error = %err, "cannot listen");
+                        problems.push(format!("cannot listen on {addr} for {listeners}: {err}"));
                     }
                 }
             }
@@ -175,18 +210,33 @@ impl Listeners {
         ok
     }
 
-    /// One socket per worker on `addr`; all or none.
-    fn bind(&self, addr: SocketAddr, range: bool) -> std::io::Result<Vec<Bound>> {
+    /// One socket per worker on `addr`; all or none. A range's first address, and an
+    /// address the host does not have while `sk_lookup` steering runs, are bound with
+    /// `IP_FREEBIND`.
+    fn bind(&self, addr: SocketAddr, range: bool) -> Result<Held, BindError> {
         let mut sockets = Vec::new();
+        let mut nonlocal = false;
         for w in self.workers.workers() {
-            let socket = if range {
-                bind_reuseport_range(addr)?
+            let socket = if range || nonlocal {
+                bind_reuseport_freebind(addr)?
             } else {
-                bind_reuseport(addr)?
+                match bind_reuseport(addr) {
+                    Err(err) if is_address_not_available(&err) => {
+                        if !self.steering_on() {
+                            return Err(BindError::NotLocal {
+                                addr: addr.ip(),
+                                source: err,
+                            });
+                        }
+                        nonlocal = true;
+                        bind_reuseport_freebind(addr)?
+                    }
+                    other => other?,
+                }
             };
             sockets.push((w, socket));
         }
-        Ok(sockets
+        let sockets = sockets
             .into_iter()
             .map(|(w, listener)| {
                 let fd = listener.as_raw_fd();
@@ -199,19 +249,46 @@ impl Listeners {
                     accept: task.abort_handle(),
                 }
             })
-            .collect())
+            .collect();
+        Ok(Held { sockets, nonlocal })
+    }
+
+    /// Whether the kernel's `sk_lookup` program runs and can steer an address the host does
+    /// not have to a socket.
+    fn steering_on(&self) -> bool {
+        self.state
+            .dataplane_handle()
+            .is_some_and(|dataplane| dataplane.steering_on())
     }
 
     /// Closes every listening socket (shutdown).
     pub fn close_all(&self) {
         let mut bound = lock(&self.bound);
-        for sockets in bound.values() {
-            for s in sockets {
+        for held in bound.values() {
+            for s in &held.sockets {
                 s.accept.abort();
             }
         }
         bound.clear();
         self.changed.send_modify(|g| *g += 1);
+    }
+}
+
+/// `listener http of Gateway default/gw, ...`: the listeners `snapshot` serves on `bind`.
+fn listener_names(snapshot: &Snapshot, bind: SocketAddr) -> String {
+    let table = &snapshot.compiled.table;
+    let names: Vec<String> = table
+        .binds()
+        .iter()
+        .filter(|b| b.addr == bind)
+        .flat_map(|b| b.listeners.iter())
+        .filter_map(|id| table.listener(*id))
+        .map(|l| format!("listener {} of Gateway {}", l.name, l.gateway))
+        .collect();
+    if names.is_empty() {
+        "no listener".to_owned()
+    } else {
+        names.join(", ")
     }
 }
 

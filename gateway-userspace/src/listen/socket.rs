@@ -14,11 +14,23 @@ pub fn bind_reuseport(addr: SocketAddr) -> std::io::Result<std::net::TcpListener
     bind_with(addr, false)
 }
 
-/// [`bind_reuseport`] with `IP_FREEBIND`, for the first address of a Gateway address range:
-/// the host need not have it; the kernel's `sk_lookup` program steers the whole range to
-/// this socket.
-pub fn bind_reuseport_range(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+/// [`bind_reuseport`] with `IP_FREEBIND`, for an address the host need not have: the first
+/// address of a Gateway address range, or a Gateway address no interface has. The kernel's
+/// `sk_lookup` program steers the range, or the address, to this socket.
+///
+/// The socket is also made transparent (`IP_TRANSPARENT`) when the privileges allow: the
+/// kernel routes an IPv4 reply only from a source in its `local` routing table unless the
+/// socket is transparent, so an address delivered here by policy routing (a local route in
+/// another table) could take connections but never answer them. Without `CAP_NET_ADMIN`
+/// the socket stays `IP_FREEBIND` only, which serves every address the `local` table has.
+pub fn bind_reuseport_freebind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     bind_with(addr, true)
+}
+
+/// The bind failed because the host has no such address (`EADDRNOTAVAIL`), as opposed to
+/// a port in use or a lack of privileges.
+pub fn is_address_not_available(err: &std::io::Error) -> bool {
+    err.raw_os_error() == Some(libc::EADDRNOTAVAIL)
 }
 
 fn bind_with(addr: SocketAddr, freebind: bool) -> std::io::Result<std::net::TcpListener> {
@@ -29,10 +41,15 @@ fn bind_with(addr: SocketAddr, freebind: bool) -> std::io::Result<std::net::TcpL
         socket.set_only_v6(true)?;
     }
     if freebind {
-        if addr.is_ipv6() {
+        let transparent = if addr.is_ipv6() {
             socket.set_freebind_v6(true)?;
+            socket.set_ip_transparent_v6(true)
         } else {
             socket.set_freebind_v4(true)?;
+            socket.set_ip_transparent_v4(true)
+        };
+        if let Err(err) = transparent {
+            tracing::debug!(%addr, error = %err, "IP_TRANSPARENT refused; IP_FREEBIND only");
         }
     }
     socket.set_tcp_nodelay(true)?;
@@ -58,8 +75,9 @@ mod tests {
     fn a_range_is_bound_on_an_address_the_host_does_not_have() {
         // 192.0.2.0/24 (TEST-NET-1) is on no interface of a test machine.
         let addr: SocketAddr = "192.0.2.0:0".parse().expect("addr");
-        assert!(bind_reuseport(addr).is_err());
-        let socket = bind_reuseport_range(addr).expect("IP_FREEBIND bind");
+        let refused = bind_reuseport(addr).expect_err("no interface has 192.0.2.0");
+        assert!(is_address_not_available(&refused), "{refused}");
+        let socket = bind_reuseport_freebind(addr).expect("IP_FREEBIND bind");
         assert_eq!(socket.local_addr().expect("addr").ip(), addr.ip());
     }
 
@@ -67,6 +85,7 @@ mod tests {
     fn a_port_held_without_reuseport_cannot_be_bound() {
         let holder = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = holder.local_addr().expect("addr");
-        assert!(bind_reuseport(addr).is_err());
+        let refused = bind_reuseport(addr).expect_err("the port is held");
+        assert!(!is_address_not_available(&refused), "{refused}");
     }
 }

@@ -7,7 +7,7 @@
 
 use std::{
     collections::BTreeMap,
-    net::{IpAddr, Ipv4Addr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -689,6 +689,60 @@ pub fn static_neighbours(pair: &NetnsPair) {
         "nud",
         "permanent",
     ]);
+}
+
+/// Turns IPv6 on for the pair (off by default, see [`NetnsPair`]): `fd00:18:N::1/64` on
+/// `veth_a` and `fd00:18:N::2/64` on `veth_b` (N from the pair's IPv4 subnet), without
+/// duplicate address detection (`nodad`) so both are usable at once, and permanent
+/// neighbour entries so no neighbour discovery precedes the tests' packets. Returns the
+/// two addresses.
+pub fn enable_ipv6(pair: &NetnsPair) -> (Ipv6Addr, Ipv6Addr) {
+    let n = u16::from(pair.addr_a.octets()[2]);
+    let addr_a = Ipv6Addr::new(0xfd00, 0x18, n, 0, 0, 0, 0, 1);
+    let addr_b = Ipv6Addr::new(0xfd00, 0x18, n, 0, 0, 0, 0, 2);
+    for (ns, veth, addr) in [
+        (&pair.a, &pair.veth_a, addr_a),
+        (&pair.b, &pair.veth_b, addr_b),
+    ] {
+        gateway_tests::run_ok(
+            NetnsPair::command_in(ns, "sysctl")
+                .args(["-qw", &format!("net.ipv6.conf.{veth}.disable_ipv6=0")]),
+        )
+        .expect("enable IPv6");
+        ip(&[
+            "-n",
+            ns,
+            "-6",
+            "addr",
+            "add",
+            &format!("{addr}/64"),
+            "dev",
+            veth,
+            "nodad",
+        ]);
+    }
+    let mac_a = mac_of(&pair.a, &pair.veth_a);
+    let mac_b = mac_of(&pair.b, &pair.veth_b);
+    for (ns, neighbour, mac, veth) in [
+        (&pair.b, addr_a, &mac_a, &pair.veth_b),
+        (&pair.a, addr_b, &mac_b, &pair.veth_a),
+    ] {
+        ip(&[
+            "-n",
+            ns,
+            "-6",
+            "neigh",
+            "replace",
+            &neighbour.to_string(),
+            "lladdr",
+            mac,
+            "dev",
+            veth,
+            "nud",
+            "permanent",
+        ]);
+    }
+    (addr_a, addr_b)
 }
 
 /// Runs `ip` with `args`, failing the test on error.
