@@ -645,13 +645,18 @@ fn on_loopback_each_packet_is_counted_once_both_directions_by_xdp_alone() {
     let dir = tempfile::tempdir().expect("temp dir");
     let gw = NsGatewayd::start(&pair.a, dir.path(), EMPTY_CONFIG, &args("lo", &[]));
     let metrics = gw.metrics();
-    assert!(
+    // Loopback has no native XDP: generic (SKB) mode, as the kernel shows it too.
+    assert_eq!(
         metrics
             .0
-            .keys()
-            .any(|k| k.starts_with("gatewayd_xdp_attached{iface=\"lo\"")),
+            .get("gatewayd_xdp_attached{iface=\"lo\",mode=\"generic\"}"),
+        Some(&1.0),
         "{metrics:?}"
     );
+    let link = run_ok(Command::new("ip").args(["-n", &pair.a, "link", "show", "dev", "lo"]))
+        .expect("ip link");
+    let link = String::from_utf8_lossy(&link.stdout);
+    assert!(link.contains("xdpgeneric"), "{link}");
     assert!(
         !metrics
             .0

@@ -1,11 +1,15 @@
 //! gatewayd attached to one end of a veth pair; traffic from the other namespace; `/flows`
-//! must report it exactly as it crossed the wire.
+//! must report it exactly as it crossed the wire. XDP runs in driver mode on a veth. On
+//! SIGTERM and SIGINT every program is detached (XDP, TC egress, the namespace's
+//! sk_lookup) and a clsact qdisc gatewayd created is removed, one it found stays.
 
 use std::{
+    collections::{BTreeMap, BTreeSet},
     io::{Read as _, Write as _},
     net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream},
+    os::unix::fs::MetadataExt as _,
     process::Command,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use gateway_tests::{
@@ -24,6 +28,12 @@ struct NsGatewayd {
 
 impl NsGatewayd {
     fn start(ns: &str, iface: &str) -> Self {
+        Self::start_with_env(ns, iface, &[])
+    }
+
+    /// `--ebpf required --xdp-iface <iface>`, no pinning (the pin directory is the host's,
+    /// not the namespace's), with `env` set.
+    fn start_with_env(ns: &str, iface: &str, env: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let config = write_config(dir.path(), "config.yaml", EMPTY_CONFIG);
         let stderr = dir.path().join("stderr.log");
@@ -42,7 +52,10 @@ impl NsGatewayd {
             "required",
             "--xdp-iface",
             iface,
+            "--bpf-pin-dir",
+            "none",
         ])
+        .envs(env.iter().copied())
         .stdout(std::process::Stdio::null())
         .stderr(std::fs::File::create(&stderr).expect("stderr file"))
         .spawn()
@@ -245,37 +258,148 @@ fn a_real_tcp_exchange_shows_as_a_flow_with_its_handshake_and_close() {
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0);
     assert!(packets_total >= packets, "{metrics}");
+    // veth has native XDP: driver mode, as the kernel shows it too (`xdp`, not
+    // `xdpgeneric`).
     assert!(
         metrics.contains(&format!(
-            "gatewayd_xdp_attached{{iface=\"{}\",mode=",
+            "gatewayd_xdp_attached{{iface=\"{}\",mode=\"driver\"}} 1",
             pair.veth_a
         )),
         "{metrics}"
     );
+    let link = link_show(&pair.a, &pair.veth_a);
+    assert!(
+        link.contains(" xdp ") && !link.contains("xdpgeneric"),
+        "{link}"
+    );
 }
 
-#[test]
-fn sigterm_detaches_xdp_and_exits_zero() {
-    if !ebpf_tests_can_run("sigterm_detaches_xdp_and_exits_zero") {
-        return;
+fn link_show(ns: &str, dev: &str) -> String {
+    String::from_utf8_lossy(
+        &run_ok(Command::new("ip").args(["-n", ns, "link", "show", "dev", dev]))
+            .expect("ip link")
+            .stdout,
+    )
+    .into_owned()
+}
+
+/// `tc` with `args` in namespace `ns`: its output.
+fn tc(ns: &str, args: &[&str]) -> String {
+    String::from_utf8_lossy(
+        &run_ok(Command::new("tc").args(["-n", ns]).args(args))
+            .expect("tc")
+            .stdout,
+    )
+    .into_owned()
+}
+
+/// A BPF link a process holds, as `/proc/<pid>/fdinfo` shows it: `link_type` (`xdp`,
+/// `tcx`, `netns`, ...), `link_id`, and the rest (`ifindex`, `netns_ino`, ...).
+#[derive(Debug)]
+struct Link {
+    kind: String,
+    id: u32,
+    fields: BTreeMap<String, String>,
+}
+
+fn links_of(pid: u32) -> Vec<Link> {
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).expect("list the fds");
+    let mut links = Vec::new();
+    for fd in fds.filter_map(Result::ok) {
+        let target = std::fs::read_link(fd.path()).unwrap_or_default();
+        if target.to_string_lossy() != "anon_inode:bpf_link" {
+            continue;
+        }
+        let info = std::fs::read_to_string(format!(
+            "/proc/{pid}/fdinfo/{}",
+            fd.file_name().to_string_lossy()
+        ))
+        .unwrap_or_default();
+        let fields: BTreeMap<String, String> = info
+            .lines()
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+            .collect();
+        let (Some(kind), Some(id)) = (
+            fields.get("link_type").cloned(),
+            fields.get("link_id").and_then(|id| id.parse().ok()),
+        ) else {
+            continue;
+        };
+        links.push(Link { kind, id, fields });
     }
-    let pair = NetnsPair::new("term").expect("create namespaces");
-    let mut gw = NsGatewayd::start(&pair.a, &pair.veth_a);
-    let link = |ns: &str, dev: &str| {
-        String::from_utf8_lossy(
-            &run_ok(Command::new("ip").args(["-n", ns, "link", "show", "dev", dev]))
-                .expect("ip link")
-                .stdout,
-        )
-        .into_owned()
-    };
-    assert!(
-        link(&pair.a, &pair.veth_a).contains("xdp"),
-        "attached: {}",
-        link(&pair.a, &pair.veth_a)
+    links.sort_by_key(|l| l.id);
+    links
+}
+
+/// Ids of every BPF link the kernel holds.
+fn live_link_ids() -> BTreeSet<u32> {
+    aya::programs::loaded_links()
+        .filter_map(Result::ok)
+        .map(|link| link.id())
+        .collect()
+}
+
+fn ifindex(ns: &str, dev: &str) -> String {
+    link_show(ns, dev)
+        .split(':')
+        .next()
+        .map(|i| i.trim().to_owned())
+        .unwrap_or_default()
+}
+
+/// Starts gatewayd on `pair`'s veth with `env`, checks what the kernel holds of it, stops
+/// it with `signal`; returns the TC mode it used. Every link it held is gone afterwards,
+/// and so are its XDP program and its egress filter.
+fn detaches_on(pair: &NetnsPair, signal: nix::sys::signal::Signal, env: &[(&str, &str)]) -> String {
+    let mut gw = NsGatewayd::start_with_env(&pair.a, &pair.veth_a, env);
+    let metrics = gw.get("/metrics").expect("GET /metrics").body;
+    let tc_mode = ["tcx", "clsact"]
+        .into_iter()
+        .find(|mode| {
+            metrics.contains(&format!(
+                "gatewayd_tc_attached{{iface=\"{}\",mode=\"{mode}\"}} 1",
+                pair.veth_a
+            ))
+        })
+        .unwrap_or_else(|| panic!("tc_reply attached: {metrics}"))
+        .to_owned();
+
+    // What the kernel holds while it runs.
+    assert!(link_show(&pair.a, &pair.veth_a).contains(" xdp "));
+    let pid = gw.child.id();
+    let links = links_of(pid);
+    let index = ifindex(&pair.a, &pair.veth_a);
+    let kinds: BTreeSet<&str> = links.iter().map(|l| l.kind.as_str()).collect();
+    let mut expected = BTreeSet::from(["xdp", "netns"]);
+    if tc_mode == "tcx" {
+        expected.insert("tcx");
+    }
+    assert_eq!(kinds, expected, "{links:#?}");
+    for link in &links {
+        match link.kind.as_str() {
+            "xdp" | "tcx" => assert_eq!(link.fields.get("ifindex"), Some(&index), "{link:?}"),
+            _ => {
+                let ino = std::fs::metadata(format!("/var/run/netns/{}", pair.a))
+                    .expect("netns file")
+                    .ino();
+                assert_eq!(
+                    link.fields.get("netns_ino"),
+                    Some(&ino.to_string()),
+                    "sk_lookup on gatewayd's namespace: {link:?}"
+                );
+            }
+        }
+    }
+    let filters = tc(&pair.a, &["filter", "show", "dev", &pair.veth_a, "egress"]);
+    assert_eq!(
+        filters.contains("tc_reply"),
+        tc_mode == "clsact",
+        "a clsact filter only in clsact mode: {filters}"
     );
-    let pid = nix::unistd::Pid::from_raw(i32::try_from(gw.child.id()).expect("pid"));
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+
+    let nix_pid = nix::unistd::Pid::from_raw(i32::try_from(pid).expect("pid"));
+    nix::sys::signal::kill(nix_pid, signal).expect("signal");
     let mut status = None;
     for _ in 0..200 {
         if let Ok(Some(s)) = gw.child.try_wait() {
@@ -284,11 +408,86 @@ fn sigterm_detaches_xdp_and_exits_zero() {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    let status = status.expect("gatewayd exits after SIGTERM");
+    let status = status.unwrap_or_else(|| panic!("gatewayd exits after {signal}"));
     assert!(status.success(), "exit status {status}: {}", gw.stderr());
+
+    let link = link_show(&pair.a, &pair.veth_a);
     assert!(
-        !link(&pair.a, &pair.veth_a).contains("xdp"),
-        "still attached after exit: {}",
-        link(&pair.a, &pair.veth_a)
+        !link.contains("xdp"),
+        "XDP still attached after exit: {link}"
+    );
+    let filters = tc(&pair.a, &["filter", "show", "dev", &pair.veth_a, "egress"]);
+    assert!(
+        !filters.contains("tc_reply"),
+        "egress filter after exit: {filters}"
+    );
+    // Links are freed when their last descriptor closes; give the kernel a moment.
+    let ids: BTreeSet<u32> = links.iter().map(|l| l.id).collect();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let left: Vec<u32> = live_link_ids().intersection(&ids).copied().collect();
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "links {left:?} outlive gatewayd: {links:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    tc_mode
+}
+
+#[test]
+fn sigterm_detaches_xdp_tc_and_sk_lookup_and_exits_zero() {
+    if !ebpf_tests_can_run("sigterm_detaches_xdp_tc_and_sk_lookup_and_exits_zero") {
+        return;
+    }
+    let pair = NetnsPair::new("term").expect("create namespaces");
+    detaches_on(&pair, nix::sys::signal::Signal::SIGTERM, &[]);
+    let qdiscs = tc(&pair.a, &["qdisc", "show", "dev", &pair.veth_a]);
+    assert!(!qdiscs.contains("clsact"), "{qdiscs}");
+}
+
+#[test]
+fn sigint_detaches_everything_and_removes_the_clsact_qdisc_gatewayd_created() {
+    if !ebpf_tests_can_run(
+        "sigint_detaches_everything_and_removes_the_clsact_qdisc_gatewayd_created",
+    ) {
+        return;
+    }
+    let pair = NetnsPair::new("int").expect("create namespaces");
+    let qdiscs = tc(&pair.a, &["qdisc", "show", "dev", &pair.veth_a]);
+    assert!(!qdiscs.contains("clsact"), "none before: {qdiscs}");
+    let mode = detaches_on(
+        &pair,
+        nix::sys::signal::Signal::SIGINT,
+        &[("GATEWAYD_TC_MODE", "clsact")],
+    );
+    assert_eq!(mode, "clsact");
+    let qdiscs = tc(&pair.a, &["qdisc", "show", "dev", &pair.veth_a]);
+    assert!(
+        !qdiscs.contains("clsact"),
+        "the qdisc gatewayd created is gone: {qdiscs}"
+    );
+}
+
+#[test]
+fn a_clsact_qdisc_that_was_there_before_gatewayd_stays_after_it_exits() {
+    if !ebpf_tests_can_run("a_clsact_qdisc_that_was_there_before_gatewayd_stays_after_it_exits") {
+        return;
+    }
+    let pair = NetnsPair::new("keepq").expect("create namespaces");
+    tc(&pair.a, &["qdisc", "add", "dev", &pair.veth_a, "clsact"]);
+    let mode = detaches_on(
+        &pair,
+        nix::sys::signal::Signal::SIGTERM,
+        &[("GATEWAYD_TC_MODE", "clsact")],
+    );
+    assert_eq!(mode, "clsact");
+    let qdiscs = tc(&pair.a, &["qdisc", "show", "dev", &pair.veth_a]);
+    assert!(
+        qdiscs.contains("clsact"),
+        "someone else's qdisc stays: {qdiscs}"
     );
 }

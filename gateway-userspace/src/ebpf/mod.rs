@@ -11,10 +11,12 @@
 //!
 //! Under `--ebpf auto` a feature the kernel or the privileges refuse (one interface, TC,
 //! pinning, sk_lookup, sk_reuseport) is turned off with one warning and the rest runs.
-//! Dropping the [`Dataplane`] detaches every program; the pinned flow table stays (the
-//! `sk_reuseport` program goes with the listening sockets it is attached to).
+//! Dropping the [`Dataplane`] detaches every program and removes the clsact qdiscs it
+//! created ([`clsact`]); the pinned flow table stays (the `sk_reuseport` program goes with
+//! the listening sockets it is attached to).
 
 mod acl;
+mod clsact;
 mod flow;
 mod host;
 mod listener;
@@ -306,8 +308,30 @@ struct Shared {
 pub struct Dataplane {
     shared: Arc<Shared>,
     attachments: Vec<Attachment>,
-    /// Owns the programs and their links; dropping it detaches them.
-    _ebpf: Ebpf,
+    /// Owns the programs and their links; dropping it detaches them. `None` only while
+    /// the dataplane is dropped.
+    ebpf: Option<Ebpf>,
+    /// Interfaces (name, index) on which gatewayd created the clsact qdisc for `tc_reply`.
+    clsact_created: Vec<(String, u32)>,
+}
+
+impl Drop for Dataplane {
+    /// Detaches every program, then removes the clsact qdiscs gatewayd created, unless a
+    /// filter someone else added is on one.
+    fn drop(&mut self) {
+        drop(self.ebpf.take());
+        for (iface, index) in &self.clsact_created {
+            match clsact::remove_if_unused(*index) {
+                Ok(true) => info!(iface = %iface, "removed the clsact qdisc gatewayd created"),
+                Ok(false) => {
+                    info!(iface = %iface, "clsact qdisc left in place: other filters use it")
+                }
+                Err(err) => {
+                    warn!(iface = %iface, error = %err, "removing the clsact qdisc gatewayd created failed")
+                }
+            }
+        }
+    }
 }
 
 /// The maps of a running [`Dataplane`], for the task that keeps them in step with the
@@ -511,6 +535,8 @@ impl Dataplane {
         }
 
         let mut attachments = Vec::with_capacity(options.ifaces.len() * 2);
+        let mut clsact_created = Vec::new();
+        let tc_mode = TcMode::from_env();
         let mut xdp_everywhere = true;
         let mut tc_everywhere = tc_loaded;
         for iface in &options.ifaces {
@@ -539,7 +565,7 @@ impl Dataplane {
                 info!(iface = %iface, "{PROG_TC_REPLY} not attached: loopback traffic is all seen by {PROG_XDP_FLOW}");
                 continue;
             }
-            match attach_tc(&mut ebpf, iface) {
+            match attach_tc(&mut ebpf, iface, tc_mode, &mut clsact_created) {
                 Ok(mode) => {
                     info!(iface = %iface, mode, "attached {PROG_TC_REPLY} (TC egress)");
                     attachments.push(Attachment {
@@ -614,7 +640,8 @@ impl Dataplane {
                 drop_unlisted: options.drop_unlisted,
             }),
             attachments,
-            _ebpf: ebpf,
+            ebpf: Some(ebpf),
+            clsact_created,
         })
     }
 
@@ -847,31 +874,79 @@ fn attach_xdp(ebpf: &mut Ebpf, iface: &str) -> Result<&'static str, EbpfError> {
     }
 }
 
-/// TCX (kernel 6.6+) first; else a clsact qdisc and a netlink filter.
-fn attach_tc(ebpf: &mut Ebpf, iface: &str) -> Result<&'static str, EbpfError> {
+/// How `tc_reply` attaches: `GATEWAYD_TC_MODE=clsact` skips TCX, for tools that only see
+/// clsact filters (`tc filter show`) and for testing the fallback on a kernel with TCX.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TcMode {
+    /// TCX, else clsact.
+    TcxFirst,
+    /// clsact only.
+    Clsact,
+}
+
+impl TcMode {
+    fn from_env() -> Self {
+        match std::env::var("GATEWAYD_TC_MODE").as_deref() {
+            Ok("clsact") => Self::Clsact,
+            Ok("tcx") | Err(_) => Self::TcxFirst,
+            Ok(other) => {
+                warn!(
+                    value = other,
+                    "GATEWAYD_TC_MODE is tcx or clsact; using tcx"
+                );
+                Self::TcxFirst
+            }
+        }
+    }
+}
+
+/// TCX (kernel 6.6+) first; else a clsact qdisc and a netlink filter. A clsact qdisc it
+/// creates is recorded in `created` (to be removed on exit).
+fn attach_tc(
+    ebpf: &mut Ebpf,
+    iface: &str,
+    mode: TcMode,
+    created: &mut Vec<(String, u32)>,
+) -> Result<&'static str, EbpfError> {
     let program: &mut SchedClassifier = program_of(ebpf, PROG_TC_REPLY)?;
-    let tcx_err = match program.attach_with_options(
-        iface,
-        TcAttachType::Egress,
-        TcAttachOptions::TcxOrder(LinkOrder::default()),
-    ) {
-        Ok(_) => return Ok("tcx"),
-        Err(err) => chain(&err),
-    };
-    // An existing clsact qdisc is fine; any other failure shows in the attach below.
-    let _ = tc::qdisc_add_clsact(iface);
-    program
-        .attach_with_options(
+    let tcx_err = match mode {
+        TcMode::Clsact => "skipped (GATEWAYD_TC_MODE=clsact)".to_owned(),
+        TcMode::TcxFirst => match program.attach_with_options(
             iface,
             TcAttachType::Egress,
-            TcAttachOptions::Netlink(NlOptions::default()),
-        )
-        .map_err(|e| EbpfError::Attach {
-            program: PROG_TC_REPLY,
-            iface: iface.to_owned(),
-            reason: format!("TCX: {tcx_err}; clsact: {}", chain(&e)),
-        })?;
-    Ok("clsact")
+            TcAttachOptions::TcxOrder(LinkOrder::default()),
+        ) {
+            Ok(_) => return Ok("tcx"),
+            Err(err) => chain(&err),
+        },
+    };
+    // The add fails when the qdisc exists (it is someone else's then, and stays); any
+    // other failure shows in the attach below.
+    let ours = tc::qdisc_add_clsact(iface)
+        .is_ok()
+        .then(|| clsact::ifindex(iface).ok())
+        .flatten();
+    if let Some(index) = ours {
+        created.push((iface.to_owned(), index));
+    }
+    match program.attach_with_options(
+        iface,
+        TcAttachType::Egress,
+        TcAttachOptions::Netlink(NlOptions::default()),
+    ) {
+        Ok(_) => Ok("clsact"),
+        Err(e) => {
+            if let Some(index) = ours {
+                created.pop();
+                let _ = clsact::remove_if_unused(index);
+            }
+            Err(EbpfError::Attach {
+                program: PROG_TC_REPLY,
+                iface: iface.to_owned(),
+                reason: format!("TCX: {tcx_err}; clsact: {}", chain(&e)),
+            })
+        }
+    }
 }
 
 /// Brings the ACL tries to `acl`: new prefixes first, then the flags, then the removals,
