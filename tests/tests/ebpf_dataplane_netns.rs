@@ -1,6 +1,7 @@
 //! The eBPF dataplane of a real gatewayd in a network namespace (issue 7), traffic from the
 //! peer namespace over a veth pair: both directions of TCP counted in one flow, the
-//! unlisted-port drop following config reloads, the ACL file and its reloads, the SYN
+//! unlisted-port drop following config reloads, the ACL file (IPv4 and IPv6 sources) and
+//! its reloads (on change, and on SIGHUP for a change no watcher sees), the SYN
 //! guard, the pinned flow table across a restart, idle-flow GC, `/flows` queries, and
 //! graceful fallback when a feature is refused.
 
@@ -311,6 +312,118 @@ fn the_acl_file_drops_denied_sources_and_is_reloaded_on_change_and_on_sighup() {
     send_raw_v4(&pair.b, udp(1));
     let m = gw.wait_metrics(WAIT, |m| m.drops("acl") >= 4);
     assert_eq!(m.drops("acl"), 4);
+
+    // SIGHUP picks up a change the file watcher cannot see. The ACL path becomes a symlink
+    // into another directory (as Kubernetes mounts a ConfigMap); the watcher sees the
+    // symlink replace the file (a reload, same content), but not the later change of the
+    // file it points to, which lets the peer in.
+    let elsewhere = tempfile::tempdir().expect("temp dir");
+    let target = elsewhere.path().join("acl.txt");
+    std::fs::write(&target, format!("{b}/24\n")).expect("write ACL");
+    let link = dir.path().join("acl.link");
+    std::os::unix::fs::symlink(&target, &link).expect("symlink");
+    std::fs::rename(&link, &acl).expect("put the symlink in place");
+    let m = gw.wait_metrics(WAIT, |m| m.get("gatewayd_acl_reloads_total") >= 3.0);
+    assert_eq!(m.get("gatewayd_acl_reloads_total"), 3.0);
+    std::fs::write(&target, "2001:db8::/32\n").expect("change the ACL behind the symlink");
+    std::thread::sleep(Duration::from_secs(1));
+    let m = gw.metrics();
+    assert_eq!(
+        m.get("gatewayd_acl_reloads_total"),
+        3.0,
+        "the watcher saw the change: the test cannot tell SIGHUP's part"
+    );
+    assert_eq!(m.get("gatewayd_acl_prefixes{family=\"ipv4\"}"), 1.0);
+    gw.hangup();
+    let m = gw.wait_metrics(WAIT, |m| m.get("gatewayd_acl_reloads_total") >= 4.0);
+    assert_eq!(m.get("gatewayd_acl_reloads_total"), 4.0);
+    assert_eq!(
+        (
+            m.get("gatewayd_acl_prefixes{family=\"ipv4\"}"),
+            m.get("gatewayd_acl_prefixes{family=\"ipv6\"}")
+        ),
+        (0.0, 1.0)
+    );
+    assert!(
+        gw.stderr()
+            .lines()
+            .any(|l| l.contains("ACL reloaded") && l.contains("SIGHUP")),
+        "{}",
+        gw.stderr()
+    );
+    let before = gw.flows(&format!("?addr={b}&protocol=udp")).len();
+    send_raw_v4(&pair.b, vec![raw_udp(b, a, (5100, 7000), b"after SIGHUP")]);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        gw.flows(&format!("?addr={b}&protocol=udp")).len(),
+        before + 1,
+        "the peer passes now"
+    );
+    assert_eq!(gw.metrics().drops("acl"), 4);
+}
+
+#[test]
+fn ipv6_sources_the_acl_denies_are_dropped_and_others_pass() {
+    require_ebpf!("ipv6_sources_the_acl_denies_are_dropped_and_others_pass");
+    let pair = pair("acl6");
+    let (a6, b6) = enable_ipv6(&pair);
+    let segments = b6.segments();
+    let other = std::net::Ipv6Addr::new(segments[0], segments[1], segments[2], 0, 0, 0, 0, 3);
+    ip(&[
+        "-n",
+        &pair.b,
+        "-6",
+        "addr",
+        "add",
+        &format!("{other}/64"),
+        "dev",
+        &pair.veth_b,
+        "nodad",
+    ]);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let acl = dir.path().join("acl.txt");
+    std::fs::write(&acl, format!("{b6}/128\n")).expect("write ACL");
+    let acl_arg = acl.to_string_lossy().into_owned();
+    let gw = NsGatewayd::start(
+        &pair.a,
+        dir.path(),
+        EMPTY_CONFIG,
+        &args(&pair.veth_a, &["--acl", &acl_arg]),
+    );
+    let m = gw.metrics();
+    assert_eq!(
+        (
+            m.get("gatewayd_acl_prefixes{family=\"ipv4\"}"),
+            m.get("gatewayd_acl_prefixes{family=\"ipv6\"}")
+        ),
+        (0.0, 1.0)
+    );
+    let send = |src: std::net::Ipv6Addr, n: usize| {
+        NetnsPair::run_in(&pair.b, move || {
+            let socket = std::net::UdpSocket::bind((src, 0))?;
+            for _ in 0..n {
+                socket.send_to(b"hello", (a6, 7000))?;
+            }
+            Ok(())
+        })
+        .expect("send from the peer namespace");
+    };
+    send(b6, 3);
+    let m = gw.wait_metrics(WAIT, |m| m.drops("acl") >= 3);
+    assert_eq!(m.drops("acl"), 3, "the denied source");
+    assert!(gw.flows(&format!("?addr={b6}")).is_empty());
+
+    send(other, 2);
+    std::thread::sleep(Duration::from_millis(200));
+    let flows = gw.flows(&format!("?addr={other}&protocol=udp"));
+    assert_eq!(flows.len(), 1, "{flows:#?}");
+    assert_eq!(u64_of(&flows[0]["packets"]), 2);
+    assert_eq!(flows[0]["dst_addr"], a6.to_string());
+    assert_eq!(
+        gw.metrics().drops("acl"),
+        3,
+        "another source of the prefix passes"
+    );
 }
 
 #[test]
