@@ -1,10 +1,17 @@
 //! `--ebpf auto|off|required` as an operator sees them, with and without the privileges
 //! BPF needs, and clean exits on SIGINT/SIGTERM.
+//!
+//! These run gatewayd in the host's network namespace: each one that loads the programs
+//! pins nothing on the host (`--bpf-pin-dir none`, or a bpffs of its own).
+
+#[macro_use]
+mod support;
 
 use std::{process::Command, time::Duration};
 
-use gateway_tests::{gatewayd_bin, is_root, write_config, Gatewayd, EMPTY_CONFIG};
+use gateway_tests::{gatewayd_bin, write_config, Gatewayd, EMPTY_CONFIG};
 use nix::sys::signal::Signal;
+use support::Bpffs;
 
 /// `gatewayd` run through capsh with the BPF-related capabilities dropped from the
 /// bounding set: what an unprivileged service account gets.
@@ -34,14 +41,19 @@ fn metric(metrics: &str, name: &str) -> Option<f64> {
 
 #[test]
 fn ebpf_required_without_privileges_exits_non_zero_with_the_kernels_reason() {
-    if !is_root() {
-        eprintln!("SKIPPED: dropping capabilities needs to start as root");
-        return;
-    }
+    // Dropping capabilities needs to start as root.
+    require_ebpf!("ebpf_required_without_privileges_exits_non_zero_with_the_kernels_reason");
     let (_dir, config) = config();
     let mut gw = Gatewayd::start_with(
         without_bpf_privileges(),
-        &["--config", &config, "--ebpf", "required"],
+        &[
+            "--config",
+            &config,
+            "--ebpf",
+            "required",
+            "--bpf-pin-dir",
+            "none",
+        ],
     )
     .expect("start");
     let status = gw
@@ -60,14 +72,19 @@ fn ebpf_required_without_privileges_exits_non_zero_with_the_kernels_reason() {
 
 #[test]
 fn ebpf_auto_without_privileges_warns_once_and_keeps_serving() {
-    if !is_root() {
-        eprintln!("SKIPPED: dropping capabilities needs to start as root");
-        return;
-    }
+    // Dropping capabilities needs to start as root.
+    require_ebpf!("ebpf_auto_without_privileges_warns_once_and_keeps_serving");
     let (_dir, config) = config();
     let mut gw = Gatewayd::start_with(
         without_bpf_privileges(),
-        &["--config", &config, "--ebpf", "auto"],
+        &[
+            "--config",
+            &config,
+            "--ebpf",
+            "auto",
+            "--bpf-pin-dir",
+            "none",
+        ],
     )
     .expect("start");
     gw.wait_healthy().expect("healthy without eBPF");
@@ -119,11 +136,21 @@ fn ebpf_off_never_loads_and_serves_an_empty_flow_table() {
 
 #[test]
 fn ebpf_required_as_root_loads_and_reports_stats() {
-    if !gateway_tests::ebpf_tests_can_run("ebpf_required_as_root_loads_and_reports_stats") {
-        return;
-    }
+    require_ebpf!("ebpf_required_as_root_loads_and_reports_stats");
     let (_dir, config) = config();
-    let mut gw = Gatewayd::start(&["--config", &config, "--ebpf", "required"]).expect("start");
+    // The flow table is pinned in a bpffs of the test's own, not the host's /sys/fs/bpf.
+    let bpffs = Bpffs::mount();
+    let pin_dir = bpffs.path.join("gatewayd");
+    let pin_arg = pin_dir.to_string_lossy().into_owned();
+    let mut gw = Gatewayd::start(&[
+        "--config",
+        &config,
+        "--ebpf",
+        "required",
+        "--bpf-pin-dir",
+        &pin_arg,
+    ])
+    .expect("start");
     gw.wait_healthy().expect("healthy");
     let metrics = gw.get("/metrics").expect("metrics").body;
     assert_eq!(
@@ -131,6 +158,12 @@ fn ebpf_required_as_root_loads_and_reports_stats() {
         Some(1.0),
         "{metrics}"
     );
+    assert_eq!(
+        metric(&metrics, "gatewayd_ebpf_feature{feature=\"pinning\"}"),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert!(pin_dir.join("FLOWS").exists(), "pinned where asked");
     for name in [
         "gatewayd_xdp_packets_total",
         "gatewayd_xdp_bytes_total",
@@ -150,11 +183,7 @@ fn ebpf_required_as_root_loads_and_reports_stats() {
 
 #[test]
 fn an_unknown_interface_is_refused_under_required_and_tolerated_under_auto() {
-    if !gateway_tests::ebpf_tests_can_run(
-        "an_unknown_interface_is_refused_under_required_and_tolerated_under_auto",
-    ) {
-        return;
-    }
+    require_ebpf!("an_unknown_interface_is_refused_under_required_and_tolerated_under_auto");
     let (_dir, config) = config();
     let mut required = Gatewayd::start(&[
         "--config",
@@ -163,6 +192,8 @@ fn an_unknown_interface_is_refused_under_required_and_tolerated_under_auto() {
         "required",
         "--xdp-iface",
         "gw-no-such0",
+        "--bpf-pin-dir",
+        "none",
     ])
     .expect("start");
     let status = required.wait_exit(Duration::from_secs(20)).expect("exits");
@@ -180,6 +211,8 @@ fn an_unknown_interface_is_refused_under_required_and_tolerated_under_auto() {
         "auto",
         "--xdp-iface",
         "gw-no-such0",
+        "--bpf-pin-dir",
+        "none",
     ])
     .expect("start");
     auto.wait_healthy().expect("auto keeps serving");
