@@ -246,8 +246,16 @@ fn ipv6_udp_datagram_makes_a_flow_with_sixteen_byte_addresses() {
     assert_eq!(value.packets, 3);
     assert_eq!(value.bytes, 3 * (40 + 8 + 30));
     assert_eq!(value.tcp_flags, 0);
-    assert_eq!(prog.stats().packets, 3);
-    assert_eq!(prog.stats().bytes, 3 * dgram.len() as u64);
+    assert_eq!(value.rev_packets, 0);
+    assert_eq!(
+        prog.stats(),
+        Stats {
+            packets: 3,
+            bytes: 3 * dgram.len() as u64,
+            parse_failures: 0,
+            non_ip: 0
+        }
+    );
 }
 
 #[test]
@@ -258,12 +266,26 @@ fn vlan_tagged_frame_is_parsed_past_the_tag() {
         ethernet(0x0800, Some(100)),
         &ipv4(V4_B, V4_A, IPPROTO_UDP, &udp(1000, 2000, b"hi"), 0),
     );
+    assert_eq!(tagged.len(), 14 + 4 + 20 + 8 + 2);
     assert_eq!(prog.run(&tagged), XDP_PASS);
     let flows = prog.flows();
     assert_eq!(flows.len(), 1, "{flows:?}");
     assert_eq!(flows[0].0, v4_key(V4_B, V4_A, IPPROTO_UDP, 1000, 2000));
-    assert_eq!(flows[0].1.bytes, 20 + 8 + 2);
-    assert_eq!(prog.stats().parse_failures, 0);
+    assert_eq!(
+        (flows[0].1.packets, flows[0].1.bytes),
+        (1, 20 + 8 + 2),
+        "L3 bytes: the tag is not counted"
+    );
+    assert_eq!(
+        prog.stats(),
+        Stats {
+            packets: 1,
+            bytes: tagged.len() as u64,
+            parse_failures: 0,
+            non_ip: 0
+        },
+        "the frame bytes, tag included; IP behind the tag is not non-IP"
+    );
 }
 
 #[test]
