@@ -486,6 +486,10 @@ struct Compiler<'m> {
     policy_by_target: HashMap<(String, String, Option<String>), PolicyUse>,
     /// (service ns, service name) -> every policy targeting it, with its sectionName.
     policies_of_service: HashMap<(String, String), Vec<PolicyTarget>>,
+    /// (service ns, service name) -> policies with no valid target that name this Service
+    /// (missing, or without the named port): a Gateway whose routes use the Service is
+    /// their ancestor, under which they report `TargetNotFound`.
+    targets_not_found: HashMap<(String, String), Vec<usize>>,
     service_ports: HashMap<(String, String, u16), Arc<ServicePort>>,
     profiles: HashMap<(usize, usize), Arc<BackendTlsProfile>>,
     /// (kind, route index, gateway index) -> compiled rule range.
@@ -506,6 +510,7 @@ pub(crate) fn compile(m: &Manifests, opts: &CompileOptions, now: Timestamp) -> O
         policies: Vec::new(),
         policy_by_target: HashMap::new(),
         policies_of_service: HashMap::new(),
+        targets_not_found: HashMap::new(),
         service_ports: HashMap::new(),
         profiles: HashMap::new(),
         compiled: HashMap::new(),
@@ -517,6 +522,7 @@ pub(crate) fn compile(m: &Manifests, opts: &CompileOptions, now: Timestamp) -> O
     c.assign_binds();
     c.backend_tls_policies();
     let routes = c.routes();
+    c.warn_unrelated_policies();
     c.finish_table();
     let status = c.status(&routes, &now);
     Output {
@@ -1026,12 +1032,24 @@ impl<'m> Compiler<'m> {
                     }
                 }
                 if let Some(how) = clash {
-                    self.gws[gi].listeners[li].accepted = Cond::new(
+                    let g = &mut self.gws[gi];
+                    g.listeners[li].accepted = Cond::new(
                         "Accepted",
                         false,
                         "PortUnavailable",
-                        format!("port {} is used {how} by another Gateway", l.port),
+                        format!(
+                            "port {} is used {how} by another Gateway",
+                            g.listeners[li].port
+                        ),
                     );
+                    if g.accepted.ok && g.accepted.reason == "Accepted" {
+                        g.accepted = Cond::new(
+                            "Accepted",
+                            true,
+                            "ListenersNotValid",
+                            "some listeners are not valid",
+                        );
+                    }
                     continue;
                 }
                 let id = ListenerId(u32::try_from(self.table.listeners.len()).unwrap_or(u32::MAX));
@@ -1114,12 +1132,21 @@ impl<'m> Compiler<'m> {
             self.policies[pi] = st;
             // Targets: oldest policy wins a (service, section) target.
             let mut any_target = false;
-            let mut conflicted = false;
+            let mut conflicted: Option<String> = None;
+            // Why each targetRef names nothing, and the Services named.
+            let mut not_found: Vec<String> = Vec::new();
+            let mut named_services: Vec<String> = Vec::new();
             for t in &p.spec.target_refs {
                 if !is_core(Some(&t.group)) || t.kind != "Service" {
+                    not_found.push(format!(
+                        "targetRef {}/{} {} is not a core Service",
+                        t.group, t.kind, t.name
+                    ));
                     continue;
                 }
+                named_services.push(t.name.clone());
                 let Some(svc) = self.ix.services.get(&(ns, t.name.as_str())) else {
+                    not_found.push(format!("Service {ns}/{} not found", t.name));
                     continue;
                 };
                 if let Some(sec) = &t.section_name {
@@ -1131,6 +1158,7 @@ impl<'m> Compiler<'m> {
                             ps.iter().any(|p| p.name.as_deref() == Some(sec.as_str()))
                         });
                     if !has {
+                        not_found.push(format!("Service {ns}/{} has no port named {sec}", t.name));
                         continue;
                     }
                 }
@@ -1140,8 +1168,21 @@ impl<'m> Compiler<'m> {
                     .or_default()
                     .push((pi, t.section_name.clone()));
                 let key = (ns.to_string(), t.name.clone(), t.section_name.clone());
-                if self.policy_by_target.contains_key(&key) {
-                    conflicted = true;
+                if let Some(PolicyUse::Valid(winner) | PolicyUse::Invalid(winner)) =
+                    self.policy_by_target.get(&key)
+                {
+                    let w = &m.backend_tls_policies[*winner].obj.metadata;
+                    let port = t
+                        .section_name
+                        .as_deref()
+                        .map(|s| format!(" port {s}"))
+                        .unwrap_or_default();
+                    conflicted.get_or_insert(format!(
+                        "BackendTLSPolicy {}/{} targets Service {ns}/{}{port} too and takes precedence (older creationTimestamp, then namespace/name)",
+                        ns_of(w),
+                        name_of(w),
+                        t.name
+                    ));
                     continue;
                 }
                 let usage = if self.policies[pi].accepted.ok {
@@ -1151,21 +1192,28 @@ impl<'m> Compiler<'m> {
                 };
                 self.policy_by_target.insert(key, usage);
             }
+            if !any_target {
+                for svc in named_services {
+                    self.targets_not_found
+                        .entry((ns.to_string(), svc))
+                        .or_default()
+                        .push(pi);
+                }
+            }
             let st = &mut self.policies[pi];
             if !any_target {
                 st.accepted = Cond::new(
                     "Accepted",
                     false,
                     "TargetNotFound",
-                    "no targetRef names an existing Service (port)",
+                    if not_found.is_empty() {
+                        "no targetRefs".to_string()
+                    } else {
+                        not_found.join("; ")
+                    },
                 );
-            } else if conflicted && st.accepted.ok {
-                st.accepted = Cond::new(
-                    "Accepted",
-                    false,
-                    "Conflicted",
-                    "an older BackendTLSPolicy targets the same Service (port)",
-                );
+            } else if let Some(why) = conflicted.filter(|_| st.accepted.ok) {
+                st.accepted = Cond::new("Accepted", false, "Conflicted", why);
             }
         }
     }
@@ -1502,7 +1550,20 @@ impl<'m> Compiler<'m> {
     ) -> Backend {
         let ns = b.namespace.unwrap_or(from.1);
         let weight = u32::try_from(b.weight.unwrap_or(1)).unwrap_or(0);
-        match self.service_port(from, b) {
+        let resolved = self.service_port(from, b);
+        // A route of this Gateway may use the Service: policies that name it but found no
+        // target (Service missing, or no port of that name) report it under this Gateway.
+        if matches!(&resolved, Ok(_) | Err((UnresolvedBackend::NotFound, _, _))) {
+            if let Some(ps) = self
+                .targets_not_found
+                .get(&(ns.to_string(), b.name.to_string()))
+            {
+                for &pi in ps {
+                    self.policies[pi].ancestors.insert(gi);
+                }
+            }
+        }
+        match resolved {
             Ok((sp, policy)) => {
                 // Every policy targeting this Service port reports this Gateway as an
                 // ancestor, including those that lost a conflict.
@@ -1543,6 +1604,24 @@ impl<'m> Compiler<'m> {
                 tls: BackendTls::None,
                 filters,
             },
+        }
+    }
+
+    /// A policy with no target and no Gateway to report under would show an empty
+    /// status: say so in the warnings (`gatewayd check` prints them, `run` logs them).
+    fn warn_unrelated_policies(&mut self) {
+        for (pi, p) in self.ix.m.backend_tls_policies.iter().enumerate() {
+            let st = &self.policies[pi];
+            if st.accepted.reason == "TargetNotFound" && st.ancestors.is_empty() {
+                self.warnings.push(format!(
+                    "BackendTLSPolicy {}/{}: {} (file {}, line {}); no route of a served Gateway uses it, so its status lists no ancestor",
+                    ns_of(&p.obj.metadata),
+                    name_of(&p.obj.metadata),
+                    st.accepted.message,
+                    p.src.file.display(),
+                    p.src.line
+                ));
+            }
         }
     }
 

@@ -359,6 +359,73 @@ fn gateway_level_reasons_cover_addresses_backend_client_certificate_and_frontend
 }
 
 #[test]
+fn a_gateway_with_no_programmable_listener_is_not_programmed() {
+    let gw = |name: &str, spec_extra: &str, listeners: &str| {
+        format!("apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: {name}, namespace: infra, generation: 2, creationTimestamp: \"2021-01-01T00:00:00Z\"}}\nspec:\n  gatewayClassName: x\n{spec_extra}  listeners:\n{listeners}")
+    };
+    let here = "  addresses: [{value: 127.0.0.1}]\n";
+    // An older Gateway holding 127.0.0.1:9000 for plain HTTP.
+    let holder = gw(
+        "holder",
+        here,
+        "  - {name: l, protocol: HTTP, port: 9000}\n",
+    )
+    .replace("2021-01-01", "2020-01-01");
+    // (scenario, Gateway, Accepted, Programmed, listed addresses)
+    let cases: Vec<(&str, String, (&str, &str), (&str, &str), bool)> = vec![
+        ("an unsupported address type", gw("t", "  addresses: [{type: Hostname, value: foo.com}]\n", "  - {name: l, protocol: HTTP, port: 80}\n"), ("False", "UnsupportedAddress"), ("False", "Invalid"), false),
+        ("an address that is not an IP", gw("t", "  addresses: [{type: IPAddress, value: not-an-ip}]\n", "  - {name: l, protocol: HTTP, port: 80}\n"), ("False", "UnsupportedAddress"), ("False", "Invalid"), false),
+        ("its only listener has an unsupported protocol", gw("t", here, "  - {name: l, protocol: UDP, port: 53}\n"), ("True", "ListenersNotValid"), ("False", "Invalid"), false),
+        ("its only listener's certificate Secret is missing", gw("t", here, "  - {name: l, protocol: HTTPS, port: 443, tls: {certificateRefs: [{name: nope}]}}\n"), ("True", "Accepted"), ("False", "Invalid"), false),
+        ("its only listener's port is held by an older Gateway for another protocol", gw("t", here, "  - {name: l, protocol: HTTPS, port: 9000, tls: {certificateRefs: [{name: cert}]}}\n"), ("True", "ListenersNotValid"), ("False", "Invalid"), false),
+        ("one valid listener is enough", gw("t", here, "  - {name: l, protocol: UDP, port: 53}\n  - {name: m, protocol: HTTP, port: 80}\n"), ("True", "ListenersNotValid"), ("True", "Programmed"), true),
+    ];
+    let secret = tls_secret("infra", "cert");
+    for (scenario, g, accepted, programmed, addresses) in cases {
+        let c = build(&[INFRA, &holder, &g, &secret]);
+        let status = c.status.gateway("infra", "t").expect("gateway status");
+        let conds = status.conditions.clone().expect("conditions");
+        let a = cond(&conds, "Accepted");
+        assert_eq!(
+            (a.status.as_str(), a.reason.as_str()),
+            accepted,
+            "{scenario}: {a:?}"
+        );
+        let p = cond(&conds, "Programmed");
+        assert_eq!(
+            (p.status.as_str(), p.reason.as_str()),
+            programmed,
+            "{scenario}: {p:?}"
+        );
+        assert_eq!(p.observed_generation, Some(2), "{scenario}");
+        assert_eq!(
+            status.addresses.is_some(),
+            addresses,
+            "{scenario}: {:?}",
+            status.addresses
+        );
+        let served = c.table.listeners().iter().any(|l| &*l.gateway.name == "t");
+        assert_eq!(served, addresses, "{scenario}: a listener in the table");
+    }
+}
+
+#[test]
+fn route_conditions_carry_the_route_generation_after_a_bump() {
+    let manifest = |generation: &str| {
+        format!("apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: r, namespace: infra{generation}}}\nspec:\n  parentRefs: [{{name: gw}}]\n  rules: [{{backendRefs: [{{name: nope, port: 8080}}]}}]")
+    };
+    for (generation, want) in [("", 1), (", generation: 1", 1), (", generation: 7", 7)] {
+        let c = build(&[INFRA, GW, &manifest(generation)]);
+        let conds = route(&c, "HTTPRoute", "infra/r", "gw");
+        // The Gateway's own generation (3) is not the route's.
+        assert_cond(&conds, "Accepted", "True", "Accepted", want);
+        assert_cond(&conds, "ResolvedRefs", "False", "BackendNotFound", want);
+        let item = c.status.find("HTTPRoute", "infra", "r").expect("item");
+        assert_eq!(item.metadata.generation, want);
+    }
+}
+
+#[test]
 fn gateways_of_another_controller_are_ignored_and_without_classes_all_are_served() {
     let class = "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata: {name: gatewayd}\nspec: {controllerName: someone.else/controller}";
     let c = build(&[
@@ -439,6 +506,10 @@ spec:
     assert_eq!(hit("nothing.net", "/"), None);
 }
 
+fn m_name(m: &gateway_config::RouteMatch<'_>) -> String {
+    m.rule.source.route.to_string()
+}
+
 #[test]
 fn rules_follow_gateway_api_precedence() {
     let older = r#"apiVersion: gateway.networking.k8s.io/v1
@@ -480,8 +551,40 @@ spec:
     backendRefs: [{name: web, port: 8080}]
   - name: regex
     matches: [{path: {type: RegularExpression, value: "/re/[0-9]+"}}]
+    backendRefs: [{name: web, port: 8080}]
+  - name: two-headers-no-method
+    matches: [{path: {type: PathPrefix, value: /mh}, headers: [{name: x-a, value: a}, {name: x-b, value: b}]}]
+    backendRefs: [{name: web, port: 8080}]
+  - name: method-no-headers
+    matches: [{path: {type: PathPrefix, value: /mh}, method: GET}]
+    backendRefs: [{name: web, port: 8080}]
+  - name: two-queries
+    matches: [{path: {type: PathPrefix, value: /hq}, queryParams: [{name: q, value: "1"}, {name: r, value: "2"}]}]
+    backendRefs: [{name: web, port: 8080}]
+  - name: one-header-no-query
+    matches: [{path: {type: PathPrefix, value: /hq}, headers: [{name: x-a, value: a}]}]
+    backendRefs: [{name: web, port: 8080}]
+  - name: first-of-two
+    matches: [{path: {type: PathPrefix, value: /dup}}]
+    backendRefs: [{name: web, port: 8080}]
+  - name: second-of-two
+    matches: [{path: {type: PathPrefix, value: /dup}}]
     backendRefs: [{name: web, port: 8080}]"#;
-    let c = build(&[INFRA, GW, older, newer]);
+    // Equal creationTimestamps: `namespace/name` decides. Listed in the input in the
+    // opposite order so that input order cannot be what decides.
+    let same_time = |ns: &str, name: &str, section: &str, path: &str| {
+        format!("apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: {name}, namespace: {ns}, creationTimestamp: \"2022-01-01T00:00:00Z\"}}\nspec:\n  parentRefs: [{{name: gw, namespace: infra, sectionName: {section}}}]\n  rules: [{{matches: [{{path: {{type: PathPrefix, value: {path}}}}}], backendRefs: [{{name: web, namespace: infra, port: 8080}}]}}]")
+    };
+    let tie_b = same_time("infra", "b-same-time", "http", "/tie");
+    let tie_a = same_time("infra", "a-same-time", "http", "/tie");
+    // On the `wild` listener, which admits both namespaces: `apps/z-ns` comes before
+    // `infra/a-ns` (namespace first), though `a-ns` comes before `z-ns` by name alone.
+    let ns_infra = same_time("infra", "a-ns", "wild", "/ns-tie");
+    let ns_apps = same_time("apps", "z-ns", "wild", "/ns-tie");
+    let grant = "apiVersion: gateway.networking.k8s.io/v1beta1\nkind: ReferenceGrant\nmetadata: {name: g, namespace: infra}\nspec:\n  from: [{group: gateway.networking.k8s.io, kind: HTTPRoute, namespace: apps}]\n  to: [{group: \"\", kind: Service}]";
+    let c = build(&[
+        INFRA, GW, older, newer, &tie_b, &tie_a, &ns_infra, &ns_apps, grant,
+    ]);
     let b = bind(&c, 80);
     let headers = |pairs: &'static [(&'static str, &'static str)]| {
         move |n: &str| pairs.iter().find(|(k, _)| *k == n).map(|(_, v)| *v)
@@ -560,6 +663,54 @@ spec:
             &[],
             "z-older",
         ),
+        (
+            "a method match beats more header matches",
+            "GET",
+            "/mh",
+            "",
+            &[("x-a", "a"), ("x-b", "b")],
+            "method-no-headers",
+        ),
+        (
+            "header matches still apply when the method does not match",
+            "POST",
+            "/mh",
+            "",
+            &[("x-a", "a"), ("x-b", "b")],
+            "two-headers-no-method",
+        ),
+        (
+            "one header match beats more query param matches",
+            "GET",
+            "/hq",
+            "q=1&r=2",
+            &[("x-a", "a")],
+            "one-header-no-query",
+        ),
+        (
+            "query param matches still apply without the header",
+            "GET",
+            "/hq",
+            "q=1&r=2",
+            &[],
+            "two-queries",
+        ),
+        (
+            "equal creationTimestamp: namespace/name decides",
+            "GET",
+            "/tie",
+            "",
+            &[],
+            "a-same-time",
+        ),
+        (
+            "same route, identical matches: the first rule wins",
+            "GET",
+            "/dup",
+            "",
+            &[],
+            "first-of-two",
+        ),
     ];
     for (scenario, method, path, query, hs, want) in cases {
         let m = c
@@ -574,6 +725,22 @@ spec:
             .map_or_else(|| m.rule.source.route.name.to_string(), str::to_string);
         assert_eq!(&got, want, "{scenario}");
     }
+    let ns_tie = c
+        .table
+        .route_http(
+            bind(&c, 8000),
+            "x.example.com",
+            "GET",
+            "/ns-tie",
+            "",
+            |_| None,
+        )
+        .expect("ns-tie match");
+    assert_eq!(
+        m_name(&ns_tie),
+        "apps/z-ns",
+        "equal creationTimestamp: the namespace is compared before the name"
+    );
     // `/foo/` and `/foo` are the same prefix (trailing slash ignored): the method match
     // breaks the tie for POST, GET falls back to the plain prefix.
     let m = c
@@ -631,17 +798,30 @@ fn backend_tls_policy_reasons_conflicts_and_profiles() {
     let bad_ca = ca_config_map("infra", "bad-ca", "not a certificate");
     let route = http_route("infra", "r", "{name: gw}", "  rules: [{backendRefs: [{name: web, port: 8443}]}, {matches: [{path: {value: /two}}], backendRefs: [{name: web2, port: 8080}]}]\n");
     let svc = "{group: '', kind: Service, name: web}";
-    let cases: Vec<(&str, Vec<String>, &str, (&str, &str), (&str, &str))> = vec![
-        ("BackendTLSPolicy valid ConfigMap CA", vec![policy("p", "2020-01-01T00:00:00Z", svc, "{caCertificateRefs: [{group: '', kind: ConfigMap, name: ca}], hostname: abc.example.com}")], "p", ("True", "Accepted"), ("True", "ResolvedRefs")),
-        ("BackendTLSPolicyInvalidCACertificateRef nonexistent", vec![policy("p", "2020-01-01T00:00:00Z", svc, "{caCertificateRefs: [{group: '', kind: ConfigMap, name: nope}], hostname: abc.example.com}")], "p", ("False", "NoValidCACertificate"), ("False", "InvalidCACertificateRef")),
-        ("BackendTLSPolicyInvalidCACertificateRef malformed", vec![policy("p", "2020-01-01T00:00:00Z", svc, "{caCertificateRefs: [{group: '', kind: ConfigMap, name: bad-ca}], hostname: abc.example.com}")], "p", ("False", "NoValidCACertificate"), ("False", "InvalidCACertificateRef")),
-        ("BackendTLSPolicyInvalidKind", vec![policy("p", "2020-01-01T00:00:00Z", svc, "{caCertificateRefs: [{group: '', kind: Service, name: ca}], hostname: abc.example.com}")], "p", ("False", "NoValidCACertificate"), ("False", "InvalidKind")),
-        ("BackendTLSPolicyConflictResolution older wins", vec![policy("old", "2020-01-01T00:00:00Z", svc, "{wellKnownCACertificates: System, hostname: a.com}"), policy("new", "2021-01-01T00:00:00Z", svc, "{wellKnownCACertificates: System, hostname: b.com}")], "new", ("False", "Conflicted"), ("True", "ResolvedRefs")),
-        ("BackendTLSPolicyConflictResolution name breaks a tie", vec![policy("a", "2020-01-01T00:00:00Z", svc, "{wellKnownCACertificates: System, hostname: a.com}"), policy("b", "2020-01-01T00:00:00Z", svc, "{wellKnownCACertificates: System, hostname: b.com}")], "b", ("False", "Conflicted"), ("True", "ResolvedRefs")),
-        ("section-specific and whole-Service policies do not conflict", vec![policy("whole", "2020-01-01T00:00:00Z", svc, "{wellKnownCACertificates: System, hostname: a.com}"), policy("port", "2021-01-01T00:00:00Z", "{group: '', kind: Service, name: web, sectionName: https}", "{wellKnownCACertificates: System, hostname: b.com}")], "port", ("True", "Accepted"), ("True", "ResolvedRefs")),
+    let ca_secret = format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: ca-secret, namespace: infra}}\ntype: Opaque\nstringData:\n  ca.crt: |\n{}",
+        indent(&pem("ec.crt"), 4)
+    );
+    const T: &str = "2020-01-01T00:00:00Z";
+    // (scenario, policies, policy to check, Accepted, ResolvedRefs, text the message of
+    // the False condition must hold)
+    let cases: Vec<(&str, Vec<String>, &str, (&str, &str), (&str, &str), &str)> = vec![
+        ("BackendTLSPolicy valid ConfigMap CA", vec![policy("p", "2020-01-01T00:00:00Z", svc, "{caCertificateRefs: [{group: '', kind: ConfigMap, name: ca}], hostname: abc.example.com}")], "p", ("True", "Accepted"), ("True", "ResolvedRefs"), ""),
+        ("BackendTLSPolicyInvalidCACertificateRef nonexistent", vec![policy("p", "2020-01-01T00:00:00Z", svc, "{caCertificateRefs: [{group: '', kind: ConfigMap, name: nope}], hostname: abc.example.com}")], "p", ("False", "NoValidCACertificate"), ("False", "InvalidCACertificateRef"), "ConfigMap infra/nope not found"),
+        ("BackendTLSPolicyInvalidCACertificateRef malformed", vec![policy("p", "2020-01-01T00:00:00Z", svc, "{caCertificateRefs: [{group: '', kind: ConfigMap, name: bad-ca}], hostname: abc.example.com}")], "p", ("False", "NoValidCACertificate"), ("False", "InvalidCACertificateRef"), "ConfigMap infra/bad-ca"),
+        ("BackendTLSPolicyInvalidKind", vec![policy("p", "2020-01-01T00:00:00Z", svc, "{caCertificateRefs: [{group: '', kind: Service, name: ca}], hostname: abc.example.com}")], "p", ("False", "NoValidCACertificate"), ("False", "InvalidKind"), "/Service is not a ConfigMap or Secret"),
+        ("BackendTLSPolicyConflictResolution older wins", vec![policy("old", "2020-01-01T00:00:00Z", svc, "{wellKnownCACertificates: System, hostname: a.com}"), policy("new", "2021-01-01T00:00:00Z", svc, "{wellKnownCACertificates: System, hostname: b.com}")], "new", ("False", "Conflicted"), ("True", "ResolvedRefs"), "BackendTLSPolicy infra/old targets Service infra/web too and takes precedence"),
+        ("BackendTLSPolicyConflictResolution name breaks a tie", vec![policy("a", "2020-01-01T00:00:00Z", svc, "{wellKnownCACertificates: System, hostname: a.com}"), policy("b", "2020-01-01T00:00:00Z", svc, "{wellKnownCACertificates: System, hostname: b.com}")], "b", ("False", "Conflicted"), ("True", "ResolvedRefs"), "BackendTLSPolicy infra/a targets Service infra/web too"),
+        ("section-specific and whole-Service policies do not conflict", vec![policy("whole", "2020-01-01T00:00:00Z", svc, "{wellKnownCACertificates: System, hostname: a.com}"), policy("port", "2021-01-01T00:00:00Z", "{group: '', kind: Service, name: web, sectionName: https}", "{wellKnownCACertificates: System, hostname: b.com}")], "port", ("True", "Accepted"), ("True", "ResolvedRefs"), ""),
+        ("BackendTLSPolicy wellKnownCACertificates value not recognised", vec![policy("p", T, svc, "{wellKnownCACertificates: Custom, hostname: a.com}")], "p", ("False", "Invalid"), ("True", "ResolvedRefs"), "\"Custom\" is not supported"),
+        ("BackendTLSPolicy caCertificateRefs and wellKnownCACertificates both given", vec![policy("p", T, svc, "{caCertificateRefs: [{group: '', kind: ConfigMap, name: ca}], wellKnownCACertificates: System, hostname: a.com}")], "p", ("False", "Invalid"), ("True", "ResolvedRefs"), "exclusive"),
+        ("BackendTLSPolicy neither caCertificateRefs nor wellKnownCACertificates", vec![policy("p", T, svc, "{hostname: a.com}")], "p", ("False", "Invalid"), ("True", "ResolvedRefs"), "required"),
+        ("BackendTLSPolicy Secret ca.crt as the CA (extension)", vec![policy("p", T, svc, "{caCertificateRefs: [{group: '', kind: Secret, name: ca-secret}], hostname: abc.example.com}")], "p", ("True", "Accepted"), ("True", "ResolvedRefs"), ""),
+        ("BackendTLSPolicy one valid and one nonexistent CA ref: not ALL invalid, still accepted", vec![policy("p", T, svc, "{caCertificateRefs: [{group: '', kind: ConfigMap, name: ca}, {group: '', kind: ConfigMap, name: nope}], hostname: abc.example.com}")], "p", ("True", "Accepted"), ("False", "InvalidCACertificateRef"), "ConfigMap infra/nope not found"),
+        ("BackendTLSPolicy one valid and one wrong-kind CA ref", vec![policy("p", T, svc, "{caCertificateRefs: [{group: '', kind: Service, name: web}, {group: '', kind: Secret, name: ca-secret}], hostname: abc.example.com}")], "p", ("True", "Accepted"), ("False", "InvalidKind"), "/Service is not a ConfigMap or Secret"),
     ];
-    for (scenario, policies, which, accepted, resolved) in cases {
-        let mut docs: Vec<&str> = vec![INFRA, GW, &route, &ca, &bad_ca];
+    for (scenario, policies, which, accepted, resolved, message) in cases {
+        let mut docs: Vec<&str> = vec![INFRA, GW, &route, &ca, &bad_ca, &ca_secret];
         docs.extend(policies.iter().map(String::as_str));
         let c = build(&docs);
         let item = c
@@ -674,6 +854,22 @@ fn backend_tls_policy_reasons_conflicts_and_profiles() {
             (resolved.0.to_string(), resolved.1.to_string()),
             "{scenario}"
         );
+        // The False condition says which reference or field is wrong and why.
+        let false_message = anc["conditions"]
+            .as_array()
+            .expect("conds")
+            .iter()
+            .filter(|c| c["status"] == "False")
+            .filter_map(|c| c["message"].as_str())
+            .collect::<Vec<_>>()
+            .join(" | ");
+        assert!(
+            false_message.contains(message),
+            "{scenario}: {false_message:?} lacks {message:?}"
+        );
+        for c in anc["conditions"].as_array().expect("conds") {
+            assert_eq!(c["observedGeneration"], 1, "{scenario}: {c}");
+        }
         // The backend's TLS follows the governing policy; invalid ones fail closed.
         let m = c
             .table
@@ -711,6 +907,144 @@ fn backend_tls_policy_reasons_conflicts_and_profiles() {
         json["ancestors"],
         serde_json::json!([]),
         "no Gateway uses a missing Service"
+    );
+    assert!(
+        c.warnings
+            .iter()
+            .any(|w| w.contains("BackendTLSPolicy infra/p: Service infra/gone not found")),
+        "{:?}",
+        c.warnings
+    );
+}
+
+/// The `ancestors` of a BackendTLSPolicy's status: (Gateway name, [(type, status, reason,
+/// message)]).
+fn policy_ancestors(
+    c: &Compiled,
+    name: &str,
+) -> Vec<(String, Vec<(String, String, String, String)>)> {
+    let item = c
+        .status
+        .find("BackendTLSPolicy", "infra", name)
+        .expect("policy item");
+    let json = serde_json::to_value(&item.status).expect("json");
+    let s = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
+    json["ancestors"]
+        .as_array()
+        .expect("ancestors")
+        .iter()
+        .map(|a| {
+            assert_eq!(a["ancestorRef"]["kind"], "Gateway", "{a}");
+            assert_eq!(a["controllerName"], gateway_config::DEFAULT_CONTROLLER_NAME);
+            let conds = a["conditions"]
+                .as_array()
+                .expect("conditions")
+                .iter()
+                .map(|c| {
+                    (
+                        s(&c["type"]),
+                        s(&c["status"]),
+                        s(&c["reason"]),
+                        s(&c["message"]),
+                    )
+                })
+                .collect();
+            (s(&a["ancestorRef"]["name"]), conds)
+        })
+        .collect()
+}
+
+#[test]
+fn a_backend_tls_policy_without_a_target_reports_target_not_found_under_the_gateways_using_the_service(
+) {
+    // Two Gateways; only `gw`'s route uses Service `web` (port 8443, named `https`), and
+    // only `gw`'s route names the missing Service `gone`.
+    let gw2 = "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: gw2, namespace: infra}\nspec:\n  gatewayClassName: gatewayd\n  addresses: [{type: IPAddress, value: 127.0.0.1}]\n  listeners:\n  - {name: http, protocol: HTTP, port: 81}";
+    let r = http_route("infra", "r", "{name: gw, sectionName: http}", "  rules:\n  - backendRefs: [{name: web, port: 8443}]\n  - matches: [{path: {value: /gone}}]\n    backendRefs: [{name: gone, port: 80}]\n");
+    let route2 = http_route(
+        "infra",
+        "r2",
+        "{name: gw2}",
+        "  rules: [{backendRefs: [{name: web2, port: 8080}]}]\n",
+    );
+    let system = "{wellKnownCACertificates: System, hostname: a.com}";
+    // (a) The Service exists and is used, but has no port named `nope`.
+    let no_port = policy(
+        "no-port",
+        "2020-01-01T00:00:00Z",
+        "{group: '', kind: Service, name: web, sectionName: nope}",
+        system,
+    );
+    // (b) The Service does not exist; a route of `gw` names it (BackendNotFound).
+    let gone = policy(
+        "gone",
+        "2020-01-01T00:00:00Z",
+        "{group: '', kind: Service, name: gone}",
+        system,
+    );
+    // (b) The Service does not exist and no route names it.
+    let unused = policy(
+        "unused",
+        "2020-01-01T00:00:00Z",
+        "{group: '', kind: Service, name: unused}",
+        system,
+    );
+    let c = build(&[INFRA, GW, gw2, &r, &route2, &no_port, &gone, &unused]);
+
+    for (policy, why) in [
+        ("no-port", "Service infra/web has no port named nope"),
+        ("gone", "Service infra/gone not found"),
+    ] {
+        let ancestors = policy_ancestors(&c, policy);
+        assert_eq!(
+            ancestors.len(),
+            1,
+            "{policy}: only gw uses the Service: {ancestors:?}"
+        );
+        let (gw, conds) = &ancestors[0];
+        assert_eq!(gw, "gw", "{policy}");
+        let accepted = conds.iter().find(|c| c.0 == "Accepted").expect("Accepted");
+        assert_eq!(
+            (
+                accepted.1.as_str(),
+                accepted.2.as_str(),
+                accepted.3.as_str()
+            ),
+            ("False", "TargetNotFound", why),
+            "{policy}"
+        );
+    }
+    // The route's own status names the missing backend.
+    let rr = route(&c, "HTTPRoute", "infra/r", "gw");
+    assert_cond(&rr, "ResolvedRefs", "False", "BackendNotFound", 1);
+
+    // A policy that failed to attach does not govern the port: plain TCP to the backend.
+    let m = c
+        .table
+        .route_http(bind(&c, 80), "h", "GET", "/", "", |_| None)
+        .expect("match");
+    assert_eq!(m.rule.backends[0].target.as_ref().map(|t| t.port), Ok(8443));
+    assert!(
+        matches!(m.rule.backends[0].tls, BackendTls::None),
+        "{:?}",
+        m.rule.backends[0].tls
+    );
+
+    // No Gateway uses `unused`: no ancestor to report under (an empty list is "not
+    // relevant to any ancestor"), so the load says why in a warning.
+    assert!(policy_ancestors(&c, "unused").is_empty());
+    let warned: Vec<&String> = c
+        .warnings
+        .iter()
+        .filter(|w| w.contains("BackendTLSPolicy"))
+        .collect();
+    assert_eq!(warned.len(), 1, "{:?}", c.warnings);
+    assert!(
+        warned[0].starts_with(
+            "BackendTLSPolicy infra/unused: Service infra/unused not found (file test.yaml, line "
+        ),
+        "{}",
+        warned[0]
     );
 }
 
