@@ -17,13 +17,19 @@ pub enum LoadProblem {
         source: std::io::Error,
     },
     /// A document is not valid YAML (or JSON).
-    #[error("{}:{line}: YAML syntax error: {message}", file.display())]
+    #[error(
+        "{}:{line}{}: YAML syntax error: {message}",
+        file.display(),
+        column.map(|c| format!(":{c}")).unwrap_or_default()
+    )]
     Syntax {
         /// File holding the document.
         file: PathBuf,
-        /// 1-based line of the error in the file.
+        /// 1-based line of the error in the file (where the parser found it).
         line: usize,
-        /// The parser's message.
+        /// 1-based column of the error, when the parser gives one.
+        column: Option<usize>,
+        /// The parser's message; any position in it is a file line too.
         message: String,
     },
     /// A document parsed as YAML but is not a valid object of its kind (wrong field type,

@@ -228,11 +228,12 @@ pub fn parse_text(
         let value: Value = match serde_yaml_ng::from_str(doc.text) {
             Ok(v) => v,
             Err(e) => {
-                let line = e.location().map_or(0, |l| l.line().saturating_sub(1)) + doc.line;
+                let at = e.location();
                 problems.push(LoadProblem::Syntax {
                     file: file.to_path_buf(),
-                    line,
-                    message: strip_location(&e.to_string()),
+                    line: at.as_ref().map_or(0, |l| l.line().saturating_sub(1)) + doc.line,
+                    column: at.as_ref().map(|l| l.column()),
+                    message: syntax_message(&e.to_string(), doc.line),
                 });
                 continue;
             }
@@ -383,6 +384,45 @@ fn item_field(item: Option<usize>, field: &str) -> String {
         (None, "") => ".".to_string(),
         (None, f) => f.to_string(),
     }
+}
+
+/// The parser's message with positions in file lines: libyaml prints `problem at line L
+/// column C[, context at line L2 column C2]`, lines counted from the document's start.
+/// The problem's own position is reported separately (`file:line:column`), so it is
+/// dropped; the context's (where the unfinished construct began) is kept, as a file line.
+fn syntax_message(msg: &str, doc_line: usize) -> String {
+    const AT: &str = " at line ";
+    let mut out = String::new();
+    let mut rest = msg;
+    let mut first = true;
+    while let Some(i) = rest.find(AT) {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + AT.len()..];
+        let digits = after.bytes().take_while(u8::is_ascii_digit).count();
+        let Ok(line) = after[..digits].parse::<usize>() else {
+            out.push_str(AT);
+            rest = after;
+            continue;
+        };
+        let tail = &after[digits..];
+        let col_digits = tail
+            .strip_prefix(" column ")
+            .map_or(0, |t| t.bytes().take_while(u8::is_ascii_digit).count());
+        let mark_end = if col_digits > 0 {
+            " column ".len() + col_digits
+        } else {
+            0
+        };
+        if !first {
+            out.push_str(AT);
+            out.push_str(&(line + doc_line - 1).to_string());
+            out.push_str(&tail[..mark_end]);
+        }
+        first = false;
+        rest = &tail[mark_end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// `serde_yaml_ng` appends ` at line L column C`; the line is reported separately.
@@ -538,14 +578,55 @@ mod tests {
     }
 
     #[test]
-    fn yaml_syntax_error_names_the_file_line() {
+    fn yaml_syntax_error_names_the_file_line_and_column() {
+        // The second document starts on line 4; the parser stops at `b:` on line 5.
         let (_, p, _) = parse("apiVersion: v1\nkind: Namespace\n---\nmetadata: [a\n  b: c\n");
         assert_eq!(p.len(), 1);
         assert!(
-            matches!(&p[0], LoadProblem::Syntax { line, .. } if *line >= 4),
+            matches!(
+                &p[0],
+                LoadProblem::Syntax {
+                    line: 5,
+                    column: Some(4),
+                    ..
+                }
+            ),
             "{:?}",
             p[0]
         );
+        assert_eq!(
+            p[0].to_string(),
+            "x.yaml:5:4: YAML syntax error: did not find expected ',' or ']', while parsing a flow sequence at line 4 column 11"
+        );
+    }
+
+    #[test]
+    fn an_unclosed_flow_sequence_names_where_it_began_as_a_file_line() {
+        // The parser only notices at the end of the document (line 6, column 1); the
+        // message points back at the `[` on line 5 of the file (line 2 of its document).
+        let (_, p, _) = parse("a: 1\n---\nkind: Service\nmetadata:\n  labels: [unclosed\n");
+        let syntax: Vec<String> = p
+            .iter()
+            .filter(|p| matches!(p, LoadProblem::Syntax { .. }))
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            syntax,
+            vec!["x.yaml:6:1: YAML syntax error: did not find expected ',' or ']', while parsing a flow sequence at line 5 column 11"]
+        );
+    }
+
+    #[test]
+    fn syntax_messages_without_a_context_keep_the_problem_only() {
+        assert_eq!(
+            syntax_message("did not find expected key at line 3 column 2", 10),
+            "did not find expected key"
+        );
+        assert_eq!(
+            syntax_message("found unexpected end of stream at line 3 column 1, while scanning a quoted scalar at line 1 column 4", 10),
+            "found unexpected end of stream, while scanning a quoted scalar at line 10 column 4"
+        );
+        assert_eq!(syntax_message("no position", 3), "no position");
     }
 
     #[test]

@@ -2,11 +2,12 @@
 //! edits show in `/status` quickly; broken input keeps the old configuration serving.
 
 use std::{
+    net::SocketAddr,
     process::Command,
     time::{Duration, Instant},
 };
 
-use gateway_tests::{free_port, gatewayd_bin, write_config, Gatewayd};
+use gateway_tests::{echo::Echo, free_port, gatewayd_bin, http_get, write_config, Gatewayd};
 use nix::sys::signal::Signal;
 
 /// A Gateway on a free loopback port and one HTTPRoute attached to it (or, with
@@ -55,6 +56,35 @@ spec:
     )
 }
 
+/// An EndpointSlice giving Service default/web (port `http`) the endpoint `backend`.
+fn web_endpoints(backend: SocketAddr) -> String {
+    format!(
+        "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: web-1\n  namespace: default\n  labels:\n    kubernetes.io/service-name: web\naddressType: IPv4\nports:\n- name: http\n  port: {}\nendpoints:\n- addresses: ['{}']\n",
+        backend.port(),
+        backend.ip()
+    )
+}
+
+/// The same manifests with the HTTPRoute at `metadata.generation` `generation`.
+fn with_route_generation(yaml: &str, generation: i64) -> String {
+    yaml.replacen(
+        "kind: HTTPRoute\nmetadata:\n",
+        &format!("kind: HTTPRoute\nmetadata:\n  generation: {generation}\n"),
+        1,
+    )
+}
+
+/// `GET /` through gatewayd's listener on 127.0.0.1:`port`: the status and, for a
+/// backend's answer, the echo backend (`pod`) that gave it.
+fn get_through(port: u16) -> (u16, Option<String>) {
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let r = http_get(addr, "/").unwrap_or_else(|e| panic!("GET / on {addr}: {e:#}"));
+    let pod = serde_json::from_str::<serde_json::Value>(&r.body)
+        .ok()
+        .and_then(|v| v["pod"].as_str().map(str::to_owned));
+    (r.status, pod)
+}
+
 fn check(args: &[&str]) -> (Option<i32>, String, String) {
     let out = Command::new(gatewayd_bin())
         .arg("check")
@@ -68,16 +98,22 @@ fn check(args: &[&str]) -> (Option<i32>, String, String) {
     )
 }
 
-/// The conditions of HTTPRoute default/web's first parent in a `/status` JSON document.
-fn route_condition(status: &serde_json::Value, type_: &str) -> Option<(String, String)> {
+/// A condition of HTTPRoute default/web's first parent in a `/status` JSON document.
+fn route_cond(status: &serde_json::Value, type_: &str) -> Option<serde_json::Value> {
     let items = status["items"].as_array()?;
     let route = items
         .iter()
         .find(|i| i["kind"] == "HTTPRoute" && i["metadata"]["name"] == "web")?;
-    let cond = route["status"]["parents"][0]["conditions"]
+    route["status"]["parents"][0]["conditions"]
         .as_array()?
         .iter()
-        .find(|c| c["type"] == type_)?;
+        .find(|c| c["type"] == type_)
+        .cloned()
+}
+
+/// Status and reason of a condition of HTTPRoute default/web's first parent.
+fn route_condition(status: &serde_json::Value, type_: &str) -> Option<(String, String)> {
+    let cond = route_cond(status, type_)?;
     Some((
         cond["status"].as_str()?.to_owned(),
         cond["reason"].as_str()?.to_owned(),
@@ -139,8 +175,16 @@ fn check_exits_one_naming_file_and_line_of_a_yaml_syntax_error() {
     let path = write_config(dir.path(), "broken.yaml", text);
     let (code, _, stderr) = check(&["--config", path.to_str().expect("utf-8")]);
     assert_eq!(code, Some(1), "{stderr}");
-    assert!(stderr.contains("broken.yaml:"), "names the file: {stderr}");
-    assert!(stderr.contains("YAML syntax error"), "{stderr}");
+    // The parser stops at the end of the file (line 11, column 1); the message points
+    // back at the `[` on line 10, column 11, that was never closed.
+    let want = format!(
+        "{}:11:1: YAML syntax error: did not find expected ',' or ']', while parsing a flow sequence at line 10 column 11",
+        path.display()
+    );
+    assert!(
+        stderr.lines().any(|l| l == want),
+        "names file, line and column:\n{stderr}\nwanted the line:\n{want}"
+    );
 }
 
 #[test]
@@ -180,9 +224,15 @@ fn check_skips_unknown_kinds_with_a_warning() {
 
 #[test]
 fn an_edited_file_shows_in_status_within_a_second_and_broken_yaml_keeps_the_old_config() {
+    let backend = Echo::start("web-backend");
     let dir = tempfile::tempdir().expect("temp dir");
     let port = free_port();
-    let path = write_config(dir.path(), "gw.yaml", &gateway_and_route(port, "gw"));
+    // The Gateway, the route (attached to `parent`, at `generation`) and its backend.
+    let serving = |parent: &str, generation: i64| {
+        with_route_generation(&gateway_and_route(port, parent), generation)
+            + &web_endpoints(backend.addr)
+    };
+    let path = write_config(dir.path(), "gw.yaml", &serving("gw", 1));
     let mut gw = Gatewayd::start(&[
         "--config",
         dir.path().to_str().expect("utf-8"),
@@ -195,9 +245,11 @@ fn an_edited_file_shows_in_status_within_a_second_and_broken_yaml_keeps_the_old_
         route_condition(&status_json(&gw), "Accepted"),
         Some(("True".into(), "Accepted".into()))
     );
+    assert_eq!(get_through(port), (200, Some("web-backend".into())));
 
-    // Point the route at a Gateway that does not exist: the status must follow.
-    std::fs::write(&path, gateway_and_route(port, "nowhere")).expect("edit config");
+    // Point the route at a Gateway that does not exist, as its generation 2: the status
+    // and the data path must follow.
+    std::fs::write(&path, serving("nowhere", 2)).expect("edit config");
     let took = wait_for_status(&gw, Duration::from_secs(3), |s| {
         route_condition(s, "Accepted") == Some(("False".into(), "NoMatchingParent".into()))
     })
@@ -207,9 +259,26 @@ fn an_edited_file_shows_in_status_within_a_second_and_broken_yaml_keeps_the_old_
         took < Duration::from_secs(1),
         "a change is live within 1 s, took {took:?}"
     );
+    let status = status_json(&gw);
+    let accepted = route_cond(&status, "Accepted").expect("Accepted");
+    assert_eq!(
+        accepted["observedGeneration"], 2,
+        "the conditions describe the new generation: {accepted}"
+    );
+    assert_eq!(get_through(port).0, 404, "no route is attached any more");
+
+    // Back to the Gateway (generation 3): served again.
+    std::fs::write(&path, serving("gw", 3)).expect("edit config");
+    wait_for_status(&gw, Duration::from_secs(3), |s| {
+        route_cond(s, "Accepted")
+            .is_some_and(|c| c["status"] == "True" && c["observedGeneration"] == 3)
+    })
+    .unwrap_or_else(|| panic!("edit not live: {}", status_json(&gw)));
+    assert_eq!(get_through(port), (200, Some("web-backend".into())));
 
     // Broken YAML: the previous configuration keeps serving, the error is reported.
     let errors_before = metric(&gw, "gatewayd_config_reload_errors_total").unwrap_or(-1.0);
+    let requests_before = backend.requests();
     std::fs::write(&path, "apiVersion: v1\nkind: Service\nmetadata: [oops\n")
         .expect("break config");
     wait_for_status(&gw, Duration::from_secs(3), |s| {
@@ -218,15 +287,26 @@ fn an_edited_file_shows_in_status_within_a_second_and_broken_yaml_keeps_the_old_
     .unwrap_or_else(|| panic!("error not reported: {}", status_json(&gw)));
     let status = status_json(&gw);
     let error = status["lastReloadError"].as_str().unwrap_or_default();
-    assert!(
-        error.contains("gw.yaml:"),
-        "names the file and line: {error}"
+    assert_eq!(
+        error,
+        format!(
+            "{}:4:1: YAML syntax error: did not find expected ',' or ']', while parsing a flow sequence at line 3 column 11",
+            path.display()
+        ),
+        "names the file, line and column"
+    );
+    let accepted = route_cond(&status, "Accepted").expect("the old route status");
+    assert_eq!(
+        (&accepted["status"], &accepted["observedGeneration"]),
+        (&serde_json::json!("True"), &serde_json::json!(3)),
+        "the old configuration's status still shows: {accepted}"
     );
     assert_eq!(
-        route_condition(&status, "Accepted"),
-        Some(("False".into(), "NoMatchingParent".into())),
-        "the old configuration still serves"
+        get_through(port),
+        (200, Some("web-backend".into())),
+        "the old configuration still routes requests to the backend"
     );
+    assert_eq!(backend.requests(), requests_before + 1);
     assert_eq!(
         metric(&gw, "gatewayd_config_reload_errors_total"),
         Some(errors_before + 1.0)
@@ -242,12 +322,13 @@ fn an_edited_file_shows_in_status_within_a_second_and_broken_yaml_keeps_the_old_
     );
 
     // Fixed again: the error clears and the new content is live.
-    std::fs::write(&path, gateway_and_route(port, "gw")).expect("fix config");
+    std::fs::write(&path, serving("nowhere", 4)).expect("fix config");
     wait_for_status(&gw, Duration::from_secs(3), |s| {
         s.get("lastReloadError").is_none()
-            && route_condition(s, "Accepted") == Some(("True".into(), "Accepted".into()))
+            && route_condition(s, "Accepted") == Some(("False".into(), "NoMatchingParent".into()))
     })
     .unwrap_or_else(|| panic!("fix not live: {}", status_json(&gw)));
+    assert_eq!(get_through(port).0, 404);
     assert!(gw.stop(Signal::SIGTERM).expect("stop").success());
 }
 
@@ -285,19 +366,53 @@ fn a_file_added_to_a_watched_directory_is_loaded() {
 
 #[test]
 fn sighup_forces_a_reload() {
+    // gatewayd watches the directory of `watched/gw.yaml`. The file is a hard link of
+    // `elsewhere/gw.yaml`: writes through that other name change the same content but
+    // raise no event in the watched directory, so only SIGHUP can bring them in.
     let dir = tempfile::tempdir().expect("temp dir");
-    let path = write_config(dir.path(), "gw.yaml", &gateway_and_route(free_port(), "gw"));
+    let (watched, elsewhere) = (dir.path().join("watched"), dir.path().join("elsewhere"));
+    std::fs::create_dir(&watched).expect("mkdir");
+    std::fs::create_dir(&elsewhere).expect("mkdir");
+    let port = free_port();
+    let original = write_config(&elsewhere, "gw.yaml", &gateway_and_route(port, "gw"));
+    let path = watched.join("gw.yaml");
+    std::fs::hard_link(&original, &path).expect("hard link");
     let mut gw = Gatewayd::start(&["--config", path.to_str().expect("utf-8"), "--ebpf", "off"])
         .expect("start");
     gw.wait_healthy().expect("healthy");
+    assert_eq!(
+        route_condition(&status_json(&gw), "Accepted"),
+        Some(("True".into(), "Accepted".into()))
+    );
     let before = metric(&gw, "gatewayd_config_reloads_total").expect("reload counter");
+
+    std::fs::write(&original, gateway_and_route(port, "nowhere")).expect("edit in place");
+    assert_eq!(
+        std::fs::read_to_string(&path).expect("read"),
+        gateway_and_route(port, "nowhere"),
+        "one file, two names"
+    );
+    // Five debounce periods and more: a watcher that saw the write would have reloaded.
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(
+        (
+            route_condition(&status_json(&gw), "Accepted"),
+            metric(&gw, "gatewayd_config_reloads_total")
+        ),
+        (Some(("True".into(), "Accepted".into())), Some(before)),
+        "the watcher must not see this edit, or the test proves nothing about SIGHUP"
+    );
+
     let pid = nix::unistd::Pid::from_raw(i32::try_from(gw.child.id()).expect("pid"));
     nix::sys::signal::kill(pid, Signal::SIGHUP).expect("SIGHUP");
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while metric(&gw, "gatewayd_config_reloads_total") == Some(before) && Instant::now() < deadline
-    {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let took = wait_for_status(&gw, Duration::from_secs(3), |s| {
+        route_condition(s, "Accepted") == Some(("False".into(), "NoMatchingParent".into()))
+    })
+    .unwrap_or_else(|| panic!("SIGHUP did not reload the edit: {}", status_json(&gw)));
+    assert!(
+        took < Duration::from_secs(1),
+        "live within 1 s, took {took:?}"
+    );
     assert_eq!(
         metric(&gw, "gatewayd_config_reloads_total"),
         Some(before + 1.0)
