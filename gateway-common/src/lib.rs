@@ -21,6 +21,19 @@ pub const MAP_LISTENER_STATS: &str = "LISTENER_STATS";
 pub const MAP_LISTENER_PORTS: &str = "LISTENER_PORTS";
 /// Hash `AddrKey -> u32`: the gateway's own addresses (for `--xdp-drop-unlisted`).
 pub const MAP_GATEWAY_ADDRS: &str = "GATEWAY_ADDRS";
+/// LPM trie of the listeners that serve a Gateway address range, [`steer_v4`] keys (the
+/// port, then the range) -> [`ListenerValue`]: a destination inside a range counts as its
+/// listener (an exact `LISTENERS` entry first, the wildcard last). Looked up only while
+/// [`CONFIG_RANGES`] is set.
+pub const MAP_LISTENER_RANGES_V4: &str = "LISTENER_RANGES_V4";
+/// As [`MAP_LISTENER_RANGES_V4`], [`steer_v6`] keys.
+pub const MAP_LISTENER_RANGES_V6: &str = "LISTENER_RANGES_V6";
+/// LPM trie of the gateway's IPv4 address ranges (`Key<[u8; 4]> -> u32`), for
+/// `--xdp-drop-unlisted` beside `GATEWAY_ADDRS`. Looked up only while [`CONFIG_RANGES`]
+/// is set.
+pub const MAP_GATEWAY_RANGES_V4: &str = "GATEWAY_RANGES_V4";
+/// LPM trie of the gateway's IPv6 address ranges (`Key<[u8; 16]> -> u32`).
+pub const MAP_GATEWAY_RANGES_V6: &str = "GATEWAY_RANGES_V6";
 /// LPM trie of denied IPv4 source prefixes (`Key<[u8; 4]> -> u32`).
 pub const MAP_ACL_V4: &str = "ACL_V4";
 /// LPM trie of denied IPv6 source prefixes (`Key<[u8; 16]> -> u32`).
@@ -72,6 +85,8 @@ pub const LISTENERS_MAX_ENTRIES: u32 = 1_024;
 pub const LISTENER_PORT_WORDS: u32 = 1_024;
 /// Capacity of `GATEWAY_ADDRS`.
 pub const GATEWAY_ADDRS_MAX_ENTRIES: u32 = 4_096;
+/// Capacity of each listener range trie and each gateway range trie.
+pub const RANGES_MAX_ENTRIES: u32 = 1_024;
 /// Capacity of each ACL trie.
 pub const ACL_MAX_ENTRIES: u32 = 65_536;
 /// Capacity of `SYN_BUCKETS`. Least recently used sources are forgotten beyond it.
@@ -326,6 +341,8 @@ pub const CONFIG_ACL_V4: u32 = 2;
 pub const CONFIG_ACL_V6: u32 = 4;
 /// The SYN-flood guard is on.
 pub const CONFIG_SYN_GUARD: u32 = 8;
+/// Some listener serves a Gateway address range: look in the range tries.
+pub const CONFIG_RANGES: u32 = 16;
 
 /// What userspace tells the programs, in `CONFIG[0]`. All zero: count only, drop nothing.
 #[repr(C)]

@@ -9,8 +9,9 @@ use aya_ebpf::{
 use gateway_common::{
     AddrKey, DataplaneConfig, FlowKey, FlowValue, ListenerKey, ListenerStats, ListenerValue, Stats,
     ACL_MAX_ENTRIES, DROP_REASONS, FLOWS_MAX_ENTRIES, GATEWAY_ADDRS_MAX_ENTRIES,
-    LISTENERS_MAX_ENTRIES, LISTENER_PORT_WORDS, REUSEPORT_WORKERS_MAX, SOCKETS_DEFAULT_ENTRIES,
-    SOCKET_SLOTS, SOCKET_STATS_SLOTS, STATS_SLOTS, STEER_PREFIXES_MAX, SYN_BUCKETS_MAX_ENTRIES,
+    LISTENERS_MAX_ENTRIES, LISTENER_PORT_WORDS, RANGES_MAX_ENTRIES, REUSEPORT_WORKERS_MAX,
+    SOCKETS_DEFAULT_ENTRIES, SOCKET_SLOTS, SOCKET_STATS_SLOTS, STATS_SLOTS, STEER_PREFIXES_MAX,
+    SYN_BUCKETS_MAX_ENTRIES,
 };
 
 #[map(name = "FLOWS")]
@@ -37,6 +38,22 @@ pub static LISTENER_PORTS: Array<u64> = Array::with_max_entries(LISTENER_PORT_WO
 #[map(name = "GATEWAY_ADDRS")]
 pub static GATEWAY_ADDRS: HashMap<AddrKey, u32> =
     HashMap::with_max_entries(GATEWAY_ADDRS_MAX_ENTRIES, 0);
+
+#[map(name = "LISTENER_RANGES_V4")]
+pub static LISTENER_RANGES_V4: LpmTrie<[u8; 6], ListenerValue> =
+    LpmTrie::with_max_entries(RANGES_MAX_ENTRIES, 0);
+
+#[map(name = "LISTENER_RANGES_V6")]
+pub static LISTENER_RANGES_V6: LpmTrie<[u8; 18], ListenerValue> =
+    LpmTrie::with_max_entries(RANGES_MAX_ENTRIES, 0);
+
+#[map(name = "GATEWAY_RANGES_V4")]
+pub static GATEWAY_RANGES_V4: LpmTrie<[u8; 4], u32> =
+    LpmTrie::with_max_entries(RANGES_MAX_ENTRIES, 0);
+
+#[map(name = "GATEWAY_RANGES_V6")]
+pub static GATEWAY_RANGES_V6: LpmTrie<[u8; 16], u32> =
+    LpmTrie::with_max_entries(RANGES_MAX_ENTRIES, 0);
 
 #[map(name = "ACL_V4")]
 pub static ACL_V4: LpmTrie<[u8; 4], u32> = LpmTrie::with_max_entries(ACL_MAX_ENTRIES, 0);

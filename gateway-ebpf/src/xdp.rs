@@ -1,22 +1,26 @@
 //! `xdp_flow`: parse, count the packet in `STATS`, then, in this order, drop what the ACL
-//! denies (source prefix), what targets one of the gateway's addresses on a port no
-//! listener serves (`--xdp-drop-unlisted`) and SYNs beyond their source's token bucket
-//! (`--syn-rate-limit`); every drop is counted in `DROPS` by reason and makes no flow.
-//! Passed packets are counted per listener and in their flow.
+//! denies (source prefix), what targets one of the gateway's addresses (or ranges) on a
+//! port no listener serves (`--xdp-drop-unlisted`) and SYNs beyond their source's token
+//! bucket (`--syn-rate-limit`); every drop is counted in `DROPS` by reason and makes no
+//! flow. Passed packets are counted per listener (exact address, then address range, then
+//! wildcard) and in their flow.
 
 use aya_ebpf::{
     bindings::xdp_action, helpers::bpf_ktime_get_coarse_ns, macros::xdp, maps::lpm_trie::Key,
     programs::XdpContext,
 };
 use gateway_common::{
-    AddrKey, DataplaneConfig, DropReason, ListenerKey, CONFIG_ACL_V4, CONFIG_ACL_V6,
-    CONFIG_DROP_UNLISTED, CONFIG_SYN_GUARD, FAMILY_IPV4, FLOW_ORIGIN_INGRESS, IPPROTO_TCP,
-    IPPROTO_UDP, STATS_XDP, TCP_ACK, TCP_SYN,
+    steer_v4, steer_v6, AddrKey, DataplaneConfig, DropReason, ListenerKey, CONFIG_ACL_V4,
+    CONFIG_ACL_V6, CONFIG_DROP_UNLISTED, CONFIG_RANGES, CONFIG_SYN_GUARD, FAMILY_IPV4,
+    FLOW_ORIGIN_INGRESS, IPPROTO_TCP, IPPROTO_UDP, STATS_XDP, STEER_PORT_BITS, TCP_ACK, TCP_SYN,
 };
 
 use crate::{
     flow::{count_drop, count_listener, count_stats, record, Side, Update},
-    maps::{ACL_V4, ACL_V6, CONFIG, GATEWAY_ADDRS, LISTENERS, LISTENER_PORTS, SYN_BUCKETS},
+    maps::{
+        ACL_V4, ACL_V6, CONFIG, GATEWAY_ADDRS, GATEWAY_RANGES_V4, GATEWAY_RANGES_V6, LISTENERS,
+        LISTENER_PORTS, LISTENER_RANGES_V4, LISTENER_RANGES_V6, SYN_BUCKETS,
+    },
     packet::{parse, Parsed},
 };
 
@@ -43,7 +47,7 @@ fn try_xdp_flow(ctx: &XdpContext) -> Result<u32, u32> {
     if config.flags & (CONFIG_ACL_V4 | CONFIG_ACL_V6) != 0 && acl_denies(&parsed, config.flags) {
         return Ok(refuse(DropReason::Acl));
     }
-    let listener = find_listener(&parsed);
+    let listener = find_listener(&parsed, config.flags);
     if config.flags & CONFIG_DROP_UNLISTED != 0
         && listener.is_none()
         && is_unlisted(&parsed, config)
@@ -80,10 +84,11 @@ fn try_xdp_flow(ctx: &XdpContext) -> Result<u32, u32> {
 }
 
 /// The id of the listener serving the packet's destination: the exact address first, then
-/// the wildcard (unspecified address) of its family. The port bitmap answers "none" for
-/// most packets without a hash lookup.
+/// the longest address range on that port (with [`CONFIG_RANGES`]), then the wildcard
+/// (unspecified address) of its family, as the kernel's `sk_lookup` steering and socket
+/// lookup choose. The port bitmap answers "none" for most packets without a hash lookup.
 #[inline(always)]
-fn find_listener(parsed: &Parsed) -> Option<u32> {
+fn find_listener(parsed: &Parsed, flags: u32) -> Option<u32> {
     if !parsed.has_ports {
         return None;
     }
@@ -105,9 +110,48 @@ fn find_listener(parsed: &Parsed) -> Option<u32> {
         // SAFETY: a live element of LISTENERS; userspace replaces values whole.
         return Some(unsafe { (*value).id });
     }
+    if flags & CONFIG_RANGES != 0 && parsed.key.protocol == IPPROTO_TCP {
+        if let Some(id) = find_range_listener(parsed) {
+            return Some(id);
+        }
+    }
     key.addr = [0; 16];
     // SAFETY: as above.
     LISTENERS.get_ptr(&key).map(|value| unsafe { (*value).id })
+}
+
+/// The listener of the longest address range holding the destination, on its port.
+#[inline(always)]
+fn find_range_listener(parsed: &Parsed) -> Option<u32> {
+    let port = parsed.key.dst_port;
+    if parsed.key.family == FAMILY_IPV4 {
+        let mut addr = [0u8; 4];
+        addr.copy_from_slice(&parsed.key.dst_addr[..4]);
+        LISTENER_RANGES_V4
+            .get(Key::new(STEER_PORT_BITS + 32, steer_v4(port, addr)))
+            .map(|value| value.id)
+    } else {
+        LISTENER_RANGES_V6
+            .get(Key::new(
+                STEER_PORT_BITS + 128,
+                steer_v6(port, parsed.key.dst_addr),
+            ))
+            .map(|value| value.id)
+    }
+}
+
+/// The destination is in one of the gateway's address ranges.
+#[inline(always)]
+fn in_gateway_range(parsed: &Parsed) -> bool {
+    if parsed.key.family == FAMILY_IPV4 {
+        let mut addr = [0u8; 4];
+        addr.copy_from_slice(&parsed.key.dst_addr[..4]);
+        GATEWAY_RANGES_V4.get(Key::new(32, addr)).is_some()
+    } else {
+        GATEWAY_RANGES_V6
+            .get(Key::new(128, parsed.key.dst_addr))
+            .is_some()
+    }
 }
 
 /// Counts a drop by reason; the verdict.
@@ -135,8 +179,9 @@ fn acl_denies(parsed: &Parsed, flags: u32) -> bool {
     }
 }
 
-/// TCP or UDP (with ports) to one of the gateway's addresses on a port outside the
-/// kernel's ephemeral range; the caller knows no listener serves it.
+/// TCP or UDP (with ports) to one of the gateway's addresses, or into one of its address
+/// ranges, on a port outside the kernel's ephemeral range; the caller knows no listener
+/// serves it.
 #[inline(always)]
 fn is_unlisted(parsed: &Parsed, config: &DataplaneConfig) -> bool {
     let protocol = parsed.key.protocol;
@@ -153,6 +198,7 @@ fn is_unlisted(parsed: &Parsed, config: &DataplaneConfig) -> bool {
         _pad: [0; 3],
     };
     GATEWAY_ADDRS.get_ptr(&addr).is_some()
+        || (config.flags & CONFIG_RANGES != 0 && in_gateway_range(parsed))
 }
 
 /// The SYN guard: a generic cell rate algorithm per source address. A source may send

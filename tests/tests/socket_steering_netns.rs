@@ -6,6 +6,8 @@
 //!   served through one socket on the range's first address; the steering follows
 //!   reloads; a single address inside the range belongs to its own Gateway (longest
 //!   prefix).
+//! - XDP knows the range whole: a packet to any of its addresses counts under the range's
+//!   listener, and `--xdp-drop-unlisted` drops the range's unlisted ports.
 //! - a Gateway `IPAddress` that no interface has (a plain bind fails with EADDRNOTAVAIL)
 //!   is served through `sk_lookup` like a one-address range; without eBPF the listener is
 //!   not ready and the reason names the address and the listener.
@@ -781,5 +783,96 @@ fn an_address_no_interface_has_is_served_through_sk_lookup_and_without_ebpf_the_
         !gw.stderr().contains("ERROR") && !gw.stderr().contains("WARN"),
         "{}",
         gw.stderr()
+    );
+}
+
+#[test]
+fn xdp_counts_every_address_of_a_range_under_its_listener_and_drops_the_ranges_unlisted_ports() {
+    require_ebpf!(
+        "xdp_counts_every_address_of_a_range_under_its_listener_and_drops_the_ranges_unlisted_ports"
+    );
+    const RST: u8 = 0x04;
+    let pair = pair("rxd");
+    route_range(&pair);
+    let config = gateway(
+        "range",
+        "2020-01-01T00:00:00Z",
+        &format!("[{{type: {CIDR}, value: 192.0.2.0/24}}]"),
+    );
+    let dir = tempfile::tempdir().expect("temp dir");
+    let gw = NsGatewayd::start(
+        &pair.a,
+        dir.path(),
+        &config,
+        &[
+            "--ebpf",
+            "required",
+            "--bpf-pin-dir",
+            "none",
+            "--xdp-iface",
+            &pair.veth_a,
+            "--xdp-drop-unlisted",
+            "--workers",
+            "2",
+        ],
+    );
+    wait_ready(&gw);
+    let label = "192.0.2.0/24:8080";
+    let m = gw.wait_metrics(Duration::from_secs(5), |m| {
+        m.get("gatewayd_ebpf_listeners") == 1.0 && m.get("gatewayd_ebpf_gateway_addresses") == 1.0
+    });
+    assert_eq!(
+        (
+            m.get("gatewayd_ebpf_listeners"),
+            m.get("gatewayd_ebpf_gateway_addresses")
+        ),
+        (1.0, 1.0),
+        "one range listener, one gateway range: {:?}",
+        m.0
+    );
+
+    // RST segments draw no answer, so the counters see exactly these.
+    let (b, member) = (pair.addr_b, Ipv4Addr::new(192, 0, 2, 33));
+    send_raw_v4(
+        &pair.b,
+        vec![
+            raw_tcp(b, member, (41000, PORT), RST, &[]),
+            raw_tcp(
+                b,
+                Ipv4Addr::new(192, 0, 2, 254),
+                (41001, PORT),
+                RST,
+                &[0; 10],
+            ),
+            raw_tcp(b, member, (41002, 9999), RST, &[]),
+            raw_tcp(b, Ipv4Addr::new(192, 0, 2, 1), (41003, 22), RST, &[]),
+            raw_udp(b, member, (41004, PORT), b"udp"),
+        ],
+    );
+    let m = gw.wait_metrics(Duration::from_secs(5), |m| m.drops("unlisted") >= 3);
+    assert_eq!(
+        m.listener("packets", label, "rx"),
+        2,
+        "two addresses of the range, one listener: {:?}",
+        m.0
+    );
+    assert_eq!(m.listener("bytes", label, "rx"), 40 + 50);
+    assert_eq!(
+        m.drops("unlisted"),
+        3,
+        "other ports of the range's addresses, and UDP, are unlisted"
+    );
+
+    // A real connection to another address of the range: served, and its flow names the
+    // range's listener.
+    let response = get_from(&pair.b, range_addr(17)).expect("192.0.2.17");
+    assert_eq!(response.status, 404, "served (no route)");
+    let flows = gw.flows(&format!("?listener={label}"));
+    assert_eq!(flows.len(), 3, "{flows:#?}");
+    assert!(
+        flows
+            .iter()
+            .any(|f| f["dst_addr"] == "192.0.2.17" && f["dst_port"] == PORT),
+        "{flows:#?}"
     );
 }

@@ -6,8 +6,8 @@
 mod support;
 
 use gateway_common::{
-    DataplaneConfig, CONFIG_ACL_V4, CONFIG_ACL_V6, CONFIG_DROP_UNLISTED, CONFIG_SYN_GUARD,
-    IPPROTO_TCP, IPPROTO_UDP,
+    DataplaneConfig, CONFIG_ACL_V4, CONFIG_ACL_V6, CONFIG_DROP_UNLISTED, CONFIG_RANGES,
+    CONFIG_SYN_GUARD, IPPROTO_TCP, IPPROTO_UDP,
 };
 use support::*;
 
@@ -301,4 +301,84 @@ fn a_packet_every_filter_refuses_is_counted_once_under_the_first_acl_then_unlist
         XDP_DROP
     );
     assert_eq!(prog.drops(), [1, 1, 1]);
+}
+
+#[test]
+fn a_destination_inside_a_listener_range_counts_as_its_listener_and_the_range_is_the_gateways() {
+    require_ebpf!(
+        "a_destination_inside_a_listener_range_counts_as_its_listener_and_the_range_is_the_gateways"
+    );
+    const RANGE: [u8; 4] = [192, 0, 2, 0];
+    const MEMBER: [u8; 4] = [192, 0, 2, 77];
+    const SINGLE: [u8; 4] = [192, 0, 2, 9];
+    let mut prog = Loaded::new();
+    let mut config = unlisted_config();
+    config.flags |= CONFIG_RANGES;
+    prog.set_config(config);
+    // 192.0.2.0/24:8080 is listener 3; 192.0.2.9:8080 inside it has its own listener 4;
+    // the wildcard 0.0.0.0:8080 is listener 5. 2001:db8::/64:443 is listener 6.
+    prog.add_listener_range(RANGE.into(), 24, 8080, 3);
+    prog.add_listener(v4_listener(SINGLE, 8080), 4);
+    prog.add_listener(v4_listener([0; 4], 8080), 5);
+    prog.add_gateway_range(RANGE.into(), 24);
+    let v6_range = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    prog.add_listener_range(v6_range.into(), 64, 443, 6);
+    prog.add_gateway_range(v6_range.into(), 64);
+
+    let to = |dst: [u8; 4], port: u16| v4_tcp(V4_C, dst, (40000, port), SYN, &[]);
+    assert_eq!(prog.run_xdp(&to(MEMBER, 8080)), XDP_PASS, "the range's");
+    assert_eq!(
+        prog.run_xdp(&to(SINGLE, 8080)),
+        XDP_PASS,
+        "exact beats range"
+    );
+    assert_eq!(
+        prog.run_xdp(&to(V4_B, 8080)),
+        XDP_PASS,
+        "outside: the wildcard's"
+    );
+    assert_eq!(
+        prog.run_xdp(&v6_tcp(V6_OTHER, V6_A, (40000, 443), SYN, &[])),
+        XDP_PASS
+    );
+    assert_eq!(
+        [3, 4, 5, 6].map(|id| prog.listener_stats(id).rx_packets),
+        [1, 1, 1, 1]
+    );
+    let syn_bytes = 40;
+    assert_eq!(prog.listener_stats(3).rx_bytes, syn_bytes);
+    let member_flow = prog
+        .flows()
+        .into_iter()
+        .find(|(k, _)| k.dst_addr[..4] == MEMBER)
+        .expect("a flow to the range member");
+    assert_eq!(
+        member_flow.1.listener,
+        3 + 1,
+        "the flow names the range's listener"
+    );
+
+    // Unlisted ports of the range's addresses are the gateway's: dropped. So is UDP to the
+    // range's TCP port. Outside the range, an unlisted port is nobody's business.
+    assert_eq!(prog.run_xdp(&to(MEMBER, 9999)), XDP_DROP);
+    assert_eq!(
+        prog.run_xdp(&v4_udp(V4_C, MEMBER, (5000, 8080), b"x")),
+        XDP_DROP
+    );
+    assert_eq!(
+        prog.run_xdp(&v6_tcp(V6_OTHER, V6_B, (40000, 22), SYN, &[])),
+        XDP_DROP,
+        "2001:db8::b is in the IPv6 range"
+    );
+    assert_eq!(prog.run_xdp(&to(V4_B, 9999)), XDP_PASS);
+    assert_eq!(prog.drops(), [0, 3, 0]);
+
+    // Without CONFIG_RANGES the tries are not looked up: the member is the wildcard's, and
+    // its unlisted port passes.
+    prog.set_config(unlisted_config());
+    assert_eq!(prog.run_xdp(&to(MEMBER, 8080)), XDP_PASS);
+    assert_eq!(prog.listener_stats(5).rx_packets, 2);
+    assert_eq!(prog.listener_stats(3).rx_packets, 1);
+    assert_eq!(prog.run_xdp(&to(MEMBER, 9999)), XDP_PASS);
+    assert_eq!(prog.drops(), [0, 3, 0]);
 }

@@ -363,7 +363,7 @@ fn ebpf_counters(out: &mut Out, s: &StatsTotal, flow_count: usize) {
     out.single(
         "gatewayd_ebpf_listeners",
         "gauge",
-        "Entries in the kernel listener table (LISTENERS).",
+        "Entries in the kernel listener table (LISTENERS, and LISTENER_RANGES_* for address ranges).",
         s.listeners.len(),
     );
     out.single(
@@ -381,7 +381,7 @@ fn ebpf_counters(out: &mut Out, s: &StatsTotal, flow_count: usize) {
     out.single(
         "gatewayd_ebpf_gateway_addresses",
         "gauge",
-        "Addresses treated as the gateway's by --xdp-drop-unlisted (GATEWAY_ADDRS).",
+        "Addresses and address ranges treated as the gateway's by --xdp-drop-unlisted (GATEWAY_ADDRS, GATEWAY_RANGES_*).",
         s.gateway_addrs,
     );
     out.family(

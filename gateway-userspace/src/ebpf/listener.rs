@@ -1,5 +1,6 @@
-//! The listener table as the kernel sees it (`LISTENERS`), computed from the compiled
-//! table's eBPF plan, and the stable ids (slots of `LISTENER_STATS`) given to listeners.
+//! The listener table as the kernel sees it (`LISTENERS`, and `LISTENER_RANGES_V4/V6` for
+//! listeners that serve a Gateway address range), computed from the compiled table's eBPF
+//! plan, and the stable ids (slots of `LISTENER_STATS`) given to listeners.
 //!
 //! An id stays with a listener (address, port, protocol) for as long as the listener is in
 //! the configuration, so its counters survive reloads. Freed ids are reused last (ids are
@@ -15,7 +16,30 @@ use gateway_common::{
     LISTENER_PORT_WORDS, LISTENER_PROTOCOL_SHIFT, LISTENER_PROTO_HTTP, LISTENER_PROTO_HTTPS,
     LISTENER_PROTO_TLS_PASSTHROUGH, LISTENER_PROTO_TLS_TERMINATE, LISTENER_TLS,
 };
-use gateway_config::{EbpfListenerEntry, ListenerProtocol};
+use gateway_config::{EbpfListenerEntry, ListenerProtocol, RouteTable};
+
+/// One entry of the compiled table's eBPF plan with the range its bind serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Planned {
+    pub entry: EbpfListenerEntry,
+    /// `Some(len)`: the bind serves the address range `entry.addr/len`.
+    pub prefix_len: Option<u8>,
+}
+
+/// The eBPF plan of `table`, each entry with its bind's range.
+pub fn plan(table: &RouteTable) -> Vec<Planned> {
+    table
+        .ebpf_plan()
+        .iter()
+        .map(|entry| Planned {
+            entry: *entry,
+            prefix_len: table
+                .binds()
+                .get(entry.bind_index as usize)
+                .and_then(|bind| bind.prefix_len),
+        })
+        .collect()
+}
 
 /// What the kernel should hold for one listener, without its id.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -23,6 +47,9 @@ pub struct Wanted {
     pub flags: u32,
     pub addr: SocketAddr,
     pub protocol: ListenerProtocol,
+    /// `Some(len)`: the listener serves `addr/len`; its entry is in the range trie of its
+    /// family, not in `LISTENERS`.
+    pub prefix_len: Option<u8>,
 }
 
 /// One listener in `LISTENERS`, with its id.
@@ -40,9 +67,15 @@ impl Slot {
         }
     }
 
-    /// `addr:port` as `/metrics` and `/flows` name the listener.
+    /// `addr:port` as `/metrics` and `/flows` name the listener; a range is
+    /// `192.0.2.0/24:80` or `[2001:db8::/64]:443`.
     pub fn label(&self) -> String {
-        self.wanted.addr.to_string()
+        let addr = self.wanted.addr;
+        match (self.wanted.prefix_len, addr.ip()) {
+            (None, _) => addr.to_string(),
+            (Some(len), IpAddr::V4(ip)) => format!("{ip}/{len}:{}", addr.port()),
+            (Some(len), IpAddr::V6(ip)) => format!("[{ip}/{len}]:{}", addr.port()),
+        }
     }
 
     pub fn protocol_name(&self) -> &'static str {
@@ -82,10 +115,11 @@ pub fn family_and_addr(addr: IpAddr) -> (u8, [u8; 16]) {
     }
 }
 
-/// `LISTENERS` contents wanted for `plan`.
-pub fn desired(plan: &[EbpfListenerEntry]) -> BTreeMap<ListenerKey, Wanted> {
+/// The listeners wanted for `plan`, keyed by address (a range's first address), port and
+/// protocol: the identity of a listener across reloads.
+pub fn desired(plan: &[Planned]) -> BTreeMap<ListenerKey, Wanted> {
     plan.iter()
-        .map(|entry| {
+        .map(|&Planned { entry, prefix_len }| {
             let protocol = match entry.protocol {
                 ListenerProtocol::Http => LISTENER_PROTO_HTTP,
                 ListenerProtocol::Https => LISTENER_PROTO_HTTPS,
@@ -100,6 +134,7 @@ pub fn desired(plan: &[EbpfListenerEntry]) -> BTreeMap<ListenerKey, Wanted> {
                     flags,
                     addr: SocketAddr::new(entry.addr, entry.port),
                     protocol: entry.protocol,
+                    prefix_len,
                 },
             )
         })
@@ -216,6 +251,11 @@ impl Slots {
         }
     }
 
+    /// The listener in the kernel under `key`.
+    pub fn get(&self, key: &ListenerKey) -> Option<&Slot> {
+        self.current.get(key)
+    }
+
     /// The listener holding `id`.
     pub fn by_id(&self, id: u32) -> Option<&Slot> {
         self.current.values().find(|slot| slot.id == id)
@@ -230,14 +270,45 @@ impl Slots {
 mod tests {
     use super::*;
 
-    fn entry(addr: &str, port: u16, protocol: ListenerProtocol) -> EbpfListenerEntry {
-        EbpfListenerEntry {
-            addr: addr.parse().expect("test address"),
-            port,
-            protocol,
-            tls: protocol.is_tls(),
-            bind_index: 0,
+    fn entry(addr: &str, port: u16, protocol: ListenerProtocol) -> Planned {
+        Planned {
+            entry: EbpfListenerEntry {
+                addr: addr.parse().expect("test address"),
+                port,
+                protocol,
+                tls: protocol.is_tls(),
+                bind_index: 0,
+            },
+            prefix_len: None,
         }
+    }
+
+    #[test]
+    fn a_range_listener_is_named_by_its_range_and_changes_in_place_when_the_range_does() {
+        let range = |len| Planned {
+            prefix_len: Some(len),
+            ..entry("192.0.2.0", 80, ListenerProtocol::Http)
+        };
+        let mut slots = Slots::new(4);
+        let diff = slots.diff(&desired(&[range(24)]));
+        apply(&mut slots, &diff);
+        let (_, slot) = slots.iter().next().expect("one listener");
+        assert_eq!(slot.label(), "192.0.2.0/24:80");
+        let diff = slots.diff(&desired(&[range(25)]));
+        assert_eq!(diff.upserts.len(), 1);
+        assert!(!diff.upserts[0].2, "same listener, same id");
+        assert_eq!(diff.upserts[0].1.wanted.prefix_len, Some(25));
+        assert!(diff.removes.is_empty());
+        let v6 = Planned {
+            prefix_len: Some(64),
+            ..entry("2001:db8::", 443, ListenerProtocol::Https)
+        };
+        let wanted = desired(&[v6]);
+        let slot = Slot {
+            id: 0,
+            wanted: *wanted.values().next().expect("one"),
+        };
+        assert_eq!(slot.label(), "[2001:db8::/64]:443");
     }
 
     /// Applies a diff as if every kernel operation succeeded.

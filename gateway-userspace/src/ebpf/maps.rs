@@ -1,16 +1,20 @@
 //! Typed handles on every map userspace reads or writes, taken out of the loaded object.
 
+use std::net::IpAddr;
+
 use aya::{
-    maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, PerCpuValues},
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData, PerCpuArray, PerCpuValues},
     Ebpf,
 };
 use gateway_common::{
-    AddrKey, DataplaneConfig, FlowKey, FlowValue, ListenerKey, ListenerStats, ListenerValue, Stats,
-    MAP_ACL_V4, MAP_ACL_V6, MAP_CONFIG, MAP_DROPS, MAP_FLOWS, MAP_GATEWAY_ADDRS, MAP_LISTENERS,
-    MAP_LISTENER_PORTS, MAP_LISTENER_STATS, MAP_STATS,
+    steer_v4, steer_v6, AddrKey, DataplaneConfig, FlowKey, FlowValue, ListenerKey, ListenerStats,
+    ListenerValue, Stats, MAP_ACL_V4, MAP_ACL_V6, MAP_CONFIG, MAP_DROPS, MAP_FLOWS,
+    MAP_GATEWAY_ADDRS, MAP_GATEWAY_RANGES_V4, MAP_GATEWAY_RANGES_V6, MAP_LISTENERS,
+    MAP_LISTENER_PORTS, MAP_LISTENER_RANGES_V4, MAP_LISTENER_RANGES_V6, MAP_LISTENER_STATS,
+    MAP_STATS, STEER_PORT_BITS,
 };
 
-use super::{chain, EbpfError};
+use super::{chain, listener::Slot, EbpfError};
 
 pub struct Maps {
     pub flows: HashMap<MapData, FlowKey, FlowValue>,
@@ -20,6 +24,10 @@ pub struct Maps {
     pub listener_stats: PerCpuArray<MapData, ListenerStats>,
     pub listener_ports: Array<MapData, u64>,
     pub gateway_addrs: HashMap<MapData, AddrKey, u32>,
+    pub listener_ranges_v4: LpmTrie<MapData, [u8; 6], ListenerValue>,
+    pub listener_ranges_v6: LpmTrie<MapData, [u8; 18], ListenerValue>,
+    pub gateway_ranges_v4: LpmTrie<MapData, [u8; 4], u32>,
+    pub gateway_ranges_v6: LpmTrie<MapData, [u8; 16], u32>,
     pub acl_v4: LpmTrie<MapData, [u8; 4], u32>,
     pub acl_v6: LpmTrie<MapData, [u8; 16], u32>,
     pub config: Array<MapData, DataplaneConfig>,
@@ -47,6 +55,10 @@ impl Maps {
             listener_stats: take(ebpf, MAP_LISTENER_STATS)?,
             listener_ports: take(ebpf, MAP_LISTENER_PORTS)?,
             gateway_addrs: take(ebpf, MAP_GATEWAY_ADDRS)?,
+            listener_ranges_v4: take(ebpf, MAP_LISTENER_RANGES_V4)?,
+            listener_ranges_v6: take(ebpf, MAP_LISTENER_RANGES_V6)?,
+            gateway_ranges_v4: take(ebpf, MAP_GATEWAY_RANGES_V4)?,
+            gateway_ranges_v6: take(ebpf, MAP_GATEWAY_RANGES_V6)?,
             acl_v4: take(ebpf, MAP_ACL_V4)?,
             acl_v6: take(ebpf, MAP_ACL_V6)?,
             config: take(ebpf, MAP_CONFIG)?,
@@ -123,6 +135,102 @@ impl Maps {
             }
         }
         Ok(())
+    }
+
+    /// Writes `slot` under `key`: in `LISTENERS`, or, for a listener that serves an
+    /// address range, in the range trie of its family (port, then the range).
+    pub fn insert_listener(&mut self, key: &ListenerKey, slot: &Slot) -> Result<(), EbpfError> {
+        let value = slot.value();
+        let (name, result) = match (slot.wanted.prefix_len, slot.wanted.addr.ip()) {
+            (None, _) => (MAP_LISTENERS, self.listeners.insert(key, value, 0)),
+            (Some(len), IpAddr::V4(ip)) => (
+                MAP_LISTENER_RANGES_V4,
+                self.listener_ranges_v4.insert(
+                    &Key::new(
+                        STEER_PORT_BITS + u32::from(len),
+                        steer_v4(key.port, ip.octets()),
+                    ),
+                    value,
+                    0,
+                ),
+            ),
+            (Some(len), IpAddr::V6(ip)) => (
+                MAP_LISTENER_RANGES_V6,
+                self.listener_ranges_v6.insert(
+                    &Key::new(
+                        STEER_PORT_BITS + u32::from(len),
+                        steer_v6(key.port, ip.octets()),
+                    ),
+                    value,
+                    0,
+                ),
+            ),
+        };
+        result.map_err(|e| EbpfError::Map {
+            name,
+            reason: chain(&e),
+        })
+    }
+
+    /// Removes the entry [`Maps::insert_listener`] wrote for `slot`.
+    pub fn remove_listener(&mut self, key: &ListenerKey, slot: &Slot) -> Result<(), EbpfError> {
+        let (name, result) = match (slot.wanted.prefix_len, slot.wanted.addr.ip()) {
+            (None, _) => (MAP_LISTENERS, self.listeners.remove(key)),
+            (Some(len), IpAddr::V4(ip)) => (
+                MAP_LISTENER_RANGES_V4,
+                self.listener_ranges_v4.remove(&Key::new(
+                    STEER_PORT_BITS + u32::from(len),
+                    steer_v4(key.port, ip.octets()),
+                )),
+            ),
+            (Some(len), IpAddr::V6(ip)) => (
+                MAP_LISTENER_RANGES_V6,
+                self.listener_ranges_v6.remove(&Key::new(
+                    STEER_PORT_BITS + u32::from(len),
+                    steer_v6(key.port, ip.octets()),
+                )),
+            ),
+        };
+        result.map_err(|e| EbpfError::Map {
+            name,
+            reason: chain(&e),
+        })
+    }
+
+    /// Adds (`present`) or removes one of the gateway's address ranges.
+    pub fn set_gateway_range(
+        &mut self,
+        (addr, len): (IpAddr, u8),
+        present: bool,
+    ) -> Result<(), EbpfError> {
+        let (name, result) = match addr {
+            IpAddr::V4(ip) => {
+                let key = Key::new(u32::from(len), ip.octets());
+                (
+                    MAP_GATEWAY_RANGES_V4,
+                    if present {
+                        self.gateway_ranges_v4.insert(&key, 1, 0)
+                    } else {
+                        self.gateway_ranges_v4.remove(&key)
+                    },
+                )
+            }
+            IpAddr::V6(ip) => {
+                let key = Key::new(u32::from(len), ip.octets());
+                (
+                    MAP_GATEWAY_RANGES_V6,
+                    if present {
+                        self.gateway_ranges_v6.insert(&key, 1, 0)
+                    } else {
+                        self.gateway_ranges_v6.remove(&key)
+                    },
+                )
+            }
+        };
+        result.map_err(|e| EbpfError::Map {
+            name,
+            reason: chain(&e),
+        })
     }
 
     pub fn set_config(&mut self, config: &DataplaneConfig) -> Result<(), EbpfError> {

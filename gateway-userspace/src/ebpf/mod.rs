@@ -49,11 +49,12 @@ use aya::{
 };
 use gateway_common::{
     AddrKey, DataplaneConfig, DropReason, FlowKey, FlowValue, CONFIG_ACL_V4, CONFIG_ACL_V6,
-    CONFIG_DROP_UNLISTED, CONFIG_SYN_GUARD, FLOWS_MAX_ENTRIES, MAP_ACL_V4, MAP_ACL_V6, MAP_FLOWS,
-    MAP_GATEWAY_ADDRS, MAP_LISTENERS, MAP_SOCKETS, PROG_SK_LOOKUP_STEER, PROG_SK_REUSEPORT_PICK,
-    PROG_TC_REPLY, PROG_XDP_FLOW, REUSEPORT_WORKERS_MAX, SOCKET_SLOTS, STATS_TC, STATS_XDP,
+    CONFIG_DROP_UNLISTED, CONFIG_RANGES, CONFIG_SYN_GUARD, FLOWS_MAX_ENTRIES, MAP_ACL_V4,
+    MAP_ACL_V6, MAP_FLOWS, MAP_GATEWAY_ADDRS, MAP_SOCKETS, PROG_SK_LOOKUP_STEER,
+    PROG_SK_REUSEPORT_PICK, PROG_TC_REPLY, PROG_XDP_FLOW, REUSEPORT_WORKERS_MAX, SOCKET_SLOTS,
+    STATS_TC, STATS_XDP,
 };
-use gateway_config::EbpfListenerEntry;
+use gateway_config::RouteTable;
 use tracing::{info, warn};
 
 pub use acl::{Acl, AclError, AclLineError, Prefix};
@@ -259,7 +260,7 @@ pub struct StatsTotal {
     /// The socket programs (`sk_lookup_steer`, `sk_reuseport_pick`).
     pub sockets: SocketCounters,
     pub features: Vec<Feature>,
-    /// Entries in `GATEWAY_ADDRS`.
+    /// Entries in `GATEWAY_ADDRS` and the gateway range tries.
     pub gateway_addrs: usize,
     pub acl_v4_prefixes: usize,
     pub acl_v6_prefixes: usize,
@@ -288,8 +289,10 @@ struct Inner {
     ports: Vec<u64>,
     /// The listener plan of the serving configuration (to recompute the gateway's
     /// addresses when the host's change).
-    plan: Vec<EbpfListenerEntry>,
+    plan: Vec<listener::Planned>,
     gateway_addrs: BTreeSet<AddrKey>,
+    /// The gateway's address ranges in `GATEWAY_RANGES_V4/V6`.
+    gateway_ranges: BTreeSet<(IpAddr, u8)>,
     acl: Acl,
     config: DataplaneConfig,
     /// The socket programs' maps (`sk_lookup`, `sk_reuseport`).
@@ -384,24 +387,31 @@ fn addr_key(addr: IpAddr) -> AddrKey {
     }
 }
 
-/// The gateway's own addresses: every explicit listener address, and every address of
-/// the host for a family some listener binds unspecified.
-fn gateway_addrs(plan: &[EbpfListenerEntry], host: &BTreeSet<IpAddr>) -> BTreeSet<AddrKey> {
+/// The gateway's own addresses: every explicit single-address listener address, and
+/// every address of the host for a family some listener binds unspecified.
+fn gateway_addrs(plan: &[listener::Planned], host: &BTreeSet<IpAddr>) -> BTreeSet<AddrKey> {
     let any_v4 = plan
         .iter()
-        .any(|e| e.addr.is_ipv4() && e.addr.is_unspecified());
+        .any(|p| p.entry.addr.is_ipv4() && p.entry.addr.is_unspecified());
     let any_v6 = plan
         .iter()
-        .any(|e| e.addr.is_ipv6() && e.addr.is_unspecified());
+        .any(|p| p.entry.addr.is_ipv6() && p.entry.addr.is_unspecified());
     let explicit = plan
         .iter()
-        .filter(|e| !e.addr.is_unspecified())
-        .map(|e| e.addr);
+        .filter(|p| p.prefix_len.is_none() && !p.entry.addr.is_unspecified())
+        .map(|p| p.entry.addr);
     let from_host = host
         .iter()
         .filter(|a| (a.is_ipv4() && any_v4) || (a.is_ipv6() && any_v6))
         .copied();
     explicit.chain(from_host).map(addr_key).collect()
+}
+
+/// The gateway's address ranges.
+fn gateway_ranges(plan: &[listener::Planned]) -> BTreeSet<(IpAddr, u8)> {
+    plan.iter()
+        .filter_map(|p| p.prefix_len.map(|len| (p.entry.addr, len)))
+        .collect()
 }
 
 /// Warnings for features that failed, printed only once the object loaded (when the whole
@@ -511,6 +521,7 @@ impl Dataplane {
             ports: vec![0; gateway_common::LISTENER_PORT_WORDS as usize],
             plan: Vec::new(),
             gateway_addrs: BTreeSet::new(),
+            gateway_ranges: BTreeSet::new(),
             acl: Acl::default(),
             config: DataplaneConfig {
                 flags: if options.drop_unlisted {
@@ -699,7 +710,7 @@ impl Dataplane {
             listeners,
             sockets,
             features: shared.features.clone(),
-            gateway_addrs: inner.gateway_addrs.len(),
+            gateway_addrs: inner.gateway_addrs.len() + inner.gateway_ranges.len(),
             acl_v4_prefixes: inner.acl.v4_len(),
             acl_v6_prefixes: inner.acl.v6_len(),
             acl_reloads: counters.acl_reloads.load(Ordering::Relaxed),
@@ -1032,11 +1043,11 @@ pub struct ListenerSync {
 }
 
 impl DataplaneHandle {
-    /// Brings `LISTENERS` (and the gateway's addresses) to the listener plan of a new
-    /// configuration: new and changed entries first, then removals, so a listener present
-    /// before and after is never missing in between.
-    pub fn sync_listeners(&self, plan: &[EbpfListenerEntry]) -> Result<ListenerSync, EbpfError> {
-        let result = self.sync_listeners_inner(plan);
+    /// Brings `LISTENERS`, the listener range tries (and the gateway's addresses) to the
+    /// listener plan of a new configuration's table: new and changed entries first, then
+    /// removals, so a listener present before and after is never missing in between.
+    pub fn sync_listeners(&self, table: &RouteTable) -> Result<ListenerSync, EbpfError> {
+        let result = self.sync_listeners_inner(&listener::plan(table));
         let counters = &self.shared.counters;
         counters.listener_syncs.fetch_add(1, Ordering::Relaxed);
         if result.is_err() {
@@ -1047,14 +1058,18 @@ impl DataplaneHandle {
         result
     }
 
-    fn sync_listeners_inner(&self, plan: &[EbpfListenerEntry]) -> Result<ListenerSync, EbpfError> {
+    fn sync_listeners_inner(&self, plan: &[listener::Planned]) -> Result<ListenerSync, EbpfError> {
         let mut guard = lock(&self.shared.inner);
         let inner = &mut *guard;
-        let map_err = |e: aya::maps::MapError| EbpfError::Map {
-            name: MAP_LISTENERS,
-            reason: chain(&e),
-        };
         let wanted = listener::desired(plan);
+        // The range tries are looked up while old or new listeners have ranges.
+        let new_ranges = wanted.values().any(|w| w.prefix_len.is_some());
+        let old_ranges = inner.config.flags & CONFIG_RANGES != 0;
+        if new_ranges && !old_ranges {
+            inner.config.flags |= CONFIG_RANGES;
+            let config = inner.config;
+            inner.maps.set_config(&config)?;
+        }
         let diff = inner.slots.diff(&wanted);
         // Ports of old and new listeners while both may be in the table; only the new
         // ones once the removals are done.
@@ -1075,17 +1090,23 @@ impl DataplaneHandle {
         };
         let mut first_err = None;
         for (key, slot, new) in diff.upserts {
+            let old = inner.slots.get(&key).copied();
             let written = if new {
                 inner.maps.zero_listener_stats(slot.id)
             } else {
                 Ok(())
             }
-            .and_then(|()| {
-                inner
-                    .maps
-                    .listeners
-                    .insert(key, slot.value(), 0)
-                    .map_err(map_err)
+            .and_then(|()| inner.maps.insert_listener(&key, &slot))
+            .and_then(|()| match old {
+                // A listener whose range changed (or that became or stopped being one)
+                // lives under another key now: the old entry goes once the new one is in.
+                Some(old)
+                    if (old.wanted.prefix_len, old.wanted.addr)
+                        != (slot.wanted.prefix_len, slot.wanted.addr) =>
+                {
+                    inner.maps.remove_listener(&key, &old)
+                }
+                _ => Ok(()),
             });
             match written {
                 Ok(()) => {
@@ -1101,14 +1122,28 @@ impl DataplaneHandle {
             }
         }
         for key in diff.removes {
-            match inner.maps.listeners.remove(&key) {
+            let Some(old) = inner.slots.get(&key).copied() else {
+                continue;
+            };
+            match inner.maps.remove_listener(&key, &old) {
                 Ok(()) => {
                     inner.slots.removed(&key);
                     report.removed += 1;
                 }
                 Err(err) => {
-                    first_err.get_or_insert(map_err(err));
+                    first_err.get_or_insert(err);
                 }
+            }
+        }
+        let ranges_left = inner
+            .slots
+            .iter()
+            .any(|(_, slot)| slot.wanted.prefix_len.is_some());
+        if !ranges_left && inner.config.flags & CONFIG_RANGES != 0 {
+            inner.config.flags &= !CONFIG_RANGES;
+            let config = inner.config;
+            if let Err(err) = inner.maps.set_config(&config) {
+                first_err.get_or_insert(err);
             }
         }
         let mut ports = std::mem::take(&mut inner.ports);
@@ -1222,13 +1257,19 @@ impl DataplaneHandle {
     }
 }
 
-/// Brings `GATEWAY_ADDRS` to the plan and the host's addresses (adds first).
+/// Brings `GATEWAY_ADDRS` and the gateway range tries to the plan and the host's
+/// addresses (adds first).
 fn sync_gateway_addrs(inner: &mut Inner) -> Result<(), EbpfError> {
     let host = host::local_addresses().map_err(|e| EbpfError::Map {
         name: MAP_GATEWAY_ADDRS,
         reason: format!("listing the host's addresses: {e}"),
     })?;
     let wanted = gateway_addrs(&inner.plan, &host);
+    let ranges = gateway_ranges(&inner.plan);
+    for range in ranges.difference(&inner.gateway_ranges.clone()) {
+        inner.maps.set_gateway_range(*range, true)?;
+        inner.gateway_ranges.insert(*range);
+    }
     let map_err = |e: aya::maps::MapError| EbpfError::Map {
         name: MAP_GATEWAY_ADDRS,
         reason: chain(&e),
@@ -1244,6 +1285,10 @@ fn sync_gateway_addrs(inner: &mut Inner) -> Result<(), EbpfError> {
     for key in inner.gateway_addrs.clone().difference(&wanted) {
         inner.maps.gateway_addrs.remove(key).map_err(map_err)?;
         inner.gateway_addrs.remove(key);
+    }
+    for range in inner.gateway_ranges.clone().difference(&ranges) {
+        inner.maps.set_gateway_range(*range, false)?;
+        inner.gateway_ranges.remove(range);
     }
     Ok(())
 }
@@ -1281,14 +1326,34 @@ mod tests {
         assert_eq!((interval, tolerance), (250_000_000, 500_000_000));
     }
 
-    fn entry(addr: &str, port: u16) -> EbpfListenerEntry {
-        EbpfListenerEntry {
-            addr: addr.parse().expect("test address"),
-            port,
-            protocol: ListenerProtocol::Http,
-            tls: false,
-            bind_index: 0,
+    fn entry(addr: &str, port: u16) -> listener::Planned {
+        listener::Planned {
+            entry: gateway_config::EbpfListenerEntry {
+                addr: addr.parse().expect("test address"),
+                port,
+                protocol: ListenerProtocol::Http,
+                tls: false,
+                bind_index: 0,
+            },
+            prefix_len: None,
         }
+    }
+
+    #[test]
+    fn a_range_is_one_of_the_gateways_ranges_not_an_address() {
+        let range = listener::Planned {
+            prefix_len: Some(24),
+            ..entry("192.0.2.0", 80)
+        };
+        let plan = [range, entry("198.51.100.7", 80)];
+        assert_eq!(
+            gateway_addrs(&plan, &BTreeSet::new()),
+            [addr_key("198.51.100.7".parse().expect("addr"))].into()
+        );
+        assert_eq!(
+            gateway_ranges(&plan),
+            [("192.0.2.0".parse().expect("addr"), 24)].into()
+        );
     }
 
     #[test]

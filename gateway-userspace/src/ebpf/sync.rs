@@ -83,10 +83,10 @@ async fn sync_listeners(handle: &DataplaneHandle, snapshot: Option<Arc<Snapshot>
     let Some(snapshot) = snapshot else { return };
     let handle = handle.clone();
     let result = blocking(move || {
-        let plan = snapshot.compiled.table.ebpf_plan();
+        let table = &snapshot.compiled.table;
         handle
-            .sync_listeners(plan)
-            .map(|report| (report, plan.len()))
+            .sync_listeners(table)
+            .map(|report| (report, table.ebpf_plan().len()))
     })
     .await;
     match result {

@@ -19,10 +19,12 @@ use aya::{
     Ebpf,
 };
 use gateway_common::{
-    AddrKey, DataplaneConfig, DropReason, FlowKey, FlowValue, ListenerKey, ListenerStats,
-    ListenerValue, Stats, FAMILY_IPV4, FAMILY_IPV6, IPPROTO_TCP, IPPROTO_UDP, MAP_ACL_V4,
-    MAP_ACL_V6, MAP_CONFIG, MAP_DROPS, MAP_FLOWS, MAP_GATEWAY_ADDRS, MAP_LISTENERS,
-    MAP_LISTENER_PORTS, MAP_LISTENER_STATS, MAP_STATS, PROG_TC_REPLY, PROG_XDP_FLOW,
+    steer_v4, steer_v6, AddrKey, DataplaneConfig, DropReason, FlowKey, FlowValue, ListenerKey,
+    ListenerStats, ListenerValue, Stats, FAMILY_IPV4, FAMILY_IPV6, IPPROTO_TCP, IPPROTO_UDP,
+    MAP_ACL_V4, MAP_ACL_V6, MAP_CONFIG, MAP_DROPS, MAP_FLOWS, MAP_GATEWAY_ADDRS,
+    MAP_GATEWAY_RANGES_V4, MAP_GATEWAY_RANGES_V6, MAP_LISTENERS, MAP_LISTENER_PORTS,
+    MAP_LISTENER_RANGES_V4, MAP_LISTENER_RANGES_V6, MAP_LISTENER_STATS, MAP_STATS, PROG_TC_REPLY,
+    PROG_XDP_FLOW, STEER_PORT_BITS,
 };
 use gateway_tests::{netns::NetnsPair, parse_response, HttpResponse};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
@@ -338,6 +340,63 @@ impl Loaded {
             HashMap::try_from(self.map_mut(MAP_LISTENERS)).expect("LISTENERS is a hash");
         map.insert(key, ListenerValue { id, flags: 0 }, 0)
             .expect("write LISTENERS");
+    }
+
+    /// Adds a listener that serves the range `addr/len` on `port`, as gatewayd's sync
+    /// does: its port bit, then its entry in the range trie of its family.
+    pub fn add_listener_range(&mut self, addr: IpAddr, len: u32, port: u16, id: u32) {
+        let mut ports: Array<&mut MapData, u64> =
+            Array::try_from(self.map_mut(MAP_LISTENER_PORTS)).expect("LISTENER_PORTS is an array");
+        let word = u32::from(port >> 6);
+        let bits = ports.get(&word, 0).expect("read LISTENER_PORTS");
+        ports
+            .set(word, bits | 1 << (port & 63), 0)
+            .expect("write LISTENER_PORTS");
+        let value = ListenerValue { id, flags: 0 };
+        match addr {
+            IpAddr::V4(v4) => {
+                let mut map: LpmTrie<&mut MapData, [u8; 6], ListenerValue> =
+                    LpmTrie::try_from(self.map_mut(MAP_LISTENER_RANGES_V4))
+                        .expect("LISTENER_RANGES_V4 is an LPM trie");
+                map.insert(
+                    &Key::new(STEER_PORT_BITS + len, steer_v4(port, v4.octets())),
+                    value,
+                    0,
+                )
+                .expect("write LISTENER_RANGES_V4");
+            }
+            IpAddr::V6(v6) => {
+                let mut map: LpmTrie<&mut MapData, [u8; 18], ListenerValue> =
+                    LpmTrie::try_from(self.map_mut(MAP_LISTENER_RANGES_V6))
+                        .expect("LISTENER_RANGES_V6 is an LPM trie");
+                map.insert(
+                    &Key::new(STEER_PORT_BITS + len, steer_v6(port, v6.octets())),
+                    value,
+                    0,
+                )
+                .expect("write LISTENER_RANGES_V6");
+            }
+        }
+    }
+
+    /// Adds `addr/len` to the gateway's address ranges.
+    pub fn add_gateway_range(&mut self, addr: IpAddr, len: u32) {
+        match addr {
+            IpAddr::V4(v4) => {
+                let mut map: LpmTrie<&mut MapData, [u8; 4], u32> =
+                    LpmTrie::try_from(self.map_mut(MAP_GATEWAY_RANGES_V4))
+                        .expect("GATEWAY_RANGES_V4 is an LPM trie");
+                map.insert(&Key::new(len, v4.octets()), 1, 0)
+                    .expect("write GATEWAY_RANGES_V4");
+            }
+            IpAddr::V6(v6) => {
+                let mut map: LpmTrie<&mut MapData, [u8; 16], u32> =
+                    LpmTrie::try_from(self.map_mut(MAP_GATEWAY_RANGES_V6))
+                        .expect("GATEWAY_RANGES_V6 is an LPM trie");
+                map.insert(&Key::new(len, v6.octets()), 1, 0)
+                    .expect("write GATEWAY_RANGES_V6");
+            }
+        }
     }
 
     pub fn add_gateway_addr(&mut self, key: AddrKey) {
