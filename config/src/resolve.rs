@@ -81,6 +81,15 @@ fn is_core(group: Option<&str>) -> bool {
     matches!(group, None | Some("") | Some("core"))
 }
 
+/// A reference's kind as messages name it: `ConfigMap` in the core group (whose name is
+/// empty), `example.com/Service` in another.
+fn group_kind(group: Option<&str>, kind: &str) -> String {
+    match group {
+        Some(group) if !is_core(Some(group)) => format!("{group}/{kind}"),
+        _ => kind.to_owned(),
+    }
+}
+
 /// A route kind.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 enum RouteKind {
@@ -809,9 +818,8 @@ impl<'m> Compiler<'m> {
                     Some((
                         "InvalidCertificateRef",
                         format!(
-                            "certificateRef {}/{} {} is not a core Secret",
-                            r.group.as_deref().unwrap_or(""),
-                            r.kind.as_deref().unwrap_or(""),
+                            "certificateRef {} {} is not a core Secret",
+                            group_kind(r.group.as_deref(), r.kind.as_deref().unwrap_or("Secret")),
                             r.name
                         ),
                     ))
@@ -1139,8 +1147,9 @@ impl<'m> Compiler<'m> {
             for t in &p.spec.target_refs {
                 if !is_core(Some(&t.group)) || t.kind != "Service" {
                     not_found.push(format!(
-                        "targetRef {}/{} {} is not a core Service",
-                        t.group, t.kind, t.name
+                        "targetRef {} {} is not a core Service",
+                        group_kind(Some(&t.group), &t.kind),
+                        t.name
                     ));
                     continue;
                 }
@@ -1446,9 +1455,8 @@ impl<'m> Compiler<'m> {
                 UnresolvedBackend::InvalidKind,
                 "InvalidKind",
                 format!(
-                    "backendRef {}/{} {} is not a core Service",
-                    b.group.unwrap_or(""),
-                    b.kind.unwrap_or(""),
+                    "backendRef {} {} is not a core Service",
+                    group_kind(b.group, b.kind.unwrap_or("Service")),
                     b.name
                 ),
             ));

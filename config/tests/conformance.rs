@@ -1049,6 +1049,30 @@ fn a_backend_tls_policy_without_a_target_reports_target_not_found_under_the_gate
 }
 
 #[test]
+fn a_target_ref_to_another_kind_or_group_is_named_as_group_and_kind() {
+    let p = policy(
+        "elsewhere",
+        "2020-01-01T00:00:00Z",
+        "{group: '', kind: ConfigMap, name: web}, {group: example.com, kind: Service, name: web}",
+        "{wellKnownCACertificates: System, hostname: a.com}",
+    );
+    let c = build(&[INFRA, GW, &p]);
+    let warned: Vec<&String> = c
+        .warnings
+        .iter()
+        .filter(|w| w.contains("BackendTLSPolicy"))
+        .collect();
+    assert_eq!(warned.len(), 1, "{:?}", c.warnings);
+    assert!(
+        warned[0].starts_with(
+            "BackendTLSPolicy infra/elsewhere: targetRef ConfigMap web is not a core Service; targetRef example.com/Service web is not a core Service (file test.yaml, line "
+        ),
+        "{}",
+        warned[0]
+    );
+}
+
+#[test]
 fn tls_routes_attach_to_tls_listeners_only_and_route_by_sni() {
     let gw = r#"apiVersion: gateway.networking.k8s.io/v1
 kind: Gateway
