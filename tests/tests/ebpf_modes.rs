@@ -220,6 +220,56 @@ fn an_unknown_interface_is_refused_under_required_and_tolerated_under_auto() {
 }
 
 #[test]
+fn an_invalid_tc_mode_is_refused_under_required_and_warned_under_auto() {
+    let (_dir, config) = config();
+    let with_bad_mode = || {
+        let mut cmd = Command::new(gatewayd_bin());
+        cmd.env("GATEWAYD_TC_MODE", "netlink");
+        cmd
+    };
+    // Checked before anything is loaded: no privileges needed to see it refused.
+    let mut required = Gatewayd::start_with(
+        with_bad_mode(),
+        &[
+            "--config",
+            &config,
+            "--ebpf",
+            "required",
+            "--bpf-pin-dir",
+            "none",
+        ],
+    )
+    .expect("start");
+    let status = required.wait_exit(Duration::from_secs(20)).expect("exits");
+    assert!(!status.success(), "exit status {status}");
+    let stderr = required.stderr();
+    assert!(
+        stderr.contains("invalid GATEWAYD_TC_MODE \"netlink\": expected tcx or clsact"),
+        "{stderr}"
+    );
+
+    let mut auto = Gatewayd::start_with(
+        with_bad_mode(),
+        &[
+            "--config",
+            &config,
+            "--ebpf",
+            "auto",
+            "--bpf-pin-dir",
+            "none",
+        ],
+    )
+    .expect("start");
+    auto.wait_healthy().expect("auto keeps serving");
+    let stderr = auto.stderr();
+    assert!(
+        stderr.contains("GATEWAYD_TC_MODE is tcx or clsact; using tcx"),
+        "{stderr}"
+    );
+    assert!(auto.stop(Signal::SIGTERM).expect("stop").success());
+}
+
+#[test]
 fn check_and_run_refuse_missing_config_files_naming_them() {
     let output = Command::new(gatewayd_bin())
         .args(["check", "--config", "/nonexistent/gw.yaml"])

@@ -34,6 +34,14 @@ impl NsGatewayd {
     /// `--ebpf required --xdp-iface <iface>`, no pinning (the pin directory is the host's,
     /// not the namespace's), with `env` set.
     fn start_with_env(ns: &str, iface: &str, env: &[(&str, &str)]) -> Self {
+        let mut gw = Self::spawn(ns, &[iface], env);
+        gw.wait_healthy();
+        gw
+    }
+
+    /// [`start_with_env`](Self::start_with_env) with every interface of `ifaces`, not
+    /// waiting for it to be healthy.
+    fn spawn(ns: &str, ifaces: &[&str], env: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let config = write_config(dir.path(), "config.yaml", EMPTY_CONFIG);
         let stderr = dir.path().join("stderr.log");
@@ -50,25 +58,22 @@ impl NsGatewayd {
             &format!("127.0.0.1:{admin_port}"),
             "--ebpf",
             "required",
-            "--xdp-iface",
-            iface,
             "--bpf-pin-dir",
             "none",
         ])
+        .args(ifaces.iter().flat_map(|iface| ["--xdp-iface", iface]))
         .envs(env.iter().copied())
         .stdout(std::process::Stdio::null())
         .stderr(std::fs::File::create(&stderr).expect("stderr file"))
         .spawn()
         .expect("start gatewayd in the namespace");
-        let mut gw = Self {
+        Self {
             ns: ns.to_owned(),
             child,
             admin_port,
             stderr,
             _dir: dir,
-        };
-        gw.wait_healthy();
-        gw
+        }
     }
 
     fn stderr(&self) -> String {
@@ -489,5 +494,50 @@ fn a_clsact_qdisc_that_was_there_before_gatewayd_stays_after_it_exits() {
     assert!(
         qdiscs.contains("clsact"),
         "someone else's qdisc stays: {qdiscs}"
+    );
+}
+
+#[test]
+fn a_start_failing_after_the_clsact_qdisc_was_created_detaches_and_removes_it() {
+    if !ebpf_tests_can_run(
+        "a_start_failing_after_the_clsact_qdisc_was_created_detaches_and_removes_it",
+    ) {
+        return;
+    }
+    let pair = NetnsPair::new("halfq").expect("create namespaces");
+    let qdiscs = tc(&pair.a, &["qdisc", "show", "dev", &pair.veth_a]);
+    assert!(!qdiscs.contains("clsact"), "none before: {qdiscs}");
+    // The veth is attached (XDP, then tc_reply on a clsact qdisc gatewayd creates) before
+    // the second interface fails: under --ebpf required that ends the start.
+    let mut gw = NsGatewayd::spawn(
+        &pair.a,
+        &[&pair.veth_a, "gw-no-such0"],
+        &[("GATEWAYD_TC_MODE", "clsact")],
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = gw.child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "gatewayd did not exit");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let stderr = gw.stderr();
+    assert!(!status.success(), "exit status {status}: {stderr}");
+    assert!(
+        stderr.contains("gw-no-such0"),
+        "names the interface: {stderr}"
+    );
+    let link = link_show(&pair.a, &pair.veth_a);
+    assert!(!link.contains("xdp"), "XDP left attached: {link}");
+    let filters = tc(&pair.a, &["filter", "show", "dev", &pair.veth_a, "egress"]);
+    assert!(
+        !filters.contains("tc_reply"),
+        "egress filter left: {filters}"
+    );
+    let qdiscs = tc(&pair.a, &["qdisc", "show", "dev", &pair.veth_a]);
+    assert!(
+        !qdiscs.contains("clsact"),
+        "the qdisc gatewayd created is gone: {qdiscs}"
     );
 }

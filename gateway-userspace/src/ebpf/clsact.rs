@@ -4,6 +4,13 @@
 //!
 //! aya creates the qdisc but has no call to delete it, so this speaks rtnetlink itself:
 //! one dump of the filters (`RTM_GETTFILTER`) on each clsact hook, one `RTM_DELQDISC`.
+//!
+//! The check and the delete are two requests: a filter added between the dump and the
+//! delete goes with the qdisc. rtnetlink has no "delete if empty", so the window stays;
+//! it is as short as two round trips at exit. Where the dump is not trustworthy (it ended
+//! with an error, or the kernel flagged it `NLM_F_DUMP_INTR` because the filters changed
+//! while it was read) the qdisc is left in place: keeping an empty qdisc is harmless,
+//! deleting someone's filter is not.
 
 use std::{ffi::CString, io::Read as _};
 
@@ -18,6 +25,8 @@ const RTM_GETTFILTER: u16 = 46;
 const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_ACK: u16 = 0x4;
 const NLM_F_DUMP: u16 = 0x300;
+/// Set on the messages of a dump whose objects changed while it was read.
+const NLM_F_DUMP_INTR: u16 = 0x10;
 const TCA_KIND: u16 = 1;
 /// `TC_H_CLSACT`: the parent of a clsact qdisc.
 const TC_H_CLSACT: u32 = 0xFFFF_FFF1;
@@ -83,15 +92,17 @@ fn u32_at(bytes: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_ne_bytes(bytes.get(at..at + 4)?.try_into().ok()?))
 }
 
-/// What the kernel answered so far: messages of `kind` counted, and whether the answer
-/// is complete (an ack, an error or the end of a dump).
+/// What the kernel answered so far: messages of `kind` counted, whether the answer is
+/// complete (an ack, an error or the end of a dump), and whether a dump was interrupted.
 #[derive(Debug, Default, PartialEq, Eq)]
 struct Answer {
     counted: usize,
     done: bool,
+    interrupted: bool,
 }
 
-/// Walks the messages of one datagram; `Err` with the kernel's errno for an error.
+/// Walks the messages of one datagram; `Err` with the kernel's errno for an error, whether
+/// in `NLMSG_ERROR` or at the end of a dump (`NLMSG_DONE` carries one too).
 fn read_answer(datagram: &[u8], kind: u16, answer: &mut Answer) -> std::io::Result<()> {
     let malformed =
         || std::io::Error::new(std::io::ErrorKind::InvalidData, "short netlink message");
@@ -99,8 +110,12 @@ fn read_answer(datagram: &[u8], kind: u16, answer: &mut Answer) -> std::io::Resu
     while at + NLMSG_HDR_LEN <= datagram.len() {
         let len = u32_at(datagram, at).ok_or_else(malformed)? as usize;
         let msg_type = u16_at(datagram, at + 4).ok_or_else(malformed)?;
+        let flags = u16_at(datagram, at + 6).ok_or_else(malformed)?;
         if len < NLMSG_HDR_LEN || at + len > datagram.len() {
             return Err(malformed());
+        }
+        if flags & NLM_F_DUMP_INTR != 0 {
+            answer.interrupted = true;
         }
         match msg_type {
             NLMSG_ERROR => {
@@ -110,7 +125,18 @@ fn read_answer(datagram: &[u8], kind: u16, answer: &mut Answer) -> std::io::Resu
                     return Err(std::io::Error::from_raw_os_error(-errno));
                 }
             }
-            NLMSG_DONE => answer.done = true,
+            NLMSG_DONE => {
+                answer.done = true;
+                // The dump's own errno; a bare header (older kernels) means success.
+                let errno = if len >= NLMSG_HDR_LEN + 4 {
+                    u32_at(datagram, at + NLMSG_HDR_LEN).ok_or_else(malformed)? as i32
+                } else {
+                    0
+                };
+                if errno != 0 {
+                    return Err(std::io::Error::from_raw_os_error(-errno));
+                }
+            }
             t if t == kind => answer.counted += 1,
             _ => {}
         }
@@ -119,8 +145,8 @@ fn read_answer(datagram: &[u8], kind: u16, answer: &mut Answer) -> std::io::Resu
     Ok(())
 }
 
-/// Sends `request` and reads until the answer is complete; the number of `kind` messages.
-fn exchange(request: &[u8], kind: u16) -> std::io::Result<usize> {
+/// Sends `request` and reads until the answer is complete.
+fn exchange(request: &[u8], kind: u16) -> std::io::Result<Answer> {
     let socket = Socket::new(
         Domain::from(libc::AF_NETLINK),
         Type::RAW,
@@ -135,10 +161,11 @@ fn exchange(request: &[u8], kind: u16) -> std::io::Result<usize> {
         let n = (&socket).read(&mut buf)?;
         read_answer(&buf[..n], kind, &mut answer)?;
     }
-    Ok(answer.counted)
+    Ok(answer)
 }
 
-/// Filters on the ingress and egress hooks of the clsact qdisc of `ifindex`.
+/// Filters on the ingress and egress hooks of the clsact qdisc of `ifindex`; an error when
+/// the count cannot be trusted (an interrupted dump).
 fn filters(ifindex: u32) -> std::io::Result<usize> {
     let mut total = 0;
     for parent in HOOKS {
@@ -150,16 +177,36 @@ fn filters(ifindex: u32) -> std::io::Result<usize> {
             parent,
             None,
         );
-        total += exchange(&request, RTM_NEWTFILTER)?;
+        total += counted(exchange(&request, RTM_NEWTFILTER)?)?;
     }
     Ok(total)
 }
 
-/// Deletes the clsact qdisc of `ifindex` when no filter is left on it; `Ok(false)` when
-/// some filter keeps it.
-pub fn remove_if_unused(ifindex: u32) -> std::io::Result<bool> {
+/// The count of a complete dump; an error for one the kernel marked interrupted.
+fn counted(answer: Answer) -> std::io::Result<usize> {
+    if answer.interrupted {
+        return Err(std::io::Error::other(
+            "the filter dump was interrupted by a concurrent change (NLM_F_DUMP_INTR)",
+        ));
+    }
+    Ok(answer.counted)
+}
+
+/// What [`remove_if_unused`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Removal {
+    Removed,
+    /// Some filter is on the qdisc: it stays.
+    InUse,
+    /// There was no clsact qdisc any more (someone deleted it).
+    AlreadyGone,
+}
+
+/// Deletes the clsact qdisc of `ifindex` when no filter is left on it. An error (the dump
+/// failed or was interrupted, or the delete was refused) leaves it in place.
+pub fn remove_if_unused(ifindex: u32) -> std::io::Result<Removal> {
     if filters(ifindex)? > 0 {
-        return Ok(false);
+        return Ok(Removal::InUse);
     }
     let request = message(
         RTM_DELQDISC,
@@ -169,8 +216,11 @@ pub fn remove_if_unused(ifindex: u32) -> std::io::Result<bool> {
         TC_H_CLSACT,
         Some("clsact"),
     );
-    exchange(&request, 0)?;
-    Ok(true)
+    match exchange(&request, 0) {
+        Ok(_) => Ok(Removal::Removed),
+        Err(err) if err.raw_os_error() == Some(libc::ENOENT) => Ok(Removal::AlreadyGone),
+        Err(err) => Err(err),
+    }
 }
 
 #[cfg(test)]
@@ -223,9 +273,11 @@ mod tests {
             answer,
             Answer {
                 counted: 2,
-                done: true
+                done: true,
+                interrupted: false,
             }
         );
+        assert_eq!(counted(answer).expect("complete"), 2);
 
         let mut ack = header(36, NLMSG_ERROR);
         ack.extend_from_slice(&0i32.to_ne_bytes());
@@ -242,5 +294,32 @@ mod tests {
 
         let err = read_answer(&header(64, RTM_NEWTFILTER), 0, &mut Answer::default());
         assert!(err.is_err(), "a length past the datagram is refused");
+    }
+
+    #[test]
+    fn a_dump_that_ends_in_an_error_or_was_interrupted_is_not_a_count() {
+        // NLMSG_DONE with the dump's errno.
+        let mut failed = header(20, RTM_NEWTFILTER);
+        failed.extend_from_slice(&[0; 4]);
+        failed.extend(header(20, NLMSG_DONE));
+        failed.extend_from_slice(&(-libc::EINVAL).to_ne_bytes());
+        let mut answer = Answer::default();
+        let err = read_answer(&failed, RTM_NEWTFILTER, &mut answer).expect_err("EINVAL");
+        assert_eq!(err.raw_os_error(), Some(libc::EINVAL));
+
+        // NLMSG_DONE with errno 0 is a complete dump.
+        let mut ok = header(20, NLMSG_DONE);
+        ok.extend_from_slice(&0i32.to_ne_bytes());
+        let mut answer = Answer::default();
+        read_answer(&ok, RTM_NEWTFILTER, &mut answer).expect("errno 0");
+        assert_eq!(counted(answer).expect("complete"), 0);
+
+        // Any message flagged NLM_F_DUMP_INTR makes the whole dump untrustworthy.
+        let mut interrupted = header(16, NLMSG_DONE);
+        interrupted[6..8].copy_from_slice(&NLM_F_DUMP_INTR.to_ne_bytes());
+        let mut answer = Answer::default();
+        read_answer(&interrupted, RTM_NEWTFILTER, &mut answer).expect("parsed");
+        assert!(answer.done && answer.interrupted, "{answer:?}");
+        assert!(counted(answer).is_err());
     }
 }

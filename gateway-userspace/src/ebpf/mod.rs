@@ -12,8 +12,8 @@
 //! Under `--ebpf auto` a feature the kernel or the privileges refuse (one interface, TC,
 //! pinning, sk_lookup, sk_reuseport) is turned off with one warning and the rest runs.
 //! Dropping the [`Dataplane`] detaches every program and removes the clsact qdiscs it
-//! created ([`clsact`]); the pinned flow table stays (the `sk_reuseport` program goes with
-//! the listening sockets it is attached to).
+//! created ([`clsact`]), as does a start that fails halfway; the pinned flow table stays
+//! (the `sk_reuseport` program goes with the listening sockets it is attached to).
 
 mod acl;
 mod clsact;
@@ -191,6 +191,8 @@ pub enum EbpfError {
     },
     #[error("reading map {name} failed: {reason}")]
     Map { name: &'static str, reason: String },
+    #[error("invalid GATEWAYD_TC_MODE {value:?}: expected tcx or clsact")]
+    TcMode { value: String },
 }
 
 /// Formats an error with all of its sources, so that the kernel's errno reaches the user.
@@ -311,26 +313,48 @@ struct Shared {
 pub struct Dataplane {
     shared: Arc<Shared>,
     attachments: Vec<Attachment>,
+    /// Dropping it detaches the programs and removes the clsact qdiscs gatewayd created.
+    _programs: Programs,
+}
+
+/// The object with its programs and links, and the clsact qdiscs gatewayd created for
+/// them. Held from the load on, so that a start-up failing halfway cleans up as an exit
+/// does.
+struct Programs {
     /// Owns the programs and their links; dropping it detaches them. `None` only while
-    /// the dataplane is dropped.
+    /// it is dropped.
     ebpf: Option<Ebpf>,
     /// Interfaces (name, index) on which gatewayd created the clsact qdisc for `tc_reply`.
     clsact_created: Vec<(String, u32)>,
 }
 
-impl Drop for Dataplane {
-    /// Detaches every program, then removes the clsact qdiscs gatewayd created, unless a
-    /// filter someone else added is on one.
+impl Programs {
+    fn ebpf(&mut self) -> &mut Ebpf {
+        self.ebpf
+            .as_mut()
+            .expect("invariant: the object is only taken when Programs is dropped")
+    }
+}
+
+impl Drop for Programs {
+    /// Detaches every program first (gatewayd's own filter on a clsact qdisc goes with
+    /// `tc_reply`'s link), then removes the clsact qdiscs gatewayd created, unless a filter
+    /// someone else added is on one.
     fn drop(&mut self) {
         drop(self.ebpf.take());
         for (iface, index) in &self.clsact_created {
             match clsact::remove_if_unused(*index) {
-                Ok(true) => info!(iface = %iface, "removed the clsact qdisc gatewayd created"),
-                Ok(false) => {
+                Ok(clsact::Removal::Removed) => {
+                    info!(iface = %iface, "removed the clsact qdisc gatewayd created")
+                }
+                Ok(clsact::Removal::AlreadyGone) => {
+                    info!(iface = %iface, "the clsact qdisc gatewayd created was already gone")
+                }
+                Ok(clsact::Removal::InUse) => {
                     info!(iface = %iface, "clsact qdisc left in place: other filters use it")
                 }
                 Err(err) => {
-                    warn!(iface = %iface, error = %err, "removing the clsact qdisc gatewayd created failed")
+                    warn!(iface = %iface, error = %err, "clsact qdisc gatewayd created left in place")
                 }
             }
         }
@@ -469,13 +493,21 @@ impl Dataplane {
             mode,
             warnings: Vec::new(),
         };
+        // Checked before anything is loaded: a bad value fails fast under `required`.
+        let tc_mode = TcMode::for_mode(mode)?;
 
         let workers = options.workers.max(1);
-        let (mut ebpf, pinned) = load_object(options.pin_dir.as_deref(), workers, &mut degraded)?;
-        let xdp: &mut Xdp = program_of(&mut ebpf, PROG_XDP_FLOW)?;
+        let (ebpf, pinned) = load_object(options.pin_dir.as_deref(), workers, &mut degraded)?;
+        // From here on every early return detaches what was attached and removes the
+        // clsact qdiscs created so far.
+        let mut programs = Programs {
+            ebpf: Some(ebpf),
+            clsact_created: Vec::new(),
+        };
+        let xdp: &mut Xdp = program_of(programs.ebpf(), PROG_XDP_FLOW)?;
         xdp.load()
             .map_err(|e| EbpfError::Load { reason: chain(&e) })?;
-        let tc_loaded = match load_tc(&mut ebpf) {
+        let tc_loaded = match load_tc(programs.ebpf()) {
             Ok(()) => true,
             Err(err) => {
                 degraded.feature(err, "counting replies (TC egress)")?;
@@ -483,7 +515,7 @@ impl Dataplane {
             }
         };
 
-        let sk_lookup_loaded = match load_sk_lookup(&mut ebpf) {
+        let sk_lookup_loaded = match load_sk_lookup(programs.ebpf()) {
             Ok(()) => true,
             Err(err) => {
                 degraded.feature(err, "steering unbound addresses (sk_lookup)")?;
@@ -497,7 +529,7 @@ impl Dataplane {
             ));
             None
         } else {
-            match load_sk_reuseport(&mut ebpf) {
+            match load_sk_reuseport(programs.ebpf()) {
                 Ok(fd) => Some(fd),
                 Err(err) => {
                     degraded.feature(err, "choosing workers in the kernel (sk_reuseport)")?;
@@ -507,8 +539,8 @@ impl Dataplane {
         };
 
         // Filters and the ACL are in place before the first packet is seen.
-        let maps = Maps::take(&mut ebpf)?;
-        let socket_maps = steer::SocketMaps::take(&mut ebpf)?;
+        let maps = Maps::take(programs.ebpf())?;
+        let socket_maps = steer::SocketMaps::take(programs.ebpf())?;
         // The live-worker list is written before the program can run on any group.
         let reuseport_on = reuseport.is_some();
         let steering = steer::Steering::new(socket_maps, workers, false, reuseport)?;
@@ -546,12 +578,10 @@ impl Dataplane {
         }
 
         let mut attachments = Vec::with_capacity(options.ifaces.len() * 2);
-        let mut clsact_created = Vec::new();
-        let tc_mode = TcMode::from_env();
         let mut xdp_everywhere = true;
         let mut tc_everywhere = tc_loaded;
         for iface in &options.ifaces {
-            match attach_xdp(&mut ebpf, iface) {
+            match attach_xdp(programs.ebpf(), iface) {
                 Ok(mode) => {
                     info!(iface = %iface, mode, "attached {PROG_XDP_FLOW}");
                     attachments.push(Attachment {
@@ -576,8 +606,11 @@ impl Dataplane {
                 info!(iface = %iface, "{PROG_TC_REPLY} not attached: loopback traffic is all seen by {PROG_XDP_FLOW}");
                 continue;
             }
-            match attach_tc(&mut ebpf, iface, tc_mode, &mut clsact_created) {
-                Ok(mode) => {
+            match attach_tc(programs.ebpf(), iface, tc_mode) {
+                Ok((mode, created)) => {
+                    if let Some(index) = created {
+                        programs.clsact_created.push((iface.clone(), index));
+                    }
                     info!(iface = %iface, mode, "attached {PROG_TC_REPLY} (TC egress)");
                     attachments.push(Attachment {
                         iface: iface.clone(),
@@ -594,7 +627,7 @@ impl Dataplane {
         // Attached last: from here on it sees every new TCP connection of the namespace,
         // and misses pass until the socket sync writes the steering maps.
         let sk_lookup_on = sk_lookup_loaded
-            && match attach_sk_lookup(&mut ebpf) {
+            && match attach_sk_lookup(programs.ebpf()) {
                 Ok(()) => {
                     info!("attached {PROG_SK_LOOKUP_STEER} to the network namespace");
                     true
@@ -651,8 +684,7 @@ impl Dataplane {
                 drop_unlisted: options.drop_unlisted,
             }),
             attachments,
-            ebpf: Some(ebpf),
-            clsact_created,
+            _programs: programs,
         })
     }
 
@@ -885,6 +917,9 @@ fn attach_xdp(ebpf: &mut Ebpf, iface: &str) -> Result<&'static str, EbpfError> {
     }
 }
 
+/// The environment variable that chooses how `tc_reply` attaches.
+const TC_MODE_VAR: &str = "GATEWAYD_TC_MODE";
+
 /// How `tc_reply` attaches: `GATEWAYD_TC_MODE=clsact` skips TCX, for tools that only see
 /// clsact filters (`tc filter show`) and for testing the fallback on a kernel with TCX.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -896,29 +931,48 @@ enum TcMode {
 }
 
 impl TcMode {
-    fn from_env() -> Self {
-        match std::env::var("GATEWAYD_TC_MODE").as_deref() {
-            Ok("clsact") => Self::Clsact,
-            Ok("tcx") | Err(_) => Self::TcxFirst,
-            Ok(other) => {
+    /// `GATEWAYD_TC_MODE`; `Err` with the value when it is neither `tcx` nor `clsact`.
+    fn from_env() -> Result<Self, String> {
+        match std::env::var(TC_MODE_VAR) {
+            Ok(value) => Self::parse(&value),
+            Err(std::env::VarError::NotPresent) => Ok(Self::TcxFirst),
+            Err(std::env::VarError::NotUnicode(value)) => Err(value.to_string_lossy().into_owned()),
+        }
+    }
+
+    fn parse(value: &str) -> Result<Self, String> {
+        match value {
+            "tcx" => Ok(Self::TcxFirst),
+            "clsact" => Ok(Self::Clsact),
+            other => Err(other.to_owned()),
+        }
+    }
+
+    /// The mode `GATEWAYD_TC_MODE` asks for: an invalid value is an error under
+    /// `--ebpf required` (a test or an operator asked for something gatewayd would not
+    /// do) and a warning under `--ebpf auto`.
+    fn for_mode(mode: EbpfMode) -> Result<Self, EbpfError> {
+        match Self::from_env() {
+            Ok(tc_mode) => Ok(tc_mode),
+            Err(value) if mode == EbpfMode::Required => Err(EbpfError::TcMode { value }),
+            Err(value) => {
                 warn!(
-                    value = other,
-                    "GATEWAYD_TC_MODE is tcx or clsact; using tcx"
+                    value = %value,
+                    "{TC_MODE_VAR} is tcx or clsact; using tcx (--ebpf auto)"
                 );
-                Self::TcxFirst
+                Ok(Self::TcxFirst)
             }
         }
     }
 }
 
-/// TCX (kernel 6.6+) first; else a clsact qdisc and a netlink filter. A clsact qdisc it
-/// creates is recorded in `created` (to be removed on exit).
+/// TCX (kernel 6.6+) first; else a clsact qdisc and a netlink filter. Returns the mode and,
+/// when it created the clsact qdisc, the interface's index (to remove the qdisc on exit).
 fn attach_tc(
     ebpf: &mut Ebpf,
     iface: &str,
     mode: TcMode,
-    created: &mut Vec<(String, u32)>,
-) -> Result<&'static str, EbpfError> {
+) -> Result<(&'static str, Option<u32>), EbpfError> {
     let program: &mut SchedClassifier = program_of(ebpf, PROG_TC_REPLY)?;
     let tcx_err = match mode {
         TcMode::Clsact => "skipped (GATEWAYD_TC_MODE=clsact)".to_owned(),
@@ -927,7 +981,7 @@ fn attach_tc(
             TcAttachType::Egress,
             TcAttachOptions::TcxOrder(LinkOrder::default()),
         ) {
-            Ok(_) => return Ok("tcx"),
+            Ok(_) => return Ok(("tcx", None)),
             Err(err) => chain(&err),
         },
     };
@@ -937,18 +991,14 @@ fn attach_tc(
         .is_ok()
         .then(|| clsact::ifindex(iface).ok())
         .flatten();
-    if let Some(index) = ours {
-        created.push((iface.to_owned(), index));
-    }
     match program.attach_with_options(
         iface,
         TcAttachType::Egress,
         TcAttachOptions::Netlink(NlOptions::default()),
     ) {
-        Ok(_) => Ok("clsact"),
+        Ok(_) => Ok(("clsact", ours)),
         Err(e) => {
             if let Some(index) = ours {
-                created.pop();
                 let _ = clsact::remove_if_unused(index);
             }
             Err(EbpfError::Attach {
@@ -1005,9 +1055,7 @@ fn apply_acl(inner: &mut Inner, acl: &Acl) -> Result<(usize, usize), EbpfError> 
     // While removals are pending the old prefixes are still in the tries: keep looking.
     let during = flags | (inner.config.flags & (CONFIG_ACL_V4 | CONFIG_ACL_V6));
     if during != inner.config.flags {
-        inner.config.flags = during;
-        let config = inner.config;
-        inner.maps.set_config(&config)?;
+        set_flags(inner, during)?;
     }
     for prefix in &removed {
         let result = match prefix {
@@ -1026,11 +1074,21 @@ fn apply_acl(inner: &mut Inner, acl: &Acl) -> Result<(usize, usize), EbpfError> 
         inner.acl.prefixes.remove(prefix);
     }
     if flags != inner.config.flags {
-        inner.config.flags = flags;
-        let config = inner.config;
-        inner.maps.set_config(&config)?;
+        set_flags(inner, flags)?;
     }
     Ok((added.len(), removed.len()))
+}
+
+/// Writes `CONFIG` with `flags`; the mirror takes them only once the kernel has, so that a
+/// failed write is tried again by the next sync instead of being taken as done.
+fn set_flags(inner: &mut Inner, flags: u32) -> Result<(), EbpfError> {
+    let config = DataplaneConfig {
+        flags,
+        ..inner.config
+    };
+    inner.maps.set_config(&config)?;
+    inner.config = config;
+    Ok(())
 }
 
 /// What one listener sync changed.
@@ -1066,9 +1124,8 @@ impl DataplaneHandle {
         let new_ranges = wanted.values().any(|w| w.prefix_len.is_some());
         let old_ranges = inner.config.flags & CONFIG_RANGES != 0;
         if new_ranges && !old_ranges {
-            inner.config.flags |= CONFIG_RANGES;
-            let config = inner.config;
-            inner.maps.set_config(&config)?;
+            let flags = inner.config.flags | CONFIG_RANGES;
+            set_flags(inner, flags)?;
         }
         let diff = inner.slots.diff(&wanted);
         // Ports of old and new listeners while both may be in the table; only the new
@@ -1140,9 +1197,8 @@ impl DataplaneHandle {
             .iter()
             .any(|(_, slot)| slot.wanted.prefix_len.is_some());
         if !ranges_left && inner.config.flags & CONFIG_RANGES != 0 {
-            inner.config.flags &= !CONFIG_RANGES;
-            let config = inner.config;
-            if let Err(err) = inner.maps.set_config(&config) {
+            let flags = inner.config.flags & !CONFIG_RANGES;
+            if let Err(err) = set_flags(inner, flags) {
                 first_err.get_or_insert(err);
             }
         }
@@ -1172,10 +1228,13 @@ impl DataplaneHandle {
         let inner = &mut *guard;
         let (low, high) = host::ephemeral_ports();
         if (low, high) != (inner.config.ephemeral_low, inner.config.ephemeral_high) {
-            inner.config.ephemeral_low = low;
-            inner.config.ephemeral_high = high;
-            let config = inner.config;
+            let config = DataplaneConfig {
+                ephemeral_low: low,
+                ephemeral_high: high,
+                ..inner.config
+            };
             inner.maps.set_config(&config)?;
+            inner.config = config;
         }
         sync_gateway_addrs(inner)
     }
@@ -1298,6 +1357,22 @@ mod tests {
     use super::*;
     use gateway_common::FAMILY_IPV4;
     use gateway_config::ListenerProtocol;
+
+    #[test]
+    fn tc_mode_is_tcx_or_clsact_and_anything_else_is_refused() {
+        assert_eq!(TcMode::parse("tcx"), Ok(TcMode::TcxFirst));
+        assert_eq!(TcMode::parse("clsact"), Ok(TcMode::Clsact));
+        for bad in ["", "TCX", "netlink", "clsact "] {
+            assert_eq!(TcMode::parse(bad), Err(bad.to_owned()));
+        }
+        let err = EbpfError::TcMode {
+            value: "netlink".to_owned(),
+        };
+        assert_eq!(
+            err.to_string(),
+            "invalid GATEWAYD_TC_MODE \"netlink\": expected tcx or clsact"
+        );
+    }
 
     #[test]
     fn syn_rate_limit_parses_rate_and_optional_burst() {
