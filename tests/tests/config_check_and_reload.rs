@@ -85,6 +85,23 @@ fn get_through(port: u16) -> (u16, Option<String>) {
     (r.status, pod)
 }
 
+/// [`get_through`] until `done` says the answer is the one expected, for up to 5 s; the
+/// last answer. `/status` shows a new configuration as soon as it is loaded, the workers
+/// get its route table a moment later: a request right after may still meet the old one.
+fn get_through_until(
+    port: u16,
+    done: impl Fn(&(u16, Option<String>)) -> bool,
+) -> (u16, Option<String>) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let answer = get_through(port);
+        if done(&answer) || Instant::now() >= deadline {
+            return answer;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn check(args: &[&str]) -> (Option<i32>, String, String) {
     let out = Command::new(gatewayd_bin())
         .arg("check")
@@ -265,7 +282,11 @@ fn an_edited_file_shows_in_status_within_a_second_and_broken_yaml_keeps_the_old_
         accepted["observedGeneration"], 2,
         "the conditions describe the new generation: {accepted}"
     );
-    assert_eq!(get_through(port).0, 404, "no route is attached any more");
+    assert_eq!(
+        get_through_until(port, |a| a.0 == 404).0,
+        404,
+        "no route is attached any more"
+    );
 
     // Back to the Gateway (generation 3): served again.
     std::fs::write(&path, serving("gw", 3)).expect("edit config");
@@ -274,7 +295,8 @@ fn an_edited_file_shows_in_status_within_a_second_and_broken_yaml_keeps_the_old_
             .is_some_and(|c| c["status"] == "True" && c["observedGeneration"] == 3)
     })
     .unwrap_or_else(|| panic!("edit not live: {}", status_json(&gw)));
-    assert_eq!(get_through(port), (200, Some("web-backend".into())));
+    let served = (200, Some("web-backend".to_owned()));
+    assert_eq!(get_through_until(port, |a| *a == served), served);
 
     // Broken YAML: the previous configuration keeps serving, the error is reported.
     let errors_before = metric(&gw, "gatewayd_config_reload_errors_total").unwrap_or(-1.0);
@@ -328,7 +350,7 @@ fn an_edited_file_shows_in_status_within_a_second_and_broken_yaml_keeps_the_old_
             && route_condition(s, "Accepted") == Some(("False".into(), "NoMatchingParent".into()))
     })
     .unwrap_or_else(|| panic!("fix not live: {}", status_json(&gw)));
-    assert_eq!(get_through(port).0, 404);
+    assert_eq!(get_through_until(port, |a| a.0 == 404).0, 404);
     assert!(gw.stop(Signal::SIGTERM).expect("stop").success());
 }
 
