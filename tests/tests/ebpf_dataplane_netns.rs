@@ -123,7 +123,8 @@ fn xdp_and_tc_count_both_directions_of_a_real_tcp_exchange_exactly_as_captured()
     .expect("client in B");
     assert_eq!(reply, reply_len);
     assert_eq!(server.join().expect("server thread").expect("server"), sent);
-    std::thread::sleep(Duration::from_millis(300));
+    // The last ACK may still be on its way: wait until the flow stops changing.
+    gw.settled_flows(&format!("?protocol=tcp&port={port}"));
     let seen = capture.finish();
 
     let sum = |src: Ipv4Addr, src_port: u16| {
@@ -289,8 +290,8 @@ fn the_acl_file_drops_denied_sources_and_is_reloaded_on_change_and_on_sighup() {
     let m = gw.wait_metrics(WAIT, |m| m.get("gatewayd_acl_reloads_total") >= 1.0);
     assert_eq!(m.get("gatewayd_acl_prefixes{family=\"ipv6\"}"), 0.0);
     send_raw_v4(&pair.b, udp(2));
-    std::thread::sleep(Duration::from_millis(200));
-    assert_eq!(gw.flows(&format!("?addr={b}&protocol=udp")).len(), 2);
+    let query = format!("?addr={b}&protocol=udp");
+    assert_eq!(gw.wait_flows(&query, |f| f.len() >= 2).len(), 2);
     assert_eq!(gw.metrics().drops("acl"), 3);
 
     // A broken file is refused; the previous ACL stays.
@@ -353,9 +354,9 @@ fn the_acl_file_drops_denied_sources_and_is_reloaded_on_change_and_on_sighup() {
     );
     let before = gw.flows(&format!("?addr={b}&protocol=udp")).len();
     send_raw_v4(&pair.b, vec![raw_udp(b, a, (5100, 7000), b"after SIGHUP")]);
-    std::thread::sleep(Duration::from_millis(200));
+    let query = format!("?addr={b}&protocol=udp");
     assert_eq!(
-        gw.flows(&format!("?addr={b}&protocol=udp")).len(),
+        gw.wait_flows(&query, |f| f.len() > before).len(),
         before + 1,
         "the peer passes now"
     );
@@ -414,8 +415,9 @@ fn ipv6_sources_the_acl_denies_are_dropped_and_others_pass() {
     assert!(gw.flows(&format!("?addr={b6}")).is_empty());
 
     send(other, 2);
-    std::thread::sleep(Duration::from_millis(200));
-    let flows = gw.flows(&format!("?addr={other}&protocol=udp"));
+    let flows = gw.wait_flows(&format!("?addr={other}&protocol=udp"), |f| {
+        f.iter().map(|f| u64_of(&f["packets"])).sum::<u64>() >= 2
+    });
     assert_eq!(flows.len(), 1, "{flows:#?}");
     assert_eq!(u64_of(&flows[0]["packets"]), 2);
     assert_eq!(flows[0]["dst_addr"], a6.to_string());
@@ -545,8 +547,7 @@ fn idle_flows_are_removed_after_the_idle_timeout() {
         &pair.b,
         vec![raw_tcp(pair.addr_b, pair.addr_a, (6000, 6002), RST, &[])],
     );
-    std::thread::sleep(Duration::from_millis(100));
-    assert_eq!(gw.flows("?port=6002").len(), 1);
+    assert_eq!(gw.wait_flows("?port=6002", |f| !f.is_empty()).len(), 1);
     let m = gw.wait_metrics(Duration::from_secs(6), |m| {
         m.get("gatewayd_flows_gc_evicted_total") >= 1.0
     });
@@ -581,7 +582,8 @@ fn flows_can_be_filtered_by_protocol_address_port_and_listener_and_cut_to_the_to
             raw_udp(b, a, (45003, 7003), &[0; 10]),
         ],
     );
-    std::thread::sleep(Duration::from_millis(200));
+    // Four flows from the peer and the ICMP answer to the datagram.
+    gw.wait_flows(&format!("?addr={b}"), |f| f.len() >= 5);
     let ports = |query: &str| -> Vec<u64> {
         gw.flows(query)
             .iter()
@@ -639,8 +641,11 @@ fn an_unusable_pin_dir_turns_only_pinning_off_with_one_warning() {
         &pair.b,
         vec![raw_udp(pair.addr_b, pair.addr_a, (6000, 6003), b"x")],
     );
-    std::thread::sleep(Duration::from_millis(200));
-    assert_eq!(gw.flows("?port=6003").len(), 1, "flows are still counted");
+    assert_eq!(
+        gw.wait_flows("?port=6003", |f| !f.is_empty()).len(),
+        1,
+        "flows are still counted"
+    );
 }
 
 #[test]
@@ -682,8 +687,7 @@ fn an_interface_that_cannot_be_attached_is_skipped_with_one_warning_and_the_othe
     assert!(warnings[0].contains("gw-no-such0"), "{stderr}");
     let (a, b) = (pair.addr_a, pair.addr_b);
     send_raw_v4(&pair.b, vec![raw_udp(b, a, (6000, 6004), b"x")]);
-    std::thread::sleep(Duration::from_millis(200));
-    assert_eq!(gw.flows("?port=6004").len(), 1);
+    assert_eq!(gw.wait_flows("?port=6004", |f| !f.is_empty()).len(), 1);
 }
 
 #[test]
@@ -802,7 +806,7 @@ fn on_loopback_each_packet_is_counted_once_both_directions_by_xdp_alone() {
         Ok((server_port, client_port))
     })
     .expect("exchange over loopback");
-    std::thread::sleep(Duration::from_millis(300));
+    gw.settled_flows(&format!("?protocol=tcp&port={server_port}"));
     let seen = capture.finish();
     // A packet socket sees every loopback packet twice: going out and coming in.
     let sum = |src_port: u16| {

@@ -192,8 +192,18 @@ fn flows_report_exact_packets_and_l3_bytes_of_segments_sent_from_the_peer_namesp
     })
     .expect("send crafted segments from the peer namespace");
 
-    std::thread::sleep(Duration::from_millis(200));
-    let flows = gw.flows();
+    // Poll until every segment is counted, then check the counts exactly.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let flows = loop {
+        let flows = gw.flows();
+        let counted = find_flow(&flows, src, dst, 7777)
+            .and_then(|f| f["packets"].as_u64())
+            .unwrap_or(0);
+        if counted >= payloads.len() as u64 || Instant::now() > deadline {
+            break flows;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
     let flow = find_flow(&flows, src, dst, 7777)
         .unwrap_or_else(|| panic!("no flow {src}:41000 -> {dst}:7777 in {flows:#?}"));
     assert_eq!(flow["src_port"], 41000);
@@ -238,8 +248,18 @@ fn a_real_tcp_exchange_shows_as_a_flow_with_its_handshake_and_close() {
     assert_eq!(reply, sent.to_string());
     assert_eq!(server.join().expect("server thread").expect("server"), sent);
 
-    std::thread::sleep(Duration::from_millis(200));
-    let flows = gw.flows();
+    // Poll until the close (FIN) is counted.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let flows = loop {
+        let flows = gw.flows();
+        let closed = find_flow(&flows, addr_b, addr_a, port)
+            .and_then(|f| f["tcp_flags"].as_array())
+            .is_some_and(|flags| flags.iter().any(|f| f == "FIN"));
+        if closed || Instant::now() > deadline {
+            break flows;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
     let flow = find_flow(&flows, addr_b, addr_a, port)
         .unwrap_or_else(|| panic!("no flow to port {port} in {flows:#?}"));
     let flags: Vec<&str> = flow["tcp_flags"]

@@ -504,6 +504,9 @@ pub fn gateway_yaml(ports: &[u16]) -> String {
 
 /// gatewayd running inside namespace `ns` (admin on 127.0.0.1:9901 there), reached
 /// through `ip netns exec ns curl`.
+/// How long a test waits for packets it sent to show in `/flows`.
+pub const FLOWS_WAIT: Duration = Duration::from_secs(5);
+
 pub struct NsGatewayd {
     pub ns: String,
     pub child: Child,
@@ -579,6 +582,45 @@ impl NsGatewayd {
         let response = self.get(&format!("/flows{query}")).expect("GET /flows");
         assert_eq!(response.status, 200, "{}", response.body);
         serde_json::from_str(&response.body).expect("/flows is a JSON list")
+    }
+
+    /// Polls `/flows<query>` until `done` holds (up to [`FLOWS_WAIT`]); the last answer.
+    /// Packets reach the flow table a moment after they were sent: a test polls until
+    /// the counts it expects are reached, then asserts them exactly.
+    pub fn wait_flows(
+        &self,
+        query: &str,
+        done: impl Fn(&[serde_json::Value]) -> bool,
+    ) -> Vec<serde_json::Value> {
+        let deadline = Instant::now() + FLOWS_WAIT;
+        loop {
+            let flows = self.flows(query);
+            if done(&flows) || Instant::now() > deadline {
+                return flows;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `/flows<query>` once it is not empty and has not changed for 200 ms (up to
+    /// [`FLOWS_WAIT`]): the traffic of an exchange that just ended has all been counted.
+    pub fn settled_flows(&self, query: &str) -> Vec<serde_json::Value> {
+        let deadline = Instant::now() + FLOWS_WAIT;
+        let mut last = self.flows(query);
+        let mut since = Instant::now();
+        loop {
+            std::thread::sleep(Duration::from_millis(20));
+            let flows = self.flows(query);
+            if flows != last {
+                last = flows;
+                since = Instant::now();
+            } else if !last.is_empty() && since.elapsed() >= Duration::from_millis(200) {
+                return last;
+            }
+            if Instant::now() > deadline {
+                return last;
+            }
+        }
     }
 
     /// Every sample of `/metrics`, by name with labels as printed.
@@ -951,14 +993,23 @@ impl Capture {
             };
             let mut seen = Vec::new();
             let mut buf = vec![0u8; 70_000];
-            while !stop_flag.load(Ordering::Relaxed) {
+            // Once stopped, what is queued on the socket is still read: the capture ends
+            // at the first read that finds nothing.
+            let mut stopping = false;
+            loop {
+                stopping = stopping || stop_flag.load(Ordering::Relaxed);
                 match std::io::Read::read(&mut &socket, &mut buf) {
                     Ok(n) => seen.extend(parse_seen(&buf[..n])),
                     Err(e)
                         if matches!(
                             e.kind(),
                             std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                        ) => {}
+                        ) =>
+                    {
+                        if stopping {
+                            break;
+                        }
+                    }
                     Err(e) => return Err(e.into()),
                 }
             }
