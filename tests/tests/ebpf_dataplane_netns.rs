@@ -12,7 +12,7 @@ use std::{
     io::{Read as _, Write as _},
     net::{Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4, TcpListener, TcpStream},
     process::Command,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use gateway_tests::{netns::NetnsPair, run_ok, EMPTY_CONFIG};
@@ -830,5 +830,41 @@ fn on_loopback_each_packet_is_counted_once_both_directions_by_xdp_alone() {
         (u64_of(&flow["rev_packets"]), u64_of(&flow["rev_bytes"])),
         sum(server_port),
         "{flow}"
+    );
+}
+
+#[test]
+fn a_gateway_range_over_a_host_address_is_warned_about_under_drop_unlisted() {
+    require_ebpf!("a_gateway_range_over_a_host_address_is_warned_about_under_drop_unlisted");
+    let pair = pair("wide");
+    let a = pair.addr_a;
+    let [o1, o2, o3, _] = a.octets();
+    let range = format!("{o1}.{o2}.{o3}.0/24");
+    let config = format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: gw, namespace: default}}\nspec:\n  gatewayClassName: x\n  addresses: [{{type: gateway.networking.example/CIDR, value: \"{range}\"}}]\n  listeners:\n  - {{name: http, protocol: HTTP, port: 8080}}\n"
+    );
+    let dir = tempfile::tempdir().expect("temp dir");
+    let gw = NsGatewayd::start(
+        &pair.a,
+        dir.path(),
+        &config,
+        &args(&pair.veth_a, &["--xdp-drop-unlisted"]),
+    );
+    let expected =
+        format!("Gateway default/gw address range {range} contains {a}, an address of this host");
+    let deadline = Instant::now() + WAIT;
+    while !gw.stderr().contains(&expected) {
+        assert!(Instant::now() < deadline, "no warning: {}", gw.stderr());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let stderr = gw.stderr();
+    assert_eq!(
+        stderr.matches(&expected).count(),
+        1,
+        "once per configuration: {stderr}"
+    );
+    assert!(
+        !stderr.contains(&format!("contains {}", pair.addr_b)),
+        "only the host's own addresses: {stderr}"
     );
 }

@@ -1105,6 +1105,9 @@ impl DataplaneHandle {
     /// listener plan of a new configuration's table: new and changed entries first, then
     /// removals, so a listener present before and after is never missing in between.
     pub fn sync_listeners(&self, table: &RouteTable) -> Result<ListenerSync, EbpfError> {
+        if self.shared.drop_unlisted {
+            warn_ranges_over_host(table);
+        }
         let result = self.sync_listeners_inner(&listener::plan(table));
         let counters = &self.shared.counters;
         counters.listener_syncs.fetch_add(1, Ordering::Relaxed);
@@ -1316,6 +1319,72 @@ impl DataplaneHandle {
     }
 }
 
+/// A Gateway address range that covers an address of the host.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct RangeOverHost {
+    gateway: String,
+    range: (IpAddr, u8),
+    host: IpAddr,
+}
+
+/// Every (Gateway, range, host address) where the range covers the address.
+fn ranges_over_host(
+    ranges: &BTreeSet<(String, IpAddr, u8)>,
+    host: &BTreeSet<IpAddr>,
+) -> Vec<RangeOverHost> {
+    ranges
+        .iter()
+        .flat_map(|(gateway, net, len)| {
+            host.iter()
+                .filter(|addr| steer::contains(*net, *len, **addr))
+                .map(|addr| RangeOverHost {
+                    gateway: gateway.clone(),
+                    range: (*net, *len),
+                    host: *addr,
+                })
+        })
+        .collect()
+}
+
+/// Under `--xdp-drop-unlisted`, one warning per (Gateway, range, host address) of the
+/// table: XDP runs before routing, so a range that covers an address of the host (or one
+/// the host forwards to) makes every port of that address that no listener serves
+/// dropped, SSH included. Called once per configuration.
+fn warn_ranges_over_host(table: &RouteTable) {
+    let ranges: BTreeSet<(String, IpAddr, u8)> = table
+        .binds()
+        .iter()
+        .filter_map(|bind| Some((bind, bind.prefix_len?)))
+        .flat_map(|(bind, len)| {
+            bind.listeners.iter().filter_map(move |id| {
+                let gateway = table.listener(*id)?.gateway.to_string();
+                Some((gateway, bind.addr.ip(), len))
+            })
+        })
+        .collect();
+    if ranges.is_empty() {
+        return;
+    }
+    let host = match host::local_addresses() {
+        Ok(host) => host,
+        Err(err) => {
+            warn!(error = %err, "listing the host's addresses to check the Gateway ranges under --xdp-drop-unlisted failed");
+            return;
+        }
+    };
+    for over in ranges_over_host(&ranges, &host) {
+        let (net, len) = over.range;
+        warn!(
+            gateway = %over.gateway,
+            range = %format_args!("{net}/{len}"),
+            host_addr = %over.host,
+            "Gateway {} address range {net}/{len} contains {}, an address of this host: with --xdp-drop-unlisted, XDP drops TCP and UDP to it on every port no listener serves (SSH too), before routing",
+            over.gateway,
+            over.host
+        );
+    }
+}
+
 /// Brings `GATEWAY_ADDRS` and the gateway range tries to the plan and the host's
 /// addresses (adds first).
 fn sync_gateway_addrs(inner: &mut Inner) -> Result<(), EbpfError> {
@@ -1357,6 +1426,34 @@ mod tests {
     use super::*;
     use gateway_common::FAMILY_IPV4;
     use gateway_config::ListenerProtocol;
+
+    #[test]
+    fn a_range_over_a_host_address_is_named_with_its_gateway_and_the_address() {
+        let ip = |a: &str| -> IpAddr { a.parse().expect("test address") };
+        let ranges: BTreeSet<(String, IpAddr, u8)> = [
+            ("infra/wide".to_owned(), ip("10.0.0.0"), 8),
+            ("infra/v6".to_owned(), ip("2001:db8::"), 32),
+            ("infra/apart".to_owned(), ip("192.0.2.0"), 24),
+        ]
+        .into();
+        let host: BTreeSet<IpAddr> = [ip("10.1.2.3"), ip("127.0.0.1"), ip("2001:db8::7")].into();
+        assert_eq!(
+            ranges_over_host(&ranges, &host),
+            [
+                RangeOverHost {
+                    gateway: "infra/v6".to_owned(),
+                    range: (ip("2001:db8::"), 32),
+                    host: ip("2001:db8::7"),
+                },
+                RangeOverHost {
+                    gateway: "infra/wide".to_owned(),
+                    range: (ip("10.0.0.0"), 8),
+                    host: ip("10.1.2.3"),
+                },
+            ]
+        );
+        assert!(ranges_over_host(&ranges, &BTreeSet::new()).is_empty());
+    }
 
     #[test]
     fn tc_mode_is_tcx_or_clsact_and_anything_else_is_refused() {

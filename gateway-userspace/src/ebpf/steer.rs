@@ -57,7 +57,8 @@ pub struct PlannedBind {
     pub nonlocal: bool,
 }
 
-fn contains(net: IpAddr, len: u8, ip: IpAddr) -> bool {
+/// Whether `ip` is in `net/len`.
+pub(super) fn contains(net: IpAddr, len: u8, ip: IpAddr) -> bool {
     match (net, ip) {
         (IpAddr::V4(net), IpAddr::V4(ip)) => {
             let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);

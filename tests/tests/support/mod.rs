@@ -502,11 +502,11 @@ pub fn gateway_yaml(ports: &[u16]) -> String {
     yaml
 }
 
-/// gatewayd running inside namespace `ns` (admin on 127.0.0.1:9901 there), reached
-/// through `ip netns exec ns curl`.
 /// How long a test waits for packets it sent to show in `/flows`.
 pub const FLOWS_WAIT: Duration = Duration::from_secs(5);
 
+/// gatewayd running inside namespace `ns` (admin on 127.0.0.1:9901 there), reached
+/// through `ip netns exec ns curl`.
 pub struct NsGatewayd {
     pub ns: String,
     pub child: Child,
