@@ -327,7 +327,7 @@ fn ebpf_counters(out: &mut Out, s: &StatsTotal, flow_count: usize) {
     out.family(
         "gatewayd_listener_packets_total",
         "counter",
-        "Packets per listener (addr:port): rx towards it (xdp_flow), tx of its flows back (tc_reply).",
+        "Packets per listener (addr:port, or range:port such as 192.0.2.0/24:8080): rx towards it (xdp_flow), tx of its flows back (tc_reply).",
     );
     for l in &s.listeners {
         for (direction, value) in [("rx", l.rx_packets), ("tx", l.tx_packets)] {
@@ -345,7 +345,7 @@ fn ebpf_counters(out: &mut Out, s: &StatsTotal, flow_count: usize) {
     out.family(
         "gatewayd_listener_bytes_total",
         "counter",
-        "L3 bytes per listener (addr:port), rx and tx as for gatewayd_listener_packets_total.",
+        "L3 bytes per listener (addr:port, or range:port), rx and tx as for gatewayd_listener_packets_total.",
     );
     for l in &s.listeners {
         for (direction, value) in [("rx", l.rx_bytes), ("tx", l.tx_bytes)] {

@@ -34,7 +34,8 @@ pub struct Flow {
     pub rev_tcp_flags: Vec<&'static str>,
     /// `inbound` (first packet seen by `xdp_flow`) or `outbound` (by `tc_reply`).
     pub direction: &'static str,
-    /// The listener (`addr:port`) the flow's destination matched, if any.
+    /// The listener (`addr:port`, or `192.0.2.0/24:8080` for a range) the flow's
+    /// destination matched, if any.
     pub listener: Option<String>,
     /// That listener's id (its `LISTENER_STATS` slot).
     pub listener_id: Option<u32>,
@@ -109,7 +110,7 @@ impl Flow {
         }
     }
 
-    /// Names the listener (`addr:port`) of `listener_id` with `name`.
+    /// Names the listener (`addr:port`, or `range:port`) of `listener_id` with `name`.
     pub fn with_listener(mut self, name: impl FnOnce(u32) -> Option<String>) -> Self {
         self.listener = self.listener_id.and_then(name);
         self
@@ -132,7 +133,7 @@ pub struct FlowQuery {
     pub addr: Option<IpAddr>,
     /// Either end's port.
     pub port: Option<u16>,
-    /// The listener, by `addr:port` or by id.
+    /// The listener, by `addr:port` (`192.0.2.0/24:8080` for a range) or by id.
     pub listener: Option<String>,
     pub top: Option<usize>,
 }

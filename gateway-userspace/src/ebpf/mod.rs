@@ -237,7 +237,7 @@ pub struct ProgramStats {
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct ListenerCounters {
     pub id: u32,
-    /// `addr:port`.
+    /// `addr:port`, or `192.0.2.0/24:8080` for a range.
     pub listener: String,
     pub protocol: &'static str,
     pub rx_packets: u64,
