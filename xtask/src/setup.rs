@@ -99,6 +99,7 @@ pub fn setup() -> anyhow::Result<()> {
         ]))?;
         report("nightly toolchain", "installed");
     }
+    // rust-src builds `core` for the BPF target; clippy checks the kernel programs there.
     let nightly_components = output(Command::new("rustup").args([
         "component",
         "list",
@@ -107,20 +108,22 @@ pub fn setup() -> anyhow::Result<()> {
         "--installed",
     ]))
     .unwrap_or_default();
-    if nightly_components
-        .lines()
-        .any(|l| l.starts_with("rust-src"))
-    {
-        report("nightly rust-src", "present");
-    } else {
-        run(Command::new("rustup").args([
-            "component",
-            "add",
-            "rust-src",
-            "--toolchain",
-            "nightly",
-        ]))?;
-        report("nightly rust-src", "installed");
+    for component in ["rust-src", "clippy"] {
+        if nightly_components
+            .lines()
+            .any(|l| l.starts_with(component))
+        {
+            report(&format!("nightly {component}"), "present");
+        } else {
+            run(Command::new("rustup").args([
+                "component",
+                "add",
+                component,
+                "--toolchain",
+                "nightly",
+            ]))?;
+            report(&format!("nightly {component}"), "installed");
+        }
     }
 
     // bpf-linker, built against LLVM 22. A bpf-linker that answers `--version` already has
