@@ -109,10 +109,7 @@ pub fn setup() -> anyhow::Result<()> {
     ]))
     .unwrap_or_default();
     for component in ["rust-src", "clippy"] {
-        if nightly_components
-            .lines()
-            .any(|l| l.starts_with(component))
-        {
+        if nightly_components.lines().any(|l| l.starts_with(component)) {
             report(&format!("nightly {component}"), "present");
         } else {
             run(Command::new("rustup").args([
