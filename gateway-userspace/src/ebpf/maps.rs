@@ -45,6 +45,30 @@ where
     })
 }
 
+/// Where the kernel holds a listener: `LISTENERS` under its own key, or the range trie
+/// of its family under its port, then its range.
+enum ListenerEntry {
+    Exact,
+    RangeV4(Key<[u8; 6]>),
+    RangeV6(Key<[u8; 18]>),
+}
+
+impl ListenerEntry {
+    fn of(key: &ListenerKey, slot: &Slot) -> Self {
+        match (slot.wanted.prefix_len, slot.wanted.addr.ip()) {
+            (None, _) => Self::Exact,
+            (Some(len), IpAddr::V4(ip)) => Self::RangeV4(Key::new(
+                STEER_PORT_BITS + u32::from(len),
+                steer_v4(key.port, ip.octets()),
+            )),
+            (Some(len), IpAddr::V6(ip)) => Self::RangeV6(Key::new(
+                STEER_PORT_BITS + u32::from(len),
+                steer_v6(key.port, ip.octets()),
+            )),
+        }
+    }
+}
+
 impl Maps {
     pub fn take(ebpf: &mut Ebpf) -> Result<Self, EbpfError> {
         Ok(Self {
@@ -141,29 +165,15 @@ impl Maps {
     /// address range, in the range trie of its family (port, then the range).
     pub fn insert_listener(&mut self, key: &ListenerKey, slot: &Slot) -> Result<(), EbpfError> {
         let value = slot.value();
-        let (name, result) = match (slot.wanted.prefix_len, slot.wanted.addr.ip()) {
-            (None, _) => (MAP_LISTENERS, self.listeners.insert(key, value, 0)),
-            (Some(len), IpAddr::V4(ip)) => (
+        let (name, result) = match ListenerEntry::of(key, slot) {
+            ListenerEntry::Exact => (MAP_LISTENERS, self.listeners.insert(key, value, 0)),
+            ListenerEntry::RangeV4(range) => (
                 MAP_LISTENER_RANGES_V4,
-                self.listener_ranges_v4.insert(
-                    &Key::new(
-                        STEER_PORT_BITS + u32::from(len),
-                        steer_v4(key.port, ip.octets()),
-                    ),
-                    value,
-                    0,
-                ),
+                self.listener_ranges_v4.insert(&range, value, 0),
             ),
-            (Some(len), IpAddr::V6(ip)) => (
+            ListenerEntry::RangeV6(range) => (
                 MAP_LISTENER_RANGES_V6,
-                self.listener_ranges_v6.insert(
-                    &Key::new(
-                        STEER_PORT_BITS + u32::from(len),
-                        steer_v6(key.port, ip.octets()),
-                    ),
-                    value,
-                    0,
-                ),
+                self.listener_ranges_v6.insert(&range, value, 0),
             ),
         };
         result.map_err(|e| EbpfError::Map {
@@ -174,21 +184,15 @@ impl Maps {
 
     /// Removes the entry [`Maps::insert_listener`] wrote for `slot`.
     pub fn remove_listener(&mut self, key: &ListenerKey, slot: &Slot) -> Result<(), EbpfError> {
-        let (name, result) = match (slot.wanted.prefix_len, slot.wanted.addr.ip()) {
-            (None, _) => (MAP_LISTENERS, self.listeners.remove(key)),
-            (Some(len), IpAddr::V4(ip)) => (
+        let (name, result) = match ListenerEntry::of(key, slot) {
+            ListenerEntry::Exact => (MAP_LISTENERS, self.listeners.remove(key)),
+            ListenerEntry::RangeV4(range) => (
                 MAP_LISTENER_RANGES_V4,
-                self.listener_ranges_v4.remove(&Key::new(
-                    STEER_PORT_BITS + u32::from(len),
-                    steer_v4(key.port, ip.octets()),
-                )),
+                self.listener_ranges_v4.remove(&range),
             ),
-            (Some(len), IpAddr::V6(ip)) => (
+            ListenerEntry::RangeV6(range) => (
                 MAP_LISTENER_RANGES_V6,
-                self.listener_ranges_v6.remove(&Key::new(
-                    STEER_PORT_BITS + u32::from(len),
-                    steer_v6(key.port, ip.octets()),
-                )),
+                self.listener_ranges_v6.remove(&range),
             ),
         };
         result.map_err(|e| EbpfError::Map {
