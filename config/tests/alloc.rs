@@ -117,130 +117,142 @@ fn every_lookup_kind_allocates_nothing_at_10k_routes() {
         .select_listener(tls, Some("t1.tls.example.com"))
         .expect("passthrough listener");
 
-    // Every lookup with the answer it must give: (kind, result as text).
-    let lookups = || -> [(&str, Option<String>); 22] {
-        let http_rule = |host: &str, method: &str, path: &str, query: &str| {
-            t.route_http(http, host, method, path, query, headers)
-                .map(|m| format!("{}#{}", m.rule.source.route.name, m.rule.source.rule_index))
-        };
-        let grpc_rule = |authority: &str, service: &str, method: &str, with_header: bool| {
-            let found = if with_header {
-                t.route_grpc(grpc, authority, service, method, headers)
-            } else {
-                t.route_grpc(grpc, authority, service, method, no_headers)
-            };
-            found.map(|m| format!("{}#{}", m.rule.source.route.name, m.rule.source.rule_index))
-        };
-        let tls_target = |sni: &str| {
-            t.route_tls(passthrough, sni)
-                .map(|target| target.source.route.name.to_string())
-        };
-        let certificate = |sni: Option<&str>| {
-            t.certificates_for(https, sni)
-                .and_then(|c| c.first())
-                .map(|k| k.source.clone())
-        };
-        let listener =
-            |bind, host: Option<&str>| t.select_listener(bind, host).map(|l| l.name.to_string());
-        [
-            (
-                "select_listener by Host",
-                listener(http, Some("h7.example.com")),
-            ),
-            ("select_listener, no Host", listener(grpc, None)),
-            (
-                "select_listener by SNI",
-                listener(https, Some("A.Example.com")),
-            ),
-            (
-                "route_http exact",
-                http_rule("h7.example.com", "GET", "/r7/exact", ""),
-            ),
-            (
-                "route_http deep prefix, host:port",
-                http_rule("H7.Example.com:80", "GET", "/r9907/api/v1/users", ""),
-            ),
-            (
-                "route_http header",
-                http_rule("h7.example.com", "GET", "/r107/h/x", ""),
-            ),
-            (
-                "route_http method + query",
-                http_rule("h7.example.com", "POST", "/r207/q", "x=1&a=b"),
-            ),
-            (
-                "route_http regex",
-                http_rule("h7.example.com", "GET", "/r307/re/42", ""),
-            ),
-            (
-                "route_http miss",
-                http_rule("h7.example.com", "GET", "/nothing/here", ""),
-            ),
-            (
-                "route_http unknown host",
-                http_rule("unknown.example.org", "GET", "/", ""),
-            ),
-            (
-                "route_grpc service + method",
-                grpc_rule("g3.grpc.example.com", "pkg.Svc43", "Get", false),
-            ),
-            (
-                "route_grpc service + header",
-                grpc_rule("g3.grpc.example.com:81", "pkg.Svc43", "List", true),
-            ),
-            (
-                "route_grpc miss",
-                grpc_rule("g3.grpc.example.com", "pkg.Svc43", "List", false),
-            ),
-            ("route_tls exact SNI", tls_target("t42.tls.example.com")),
-            ("route_tls wildcard SNI", tls_target("x.wild.example.com")),
-            ("route_tls miss", tls_target("nope.example.com")),
-            (
-                "certificates_for exact SNI",
-                certificate(Some("a.example.com")),
-            ),
-            (
-                "certificates_for wildcard SNI",
-                certificate(Some("b.example.com")),
-            ),
-            ("certificates_for other SNI", certificate(Some("other.net"))),
-            ("certificates_for no SNI", certificate(None)),
-            ("certificates_for SNI too long", certificate(Some(too_long))),
-            (
-                "select_listener Host too long",
-                listener(http, Some(too_long)),
-            ),
-        ]
+    // Every lookup, its answer rendered as text, and the answer it must give.
+    let http_rule = |host: &str, method: &str, path: &str, query: &str| {
+        t.route_http(http, host, method, path, query, headers)
+            .map(|m| format!("{}#{}", m.rule.source.route.name, m.rule.source.rule_index))
     };
-    let want: [(&str, Option<&str>); 22] = [
-        ("select_listener by Host", Some("http")),
-        ("select_listener, no Host", Some("grpc")),
-        ("select_listener by SNI", Some("https-a")),
-        ("route_http exact", Some("r7#0")),
-        ("route_http deep prefix, host:port", Some("r9907#1")),
-        ("route_http header", Some("r107#2")),
-        ("route_http method + query", Some("r207#3")),
-        ("route_http regex", Some("r307#4")),
-        ("route_http miss", None),
-        ("route_http unknown host", None),
-        ("route_grpc service + method", Some("g43#0")),
-        ("route_grpc service + header", Some("g43#1")),
-        ("route_grpc miss", None),
-        ("route_tls exact SNI", Some("t42")),
-        ("route_tls wildcard SNI", Some("t-wild")),
-        ("route_tls miss", None),
-        ("certificates_for exact SNI", Some("default/ec")),
-        ("certificates_for wildcard SNI", Some("default/rsa")),
-        ("certificates_for other SNI", Some("default/ec")),
-        ("certificates_for no SNI", Some("default/ec")),
-        ("certificates_for SNI too long", None),
-        ("select_listener Host too long", None),
+    let grpc_rule = |authority: &str, service: &str, method: &str, with_header: bool| {
+        let found = if with_header {
+            t.route_grpc(grpc, authority, service, method, headers)
+        } else {
+            t.route_grpc(grpc, authority, service, method, no_headers)
+        };
+        found.map(|m| format!("{}#{}", m.rule.source.route.name, m.rule.source.rule_index))
+    };
+    let tls_target = |sni: &str| {
+        t.route_tls(passthrough, sni)
+            .map(|target| target.source.route.name.to_string())
+    };
+    let certificate = |sni: Option<&str>| {
+        t.certificates_for(https, sni)
+            .and_then(|c| c.first())
+            .map(|k| k.source.clone())
+    };
+    let listener =
+        |bind, host: Option<&str>| t.select_listener(bind, host).map(|l| l.name.to_string());
+    let cases = [
+        (
+            "select_listener by Host",
+            listener(http, Some("h7.example.com")),
+            Some("http"),
+        ),
+        (
+            "select_listener, no Host",
+            listener(grpc, None),
+            Some("grpc"),
+        ),
+        (
+            "select_listener by SNI",
+            listener(https, Some("A.Example.com")),
+            Some("https-a"),
+        ),
+        (
+            "route_http exact",
+            http_rule("h7.example.com", "GET", "/r7/exact", ""),
+            Some("r7#0"),
+        ),
+        (
+            "route_http deep prefix, host:port",
+            http_rule("H7.Example.com:80", "GET", "/r9907/api/v1/users", ""),
+            Some("r9907#1"),
+        ),
+        (
+            "route_http header",
+            http_rule("h7.example.com", "GET", "/r107/h/x", ""),
+            Some("r107#2"),
+        ),
+        (
+            "route_http method + query",
+            http_rule("h7.example.com", "POST", "/r207/q", "x=1&a=b"),
+            Some("r207#3"),
+        ),
+        (
+            "route_http regex",
+            http_rule("h7.example.com", "GET", "/r307/re/42", ""),
+            Some("r307#4"),
+        ),
+        (
+            "route_http miss",
+            http_rule("h7.example.com", "GET", "/nothing/here", ""),
+            None,
+        ),
+        (
+            "route_http unknown host",
+            http_rule("unknown.example.org", "GET", "/", ""),
+            None,
+        ),
+        (
+            "route_grpc service + method",
+            grpc_rule("g3.grpc.example.com", "pkg.Svc43", "Get", false),
+            Some("g43#0"),
+        ),
+        (
+            "route_grpc service + header",
+            grpc_rule("g3.grpc.example.com:81", "pkg.Svc43", "List", true),
+            Some("g43#1"),
+        ),
+        (
+            "route_grpc miss",
+            grpc_rule("g3.grpc.example.com", "pkg.Svc43", "List", false),
+            None,
+        ),
+        (
+            "route_tls exact SNI",
+            tls_target("t42.tls.example.com"),
+            Some("t42"),
+        ),
+        (
+            "route_tls wildcard SNI",
+            tls_target("x.wild.example.com"),
+            Some("t-wild"),
+        ),
+        ("route_tls miss", tls_target("nope.example.com"), None),
+        (
+            "certificates_for exact SNI",
+            certificate(Some("a.example.com")),
+            Some("default/ec"),
+        ),
+        (
+            "certificates_for wildcard SNI",
+            certificate(Some("b.example.com")),
+            Some("default/rsa"),
+        ),
+        (
+            "certificates_for other SNI",
+            certificate(Some("other.net")),
+            Some("default/ec"),
+        ),
+        (
+            "certificates_for no SNI",
+            certificate(None),
+            Some("default/ec"),
+        ),
+        (
+            "certificates_for SNI too long",
+            certificate(Some(too_long)),
+            None,
+        ),
+        (
+            "select_listener Host too long",
+            listener(http, Some(too_long)),
+            None,
+        ),
     ];
     // Warm up (the regex engine fills its per-thread cache on first use) and check every
     // answer: a lookup that found nothing would allocate nothing for the wrong reason.
-    let got = lookups();
-    for ((what, got), (_, want)) in got.iter().zip(want) {
-        assert_eq!(got.as_deref(), want, "{what}");
+    for (what, got, want) in &cases {
+        assert_eq!(got.as_deref(), *want, "{what}");
     }
     // The answers are rendered as text above, which allocates; here only the lookups run.
     let rounds = 100;
