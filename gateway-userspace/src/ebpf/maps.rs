@@ -3,8 +3,8 @@
 use std::net::IpAddr;
 
 use aya::{
-    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData, PerCpuArray, PerCpuValues},
-    Ebpf,
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, PerCpuValues},
+    Ebpf, Pod,
 };
 use gateway_common::{
     steer_v4, steer_v6, AddrKey, DataplaneConfig, FlowKey, FlowValue, ListenerKey, ListenerStats,
@@ -43,6 +43,21 @@ where
         name,
         reason: chain(&e),
     })
+}
+
+/// Adds (`present`) or removes `addr/len` in a trie of prefixes.
+fn set_in<K: Pod>(
+    trie: &mut LpmTrie<MapData, K, u32>,
+    addr: K,
+    len: u8,
+    present: bool,
+) -> Result<(), MapError> {
+    let key = Key::new(u32::from(len), addr);
+    if present {
+        trie.insert(&key, 1, 0)
+    } else {
+        trie.remove(&key)
+    }
 }
 
 /// Where the kernel holds a listener: `LISTENERS` under its own key, or the range trie
@@ -208,28 +223,14 @@ impl Maps {
         present: bool,
     ) -> Result<(), EbpfError> {
         let (name, result) = match addr {
-            IpAddr::V4(ip) => {
-                let key = Key::new(u32::from(len), ip.octets());
-                (
-                    MAP_GATEWAY_RANGES_V4,
-                    if present {
-                        self.gateway_ranges_v4.insert(&key, 1, 0)
-                    } else {
-                        self.gateway_ranges_v4.remove(&key)
-                    },
-                )
-            }
-            IpAddr::V6(ip) => {
-                let key = Key::new(u32::from(len), ip.octets());
-                (
-                    MAP_GATEWAY_RANGES_V6,
-                    if present {
-                        self.gateway_ranges_v6.insert(&key, 1, 0)
-                    } else {
-                        self.gateway_ranges_v6.remove(&key)
-                    },
-                )
-            }
+            IpAddr::V4(ip) => (
+                MAP_GATEWAY_RANGES_V4,
+                set_in(&mut self.gateway_ranges_v4, ip.octets(), len, present),
+            ),
+            IpAddr::V6(ip) => (
+                MAP_GATEWAY_RANGES_V6,
+                set_in(&mut self.gateway_ranges_v6, ip.octets(), len, present),
+            ),
         };
         result.map_err(|e| EbpfError::Map {
             name,
