@@ -954,6 +954,18 @@ fn policy_ancestors(
         .collect()
 }
 
+/// The load warned about BackendTLSPolicies exactly once, and that warning starts with
+/// `prefix` (the line number that follows depends on the document's place).
+fn assert_one_policy_warning(c: &Compiled, prefix: &str) {
+    let warned: Vec<&String> = c
+        .warnings
+        .iter()
+        .filter(|w| w.contains("BackendTLSPolicy"))
+        .collect();
+    assert_eq!(warned.len(), 1, "{:?}", c.warnings);
+    assert!(warned[0].starts_with(prefix), "{}", warned[0]);
+}
+
 #[test]
 fn a_backend_tls_policy_without_a_target_reports_target_not_found_under_the_gateways_using_the_service(
 ) {
@@ -1033,18 +1045,9 @@ fn a_backend_tls_policy_without_a_target_reports_target_not_found_under_the_gate
     // No Gateway uses `unused`: no ancestor to report under (an empty list is "not
     // relevant to any ancestor"), so the load says why in a warning.
     assert!(policy_ancestors(&c, "unused").is_empty());
-    let warned: Vec<&String> = c
-        .warnings
-        .iter()
-        .filter(|w| w.contains("BackendTLSPolicy"))
-        .collect();
-    assert_eq!(warned.len(), 1, "{:?}", c.warnings);
-    assert!(
-        warned[0].starts_with(
-            "BackendTLSPolicy infra/unused: Service infra/unused not found (file test.yaml, line "
-        ),
-        "{}",
-        warned[0]
+    assert_one_policy_warning(
+        &c,
+        "BackendTLSPolicy infra/unused: Service infra/unused not found (file test.yaml, line ",
     );
 }
 
@@ -1057,18 +1060,9 @@ fn a_target_ref_to_another_kind_or_group_is_named_as_group_and_kind() {
         "{wellKnownCACertificates: System, hostname: a.com}",
     );
     let c = build(&[INFRA, GW, &p]);
-    let warned: Vec<&String> = c
-        .warnings
-        .iter()
-        .filter(|w| w.contains("BackendTLSPolicy"))
-        .collect();
-    assert_eq!(warned.len(), 1, "{:?}", c.warnings);
-    assert!(
-        warned[0].starts_with(
-            "BackendTLSPolicy infra/elsewhere: targetRef ConfigMap web is not a core Service; targetRef example.com/Service web is not a core Service (file test.yaml, line "
-        ),
-        "{}",
-        warned[0]
+    assert_one_policy_warning(
+        &c,
+        "BackendTLSPolicy infra/elsewhere: targetRef ConfigMap web is not a core Service; targetRef example.com/Service web is not a core Service (file test.yaml, line ",
     );
 }
 
