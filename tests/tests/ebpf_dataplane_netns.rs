@@ -352,9 +352,8 @@ fn the_acl_file_drops_denied_sources_and_is_reloaded_on_change_and_on_sighup() {
         "{}",
         gw.stderr()
     );
-    let before = gw.flows(&format!("?addr={b}&protocol=udp")).len();
+    let before = gw.flows(&query).len();
     send_raw_v4(&pair.b, vec![raw_udp(b, a, (5100, 7000), b"after SIGHUP")]);
-    let query = format!("?addr={b}&protocol=udp");
     assert_eq!(
         gw.wait_flows(&query, |f| f.len() > before).len(),
         before + 1,
