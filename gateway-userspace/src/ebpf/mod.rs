@@ -1105,10 +1105,12 @@ impl DataplaneHandle {
     /// listener plan of a new configuration's table: new and changed entries first, then
     /// removals, so a listener present before and after is never missing in between.
     pub fn sync_listeners(&self, table: &RouteTable) -> Result<ListenerSync, EbpfError> {
-        if self.shared.drop_unlisted {
-            warn_ranges_over_host(table);
+        // Read once: the range warning and `GATEWAY_ADDRS` both need the host's addresses.
+        let host = self.shared.drop_unlisted.then(host::local_addresses);
+        if let Some(host) = &host {
+            warn_ranges_over_host(table, host);
         }
-        let result = self.sync_listeners_inner(&listener::plan(table));
+        let result = self.sync_listeners_inner(&listener::plan(table), host);
         let counters = &self.shared.counters;
         counters.listener_syncs.fetch_add(1, Ordering::Relaxed);
         if result.is_err() {
@@ -1119,7 +1121,12 @@ impl DataplaneHandle {
         result
     }
 
-    fn sync_listeners_inner(&self, plan: &[listener::Planned]) -> Result<ListenerSync, EbpfError> {
+    /// `host`: the host's addresses, read when `--xdp-drop-unlisted` is on.
+    fn sync_listeners_inner(
+        &self,
+        plan: &[listener::Planned],
+        host: Option<std::io::Result<BTreeSet<IpAddr>>>,
+    ) -> Result<ListenerSync, EbpfError> {
         let mut guard = lock(&self.shared.inner);
         let inner = &mut *guard;
         let wanted = listener::desired(plan);
@@ -1212,8 +1219,8 @@ impl DataplaneHandle {
             first_err.get_or_insert(err);
         }
         inner.plan = plan.to_vec();
-        if self.shared.drop_unlisted {
-            sync_gateway_addrs(inner)?;
+        if let Some(host) = host {
+            sync_gateway_addrs(inner, &host.map_err(host_addrs_err)?)?;
         }
         match first_err {
             Some(err) => Err(err),
@@ -1239,7 +1246,8 @@ impl DataplaneHandle {
             inner.maps.set_config(&config)?;
             inner.config = config;
         }
-        sync_gateway_addrs(inner)
+        let host = host::local_addresses().map_err(host_addrs_err)?;
+        sync_gateway_addrs(inner, &host)
     }
 
     /// Replaces the ACL; returns (prefixes added, prefixes removed).
@@ -1350,7 +1358,7 @@ fn ranges_over_host(
 /// table: XDP runs before routing, so a range that covers an address of the host (or one
 /// the host forwards to) makes every port of that address that no listener serves
 /// dropped, SSH included. Called once per configuration.
-fn warn_ranges_over_host(table: &RouteTable) {
+fn warn_ranges_over_host(table: &RouteTable, host: &std::io::Result<BTreeSet<IpAddr>>) {
     let ranges: BTreeSet<(String, IpAddr, u8)> = table
         .binds()
         .iter()
@@ -1365,14 +1373,14 @@ fn warn_ranges_over_host(table: &RouteTable) {
     if ranges.is_empty() {
         return;
     }
-    let host = match host::local_addresses() {
+    let host = match host {
         Ok(host) => host,
         Err(err) => {
             warn!(error = %err, "listing the host's addresses to check the Gateway ranges under --xdp-drop-unlisted failed");
             return;
         }
     };
-    for over in ranges_over_host(&ranges, &host) {
+    for over in ranges_over_host(&ranges, host) {
         let (net, len) = over.range;
         warn!(
             gateway = %over.gateway,
@@ -1385,14 +1393,18 @@ fn warn_ranges_over_host(table: &RouteTable) {
     }
 }
 
-/// Brings `GATEWAY_ADDRS` and the gateway range tries to the plan and the host's
-/// addresses (adds first).
-fn sync_gateway_addrs(inner: &mut Inner) -> Result<(), EbpfError> {
-    let host = host::local_addresses().map_err(|e| EbpfError::Map {
+/// The host's addresses could not be listed, so `GATEWAY_ADDRS` could not be synced.
+fn host_addrs_err(e: std::io::Error) -> EbpfError {
+    EbpfError::Map {
         name: MAP_GATEWAY_ADDRS,
         reason: format!("listing the host's addresses: {e}"),
-    })?;
-    let wanted = gateway_addrs(&inner.plan, &host);
+    }
+}
+
+/// Brings `GATEWAY_ADDRS` and the gateway range tries to the plan and the host's
+/// addresses (adds first).
+fn sync_gateway_addrs(inner: &mut Inner, host: &BTreeSet<IpAddr>) -> Result<(), EbpfError> {
+    let wanted = gateway_addrs(&inner.plan, host);
     let ranges = gateway_ranges(&inner.plan);
     for range in ranges.difference(&inner.gateway_ranges.clone()) {
         inner.maps.set_gateway_range(*range, true)?;
