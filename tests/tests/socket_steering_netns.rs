@@ -193,6 +193,36 @@ fn wait_ready(gw: &NsGatewayd) {
     panic!("gatewayd not ready: {}", gw.stderr());
 }
 
+/// gatewayd in namespace A with `config`, sk_lookup required (two workers, no pinning),
+/// ready and steering exactly `prefixes` prefixes.
+fn start_steering(pair: &NetnsPair, dir: &Path, config: &str, prefixes: f64) -> NsGatewayd {
+    let gw = NsGatewayd::start(
+        &pair.a,
+        dir,
+        config,
+        &[
+            "--ebpf",
+            "required",
+            "--bpf-pin-dir",
+            "none",
+            "--workers",
+            "2",
+        ],
+    );
+    wait_ready(&gw);
+    let m = gw.wait_metrics(Duration::from_secs(5), |m| {
+        m.get("gatewayd_sk_lookup_prefixes") >= prefixes
+    });
+    assert_eq!(m.feature("sk_lookup"), Some(1.0), "{}", gw.stderr());
+    assert_eq!(
+        m.get("gatewayd_sk_lookup_prefixes"),
+        prefixes,
+        "{}",
+        gw.stderr()
+    );
+    gw
+}
+
 fn write_config(dir: &Path, yaml: &str) {
     let path = dir.join("config.yaml");
     let tmp = dir.join("config.yaml.tmp");
@@ -233,27 +263,9 @@ fn an_address_range_no_interface_has_is_served_through_sk_lookup_and_follows_rel
         .join("\n---\n")
     };
     let dir = tempfile::tempdir().expect("temp dir");
-    let gw = NsGatewayd::start(
-        &pair.a,
-        dir.path(),
-        &config("192.0.2.0/24"),
-        &[
-            "--ebpf",
-            "required",
-            "--bpf-pin-dir",
-            "none",
-            "--workers",
-            "2",
-        ],
-    );
-    wait_ready(&gw);
     // The range, and the two single addresses inside it (each its own /32, so that the
     // longest prefix wins over the range).
-    let m = gw.wait_metrics(Duration::from_secs(5), |m| {
-        m.get("gatewayd_sk_lookup_prefixes") >= 3.0
-    });
-    assert_eq!(m.feature("sk_lookup"), Some(1.0), "{}", gw.stderr());
-    assert_eq!(m.get("gatewayd_sk_lookup_prefixes"), 3.0);
+    let gw = start_steering(&pair, dir.path(), &config("192.0.2.0/24"), 3.0);
 
     // Nothing is bound on these addresses: only the range's first address has a socket.
     for last in [1, 17, 100, 254, 0] {
@@ -742,25 +754,7 @@ fn an_address_no_interface_has_is_served_through_sk_lookup_and_without_ebpf_the_
     drop(off);
 
     // With sk_lookup: bound with IP_FREEBIND, steered as a /32 and a /128, served.
-    let gw = NsGatewayd::start(
-        &pair.a,
-        dir.path(),
-        &config,
-        &[
-            "--ebpf",
-            "required",
-            "--bpf-pin-dir",
-            "none",
-            "--workers",
-            "2",
-        ],
-    );
-    wait_ready(&gw);
-    let m = gw.wait_metrics(Duration::from_secs(5), |m| {
-        m.get("gatewayd_sk_lookup_prefixes") >= 2.0
-    });
-    assert_eq!(m.feature("sk_lookup"), Some(1.0), "{}", gw.stderr());
-    assert_eq!(m.get("gatewayd_sk_lookup_prefixes"), 2.0, "{}", gw.stderr());
+    let gw = start_steering(&pair, dir.path(), &config, 2.0);
     for addr in targets {
         for _ in 0..3 {
             let response = get_from(&pair.b, addr)
