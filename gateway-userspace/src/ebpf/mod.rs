@@ -1167,10 +1167,8 @@ impl DataplaneHandle {
             .and_then(|()| match old {
                 // A listener whose range changed (or that became or stopped being one)
                 // lives under another key now: the old entry goes once the new one is in.
-                Some(old)
-                    if (old.wanted.prefix_len, old.wanted.addr)
-                        != (slot.wanted.prefix_len, slot.wanted.addr) =>
-                {
+                // (Its address and port are the slot's key, so they did not change.)
+                Some(old) if old.wanted.prefix_len != slot.wanted.prefix_len => {
                     inner.maps.remove_listener(&key, &old)
                 }
                 _ => Ok(()),
