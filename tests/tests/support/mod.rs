@@ -746,15 +746,8 @@ pub fn raw_udp(src: Ipv4Addr, dst: Ipv4Addr, ports: (u16, u16), payload: &[u8]) 
 }
 
 fn mac_of(ns: &str, dev: &str) -> String {
-    let out =
-        gateway_tests::run_ok(Command::new("ip").args(["-n", ns, "link", "show", "dev", dev]))
-            .expect("ip link show");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    text.split_whitespace()
-        .skip_while(|w| *w != "link/ether")
-        .nth(1)
-        .map(ToOwned::to_owned)
-        .unwrap_or_else(|| panic!("no MAC address in {text}"))
+    let mac = NetnsPair::mac(ns, dev).unwrap_or_else(|e| panic!("{e:#}"));
+    mac.map(|b| format!("{b:02x}")).join(":")
 }
 
 /// Permanent neighbour entries on both ends of the pair: packets leave at once and no ARP
