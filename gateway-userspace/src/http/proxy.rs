@@ -472,7 +472,7 @@ fn copy_request(p: &Parts) -> Request<ReqBody> {
 }
 
 /// One try: picks an endpoint now and gives the exchange with it, under
-/// `timeouts.backendRequest`, for [`attempted`] (a plain function: see [`handle`]).
+/// `timeouts.backendRequest`, for [`attempted`] (a plain function: see [`proxy`]).
 fn attempt(
     ctx: &WorkerCtx,
     target: &Target<'_>,
