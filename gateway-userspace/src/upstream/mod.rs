@@ -133,10 +133,7 @@ impl Upstreams {
     /// The state of one endpoint, created on first use. `tls` must be the profile whose
     /// identity is `key.tls`.
     pub fn endpoint(&self, key: PoolKey, tls: Option<&Arc<ProfileTls>>) -> Arc<Endpoint> {
-        let mut map = lock(&self.endpoints);
-        map.entry(key)
-            .or_insert_with(|| Arc::new(Endpoint::new(key, tls.cloned())))
-            .clone()
+        endpoint_in(&mut lock(&self.endpoints), key, tls)
     }
 
     /// Power of two choices: of two endpoints drawn at random, the one with fewer requests
@@ -164,11 +161,7 @@ impl Upstreams {
                     j += 1;
                 }
                 let mut map = lock(&self.endpoints);
-                let mut get = |addr| {
-                    map.entry(key(addr))
-                        .or_insert_with(|| Arc::new(Endpoint::new(key(addr), tls.cloned())))
-                        .clone()
-                };
+                let mut get = |addr| endpoint_in(&mut map, key(addr), tls);
                 let a = get(addrs[i]);
                 let b = get(addrs[j]);
                 if b.in_flight() < a.in_flight() {
@@ -224,6 +217,18 @@ impl Upstreams {
             .map(|e| lock(&e.idle).len())
             .sum()
     }
+}
+
+/// The endpoint of `key` in `map`, created on first use (`tls`: the profile whose
+/// identity is `key.tls`).
+fn endpoint_in(
+    map: &mut HashMap<PoolKey, Arc<Endpoint>>,
+    key: PoolKey,
+    tls: Option<&Arc<ProfileTls>>,
+) -> Arc<Endpoint> {
+    map.entry(key)
+        .or_insert_with(|| Arc::new(Endpoint::new(key, tls.cloned())))
+        .clone()
 }
 
 /// TCP to a backend endpoint within [`CONNECT_TIMEOUT`], without Nagle (small requests
