@@ -68,11 +68,13 @@ impl UpstreamError {
 
     /// `true` for a timeout (answered 504), `false` for a failure (502).
     pub fn is_timeout(&self) -> bool {
-        matches!(self, UpstreamError::ConnectTimeout { .. })
-            || matches!(
-                self,
-                UpstreamError::Tls { source, .. }
-                    if matches!(**source, crate::backend_tls::BackendTlsError::HandshakeTimeout { .. })
-            )
+        match self {
+            UpstreamError::ConnectTimeout { .. } => true,
+            UpstreamError::Tls { source, .. } => matches!(
+                **source,
+                crate::backend_tls::BackendTlsError::HandshakeTimeout { .. }
+            ),
+            _ => false,
+        }
     }
 }
