@@ -187,26 +187,7 @@ async fn forward_terminated<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let picked = sni
-        .and_then(|sni| view.table().route_tls(listener, sni))
-        .ok_or(CloseReason::NoRoute)
-        .and_then(|target| passthrough::pick(target, fastrand::u64(..)));
-    let backend = match picked {
-        Ok((backend, addr)) => match view.backend_tls().resolve(&backend.tls) {
-            Ok(profile) => upstream::connect(addr, profile.map(|p| &**p), Alpn::None)
-                .await
-                .map_err(|err| match err {
-                    UpstreamError::Tls { .. } => CloseReason::BackendTls,
-                    _ => CloseReason::Connect,
-                }),
-            Err(err) => {
-                tracing::warn!(%peer, backend = %backend.name, error = %err, "TLS terminate: backend TLS unusable, closing");
-                Err(CloseReason::BackendTls)
-            }
-        },
-        Err(reason) => Err(reason),
-    };
-    let mut backend = match backend {
+    let mut backend = match connect_terminated(peer, listener, sni, view).await {
         Ok(b) => b,
         Err(reason) => {
             debug!(%peer, ?sni, %reason, "TLS terminate: closing");
@@ -217,6 +198,30 @@ async fn forward_terminated<S>(
     if let Err(err) = tokio::io::copy_bidirectional(&mut client, &mut backend).await {
         debug!(%peer, error = %err, "TLS terminate connection ended");
     }
+}
+
+/// The backend connection of a terminated TLS connection: the TLSRoute the SNI selects,
+/// one of its endpoints, then TCP, or TLS under the backend's BackendTLSPolicy.
+async fn connect_terminated(
+    peer: SocketAddr,
+    listener: &Listener,
+    sni: Option<&str>,
+    view: &View,
+) -> Result<upstream::BackendIo, CloseReason> {
+    let target = sni
+        .and_then(|sni| view.table().route_tls(listener, sni))
+        .ok_or(CloseReason::NoRoute)?;
+    let (backend, addr) = passthrough::pick(target, fastrand::u64(..))?;
+    let profile = view.backend_tls().resolve(&backend.tls).map_err(|err| {
+        tracing::warn!(%peer, backend = %backend.name, error = %err, "TLS terminate: backend TLS unusable, closing");
+        CloseReason::BackendTls
+    })?;
+    upstream::connect(addr, profile.map(|p| &**p), Alpn::None)
+        .await
+        .map_err(|err| match err {
+            UpstreamError::Tls { .. } => CloseReason::BackendTls,
+            _ => CloseReason::Connect,
+        })
 }
 
 /// Closes with a reset (`SO_LINGER` 0): the gateway speaks no TLS on this path, so a
