@@ -22,7 +22,7 @@ use std::{
     time::Duration,
 };
 
-use bytes::BytesMut;
+use bytes::{Buf as _, BytesMut};
 use gateway_config::ListenerId;
 use hyper::{body::Incoming, header::HeaderValue, Request, Response, Version};
 use hyper_util::rt::TokioIo;
@@ -179,9 +179,17 @@ struct WatchedIo<S: Stream> {
 /// Bytes read from the socket and not yet handed out.
 struct ReadAhead {
     buf: BytesMut,
-    pos: usize,
-    /// The socket has been read into `buf` (then `buf[pos..]` is what is left).
+    /// The socket has been read into `buf` (then `buf` is what is left).
     filled: bool,
+}
+
+impl ReadAhead {
+    fn new() -> Self {
+        ReadAhead {
+            buf: BytesMut::with_capacity(READ_AHEAD),
+            filled: false,
+        }
+    }
 }
 
 /// The first read of a plain connection: the size of a typical request head.
@@ -249,11 +257,10 @@ impl<S: Stream> AsyncRead for WatchedIo<S> {
                 ))?;
                 ahead.filled = true;
             }
-            let left = &ahead.buf[ahead.pos..];
-            let n = left.len().min(buf.remaining());
-            buf.put_slice(&left[..n]);
-            ahead.pos += n;
-            if ahead.pos == ahead.buf.len() {
+            let n = ahead.buf.len().min(buf.remaining());
+            buf.put_slice(&ahead.buf[..n]);
+            ahead.buf.advance(n);
+            if ahead.buf.is_empty() {
                 this.ahead = None;
             }
             if n > 0 {
@@ -393,11 +400,7 @@ async fn serve_stream<S: Stream>(
         stream: Some(stream),
         activity: activity.clone(),
         coalesce: sni_listener.map(|_| Vec::new()),
-        ahead: sni_listener.is_none().then(|| ReadAhead {
-            buf: BytesMut::with_capacity(READ_AHEAD),
-            pos: 0,
-            filled: false,
-        }),
+        ahead: sni_listener.is_none().then(ReadAhead::new),
     });
     let service = Service {
         ctx: ctx.clone(),
@@ -491,11 +494,7 @@ mod tests {
             }),
             activity: Arc::new(Activity::new()),
             coalesce: None,
-            ahead: Some(ReadAhead {
-                buf: BytesMut::with_capacity(READ_AHEAD),
-                pos: 0,
-                filled: false,
-            }),
+            ahead: Some(ReadAhead::new()),
         }
     }
 
