@@ -460,7 +460,7 @@ impl BackendTlsConfigs {
 
     /// Distinct usable profiles, and profiles that could not be built.
     pub fn profile_counts(&self) -> (usize, usize) {
-        let unusable = self.entries.iter().filter(|e| e.tls.is_err()).count();
+        let unusable = self.problems().count();
         (self.profiles.len(), unusable)
     }
 
