@@ -236,30 +236,25 @@ fn anchors() -> anyhow::Result<()> {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // Every task needs the toolchain and tools in place first.
+    setup::setup()?;
     match cli.task {
-        Task::Setup => setup::setup(),
+        Task::Setup => Ok(()),
         Task::Build => {
-            setup::setup()?;
             let bin = build_gatewayd(true)?;
             eprintln!("built {}", bin.display());
             Ok(())
         }
         Task::Demo { seconds } => {
-            setup::setup()?;
             let bin = build_gatewayd(true)?;
             demo::demo(&bin, seconds)
         }
-        Task::Test { args } => {
-            setup::setup()?;
-            test(&args)
-        }
+        Task::Test { args } => test(&args),
         Task::Bench { anchors: true, .. } => {
-            setup::setup()?;
             setup::setup_bench()?;
             anchors()
         }
         Task::Bench { args, .. } => {
-            setup::setup()?;
             let mut cmd = cargo();
             cmd.args(["bench", "-p", "gateway-benches"]);
             if !args.is_empty() {
@@ -267,9 +262,6 @@ fn main() -> anyhow::Result<()> {
             }
             run(&mut cmd)
         }
-        Task::Fuzz { seconds } => {
-            setup::setup()?;
-            fuzz::fuzz(seconds)
-        }
+        Task::Fuzz { seconds } => fuzz::fuzz(seconds),
     }
 }
