@@ -125,10 +125,11 @@ fn find_listener(parsed: &Parsed, flags: u32) -> Option<u32> {
 fn find_range_listener(parsed: &Parsed) -> Option<u32> {
     let port = parsed.key.dst_port;
     if parsed.key.family == FAMILY_IPV4 {
-        let mut addr = [0u8; 4];
-        addr.copy_from_slice(&parsed.key.dst_addr[..4]);
         LISTENER_RANGES_V4
-            .get(Key::new(STEER_PORT_BITS + 32, steer_v4(port, addr)))
+            .get(Key::new(
+                STEER_PORT_BITS + 32,
+                steer_v4(port, v4(&parsed.key.dst_addr)),
+            ))
             .map(|value| value.id)
     } else {
         LISTENER_RANGES_V6
@@ -144,14 +145,20 @@ fn find_range_listener(parsed: &Parsed) -> Option<u32> {
 #[inline(always)]
 fn in_gateway_range(parsed: &Parsed) -> bool {
     if parsed.key.family == FAMILY_IPV4 {
-        let mut addr = [0u8; 4];
-        addr.copy_from_slice(&parsed.key.dst_addr[..4]);
-        GATEWAY_RANGES_V4.get(Key::new(32, addr)).is_some()
+        GATEWAY_RANGES_V4
+            .get(Key::new(32, v4(&parsed.key.dst_addr)))
+            .is_some()
     } else {
         GATEWAY_RANGES_V6
             .get(Key::new(128, parsed.key.dst_addr))
             .is_some()
     }
+}
+
+/// An IPv4 address as `Parsed` holds it: the first 4 of 16 bytes.
+#[inline(always)]
+fn v4(addr: &[u8; 16]) -> [u8; 4] {
+    [addr[0], addr[1], addr[2], addr[3]]
 }
 
 /// Counts a drop by reason; the verdict.
@@ -168,9 +175,7 @@ fn acl_denies(parsed: &Parsed, flags: u32) -> bool {
         if flags & CONFIG_ACL_V4 == 0 {
             return false;
         }
-        let mut addr = [0u8; 4];
-        addr.copy_from_slice(&parsed.key.src_addr[..4]);
-        ACL_V4.get(Key::new(32, addr)).is_some()
+        ACL_V4.get(Key::new(32, v4(&parsed.key.src_addr))).is_some()
     } else {
         if flags & CONFIG_ACL_V6 == 0 {
             return false;
