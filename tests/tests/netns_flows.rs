@@ -3,6 +3,9 @@
 //! SIGTERM and SIGINT every program is detached (XDP, TC egress, the namespace's
 //! sk_lookup) and a clsact qdisc gatewayd created is removed, one it found stays.
 
+#[macro_use]
+mod support;
+
 use std::{
     collections::{BTreeMap, BTreeSet},
     io::{Read as _, Write as _},
@@ -12,109 +15,16 @@ use std::{
     time::{Duration, Instant},
 };
 
-use gateway_tests::{
-    ebpf_tests_can_run, netns::NetnsPair, parse_response, run_ok, write_config, EMPTY_CONFIG,
-};
+use gateway_tests::{netns::NetnsPair, run_ok, EMPTY_CONFIG};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+use support::NsGatewayd;
 
-/// gatewayd running inside namespace `ns`, reached through `ip netns exec ns curl`.
-struct NsGatewayd {
-    ns: String,
-    child: std::process::Child,
-    admin_port: u16,
-    stderr: std::path::PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl NsGatewayd {
-    fn start(ns: &str, iface: &str) -> Self {
-        Self::start_with_env(ns, iface, &[])
-    }
-
-    /// `--ebpf required --xdp-iface <iface>`, no pinning (the pin directory is the host's,
-    /// not the namespace's), with `env` set.
-    fn start_with_env(ns: &str, iface: &str, env: &[(&str, &str)]) -> Self {
-        let mut gw = Self::spawn(ns, &[iface], env);
-        gw.wait_healthy();
-        gw
-    }
-
-    /// [`start_with_env`](Self::start_with_env) with every interface of `ifaces`, not
-    /// waiting for it to be healthy.
-    fn spawn(ns: &str, ifaces: &[&str], env: &[(&str, &str)]) -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let config = write_config(dir.path(), "config.yaml", EMPTY_CONFIG);
-        let stderr = dir.path().join("stderr.log");
-        let admin_port = 9901;
-        let child = NetnsPair::command_in(
-            ns,
-            gateway_tests::gatewayd_bin().to_str().expect("utf-8 path"),
-        )
-        .arg("run")
-        .arg("--config")
-        .arg(&config)
-        .args([
-            "--admin",
-            &format!("127.0.0.1:{admin_port}"),
-            "--ebpf",
-            "required",
-            "--bpf-pin-dir",
-            "none",
-        ])
-        .args(ifaces.iter().flat_map(|iface| ["--xdp-iface", iface]))
-        .envs(env.iter().copied())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(&stderr).expect("stderr file"))
-        .spawn()
-        .expect("start gatewayd in the namespace");
-        Self {
-            ns: ns.to_owned(),
-            child,
-            admin_port,
-            stderr,
-            _dir: dir,
-        }
-    }
-
-    fn stderr(&self) -> String {
-        std::fs::read_to_string(&self.stderr).unwrap_or_default()
-    }
-
-    fn get(&self, path: &str) -> Option<gateway_tests::HttpResponse> {
-        let url = format!("http://127.0.0.1:{}{path}", self.admin_port);
-        let out = NetnsPair::command_in(&self.ns, "curl")
-            .args(["-s", "-i", "--max-time", "5", &url])
-            .output()
-            .ok()?;
-        parse_response(&String::from_utf8_lossy(&out.stdout)).ok()
-    }
-
-    fn wait_healthy(&mut self) {
-        for _ in 0..200 {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("gatewayd exited with {status}: {}", self.stderr());
-            }
-            if self.get("/healthz").is_some_and(|r| r.status == 200) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("gatewayd did not become healthy: {}", self.stderr());
-    }
-
-    fn flows(&self) -> Vec<serde_json::Value> {
-        let response = self.get("/flows").expect("GET /flows");
-        assert_eq!(response.status, 200);
-        serde_json::from_str::<Vec<serde_json::Value>>(&response.body)
-            .expect("/flows is a JSON list")
-    }
-}
-
-impl Drop for NsGatewayd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// gatewayd's arguments here: `--ebpf required`, no pinning (the pin directory is the
+/// host's, not the namespace's), `--xdp-iface` for every interface of `ifaces`.
+fn args<'a>(ifaces: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["--ebpf", "required", "--bpf-pin-dir", "none"];
+    args.extend(ifaces.iter().flat_map(|iface| ["--xdp-iface", iface]));
+    args
 }
 
 fn find_flow(
@@ -157,13 +67,12 @@ fn tcp_segment(
 
 #[test]
 fn flows_report_exact_packets_and_l3_bytes_of_segments_sent_from_the_peer_namespace() {
-    if !ebpf_tests_can_run(
-        "flows_report_exact_packets_and_l3_bytes_of_segments_sent_from_the_peer_namespace",
-    ) {
-        return;
-    }
+    require_ebpf!(
+        "flows_report_exact_packets_and_l3_bytes_of_segments_sent_from_the_peer_namespace"
+    );
     let pair = NetnsPair::new("flow").expect("create namespaces");
-    let gw = NsGatewayd::start(&pair.a, &pair.veth_a);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let gw = NsGatewayd::start(&pair.a, dir.path(), EMPTY_CONFIG, &args(&[&pair.veth_a]));
 
     // Resolve the neighbour first (a connection attempt to a closed port: SYN, RST) so
     // that the crafted segments leave at once.
@@ -195,7 +104,7 @@ fn flows_report_exact_packets_and_l3_bytes_of_segments_sent_from_the_peer_namesp
     // Poll until every segment is counted, then check the counts exactly.
     let deadline = Instant::now() + Duration::from_secs(5);
     let flows = loop {
-        let flows = gw.flows();
+        let flows = gw.flows("");
         let counted = find_flow(&flows, src, dst, 7777)
             .and_then(|f| f["packets"].as_u64())
             .unwrap_or(0);
@@ -214,11 +123,10 @@ fn flows_report_exact_packets_and_l3_bytes_of_segments_sent_from_the_peer_namesp
 
 #[test]
 fn a_real_tcp_exchange_shows_as_a_flow_with_its_handshake_and_close() {
-    if !ebpf_tests_can_run("a_real_tcp_exchange_shows_as_a_flow_with_its_handshake_and_close") {
-        return;
-    }
+    require_ebpf!("a_real_tcp_exchange_shows_as_a_flow_with_its_handshake_and_close");
     let pair = NetnsPair::new("tcp").expect("create namespaces");
-    let gw = NsGatewayd::start(&pair.a, &pair.veth_a);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let gw = NsGatewayd::start(&pair.a, dir.path(), EMPTY_CONFIG, &args(&[&pair.veth_a]));
     let (addr_a, addr_b) = (pair.addr_a, pair.addr_b);
 
     // Server in A: read everything, answer with the byte count.
@@ -251,7 +159,7 @@ fn a_real_tcp_exchange_shows_as_a_flow_with_its_handshake_and_close() {
     // Poll until the close (FIN) is counted.
     let deadline = Instant::now() + Duration::from_secs(5);
     let flows = loop {
-        let flows = gw.flows();
+        let flows = gw.flows("");
         let closed = find_flow(&flows, addr_b, addr_a, port)
             .and_then(|f| f["tcp_flags"].as_array())
             .is_some_and(|flags| flags.iter().any(|f| f == "FIN"));
@@ -377,7 +285,14 @@ fn ifindex(ns: &str, dev: &str) -> String {
 /// it with `signal`; returns the TC mode it used. Every link it held is gone afterwards,
 /// and so are its XDP program and its egress filter.
 fn detaches_on(pair: &NetnsPair, signal: nix::sys::signal::Signal, env: &[(&str, &str)]) -> String {
-    let mut gw = NsGatewayd::start_with_env(&pair.a, &pair.veth_a, env);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut gw = NsGatewayd::start_with_env(
+        &pair.a,
+        dir.path(),
+        EMPTY_CONFIG,
+        &args(&[&pair.veth_a]),
+        env,
+    );
     let metrics = gw.get("/metrics").expect("GET /metrics").body;
     let tc_mode = ["tcx", "clsact"]
         .into_iter()
@@ -465,9 +380,7 @@ fn detaches_on(pair: &NetnsPair, signal: nix::sys::signal::Signal, env: &[(&str,
 
 #[test]
 fn sigterm_detaches_xdp_tc_and_sk_lookup_and_exits_zero() {
-    if !ebpf_tests_can_run("sigterm_detaches_xdp_tc_and_sk_lookup_and_exits_zero") {
-        return;
-    }
+    require_ebpf!("sigterm_detaches_xdp_tc_and_sk_lookup_and_exits_zero");
     let pair = NetnsPair::new("term").expect("create namespaces");
     detaches_on(&pair, nix::sys::signal::Signal::SIGTERM, &[]);
     let qdiscs = tc(&pair.a, &["qdisc", "show", "dev", &pair.veth_a]);
@@ -476,11 +389,7 @@ fn sigterm_detaches_xdp_tc_and_sk_lookup_and_exits_zero() {
 
 #[test]
 fn sigint_detaches_everything_and_removes_the_clsact_qdisc_gatewayd_created() {
-    if !ebpf_tests_can_run(
-        "sigint_detaches_everything_and_removes_the_clsact_qdisc_gatewayd_created",
-    ) {
-        return;
-    }
+    require_ebpf!("sigint_detaches_everything_and_removes_the_clsact_qdisc_gatewayd_created");
     let pair = NetnsPair::new("int").expect("create namespaces");
     let qdiscs = tc(&pair.a, &["qdisc", "show", "dev", &pair.veth_a]);
     assert!(!qdiscs.contains("clsact"), "none before: {qdiscs}");
@@ -499,9 +408,7 @@ fn sigint_detaches_everything_and_removes_the_clsact_qdisc_gatewayd_created() {
 
 #[test]
 fn a_clsact_qdisc_that_was_there_before_gatewayd_stays_after_it_exits() {
-    if !ebpf_tests_can_run("a_clsact_qdisc_that_was_there_before_gatewayd_stays_after_it_exits") {
-        return;
-    }
+    require_ebpf!("a_clsact_qdisc_that_was_there_before_gatewayd_stays_after_it_exits");
     let pair = NetnsPair::new("keepq").expect("create namespaces");
     tc(&pair.a, &["qdisc", "add", "dev", &pair.veth_a, "clsact"]);
     let mode = detaches_on(
@@ -519,19 +426,18 @@ fn a_clsact_qdisc_that_was_there_before_gatewayd_stays_after_it_exits() {
 
 #[test]
 fn a_start_failing_after_the_clsact_qdisc_was_created_detaches_and_removes_it() {
-    if !ebpf_tests_can_run(
-        "a_start_failing_after_the_clsact_qdisc_was_created_detaches_and_removes_it",
-    ) {
-        return;
-    }
+    require_ebpf!("a_start_failing_after_the_clsact_qdisc_was_created_detaches_and_removes_it");
     let pair = NetnsPair::new("halfq").expect("create namespaces");
     let qdiscs = tc(&pair.a, &["qdisc", "show", "dev", &pair.veth_a]);
     assert!(!qdiscs.contains("clsact"), "none before: {qdiscs}");
     // The veth is attached (XDP, then tc_reply on a clsact qdisc gatewayd creates) before
     // the second interface fails: under --ebpf required that ends the start.
+    let dir = tempfile::tempdir().expect("temp dir");
     let mut gw = NsGatewayd::spawn(
         &pair.a,
-        &[&pair.veth_a, "gw-no-such0"],
+        dir.path(),
+        EMPTY_CONFIG,
+        &args(&[&pair.veth_a, "gw-no-such0"]),
         &[("GATEWAYD_TC_MODE", "clsact")],
     );
     let deadline = Instant::now() + Duration::from_secs(20);

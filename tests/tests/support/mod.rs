@@ -519,12 +519,43 @@ pub const ADMIN_PORT: u16 = 9901;
 impl NsGatewayd {
     /// Starts `gatewayd run --config <dir>/config.yaml (written from `config`) <args>`.
     pub fn start(ns: &str, dir: &Path, config: &str, args: &[&str]) -> Self {
+        Self::start_with_env(ns, dir, config, args, &[])
+    }
+
+    /// [`start`](Self::start) with `env` set for gatewayd.
+    pub fn start_with_env(
+        ns: &str,
+        dir: &Path,
+        config: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
+        let mut gw = Self::spawn(ns, dir, config, args, env);
+        gw.wait_healthy();
+        gw
+    }
+
+    /// [`start_with_env`](Self::start_with_env) without waiting for gatewayd to be
+    /// healthy: for a start that is meant to fail.
+    pub fn spawn(ns: &str, dir: &Path, config: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
         let config_path = dir.join("config.yaml");
         std::fs::write(&config_path, config).expect("write config");
-        Self::start_with_config(ns, dir, &config_path, args)
+        Self::spawn_with_config(ns, dir, &config_path, args, env)
     }
 
     pub fn start_with_config(ns: &str, dir: &Path, config_path: &Path, args: &[&str]) -> Self {
+        let mut gw = Self::spawn_with_config(ns, dir, config_path, args, &[]);
+        gw.wait_healthy();
+        gw
+    }
+
+    fn spawn_with_config(
+        ns: &str,
+        dir: &Path,
+        config_path: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         let n = std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0);
         let stderr = dir.join(format!("stderr-{n}.log"));
         let child = NetnsPair::command_in(
@@ -536,18 +567,17 @@ impl NsGatewayd {
         .arg(config_path)
         .args(["--admin", &format!("127.0.0.1:{ADMIN_PORT}")])
         .args(args)
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&stderr).expect("stderr file"))
         .spawn()
         .expect("start gatewayd in the namespace");
-        let mut gw = Self {
+        Self {
             ns: ns.to_owned(),
             child,
             dir: dir.to_owned(),
             stderr,
-        };
-        gw.wait_healthy();
-        gw
+        }
     }
 
     pub fn stderr(&self) -> String {
