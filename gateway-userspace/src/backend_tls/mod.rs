@@ -22,8 +22,8 @@
 //!   CA (at most [`BackendTlsOptions::verify_cache_ttl`]); the same chain again skips
 //!   path building and the chain's signatures. The handshake signature is verified on
 //!   every handshake regardless.
-//! - [`connect`] / [`ProfileTls::connect`]: the handshake under a timeout, counting full
-//!   and resumed handshakes. [`BackendTls::Invalid`] is an error, never plaintext.
+//! - [`ProfileTls::connect`]: the handshake under a timeout, counting full
+//!   and resumed handshakes. [`gateway_config::BackendTls::Invalid`] is an error, never plaintext.
 //!
 //! Nothing here picks a status code or logs a failed handshake: the caller does, with
 //! the policy and endpoint as fields.
@@ -39,12 +39,10 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use gateway_config::BackendTls;
 #[cfg(doc)]
 use gateway_config::BackendTlsProfile;
 use rustls::HandshakeKind;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
@@ -189,22 +187,4 @@ impl ProfileTls {
         }
         result
     }
-}
-
-/// TLS to a backend over a connected socket, failing closed: [`BackendTls::Invalid`],
-/// a profile that could not be built or is not from `configs`' table, and
-/// [`BackendTls::None`] (the caller should not ask) are errors, never a plaintext
-/// stream. The session store is the peer address's.
-pub async fn connect(
-    configs: &BackendTlsConfigs,
-    tls: &BackendTls,
-    alpn: Alpn,
-    tcp: TcpStream,
-    timeout: Duration,
-) -> Result<TlsStream<TcpStream>, BackendTlsError> {
-    let profile = configs
-        .resolve(tls)?
-        .ok_or(BackendTlsError::NotConfigured)?;
-    let endpoint = tcp.peer_addr().ok();
-    profile.connect(tcp, endpoint, alpn, timeout).await
 }

@@ -592,6 +592,25 @@ fn invalid_policies_and_unusable_profiles_fail_closed() {
     ));
 }
 
+/// TLS to a backend over a connected socket as the data path does it (resolve, then
+/// [`ProfileTls::connect`]), failing closed: [`BackendTls::Invalid`],
+/// a profile that could not be built or is not from `configs`' table, and
+/// [`BackendTls::None`] (the caller should not ask) are errors, never a plaintext
+/// stream. The session store is the peer address's.
+async fn connect(
+    configs: &BackendTlsConfigs,
+    tls: &BackendTls,
+    alpn: Alpn,
+    tcp: TcpStream,
+    timeout: Duration,
+) -> Result<TlsStream<TcpStream>, BackendTlsError> {
+    let profile = configs
+        .resolve(tls)?
+        .ok_or(BackendTlsError::NotConfigured)?;
+    let endpoint = tcp.peer_addr().ok();
+    profile.connect(tcp, endpoint, alpn, timeout).await
+}
+
 #[tokio::test]
 async fn connect_refuses_invalid_and_plain_backends_without_touching_the_socket() {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
