@@ -6,6 +6,7 @@
 mod demo;
 mod demo_tls;
 mod fuzz;
+mod pgo;
 mod setup;
 
 use std::{
@@ -29,7 +30,13 @@ enum Task {
     /// and the tools the tests use (iproute2, util-linux, libcap2-bin, curl).
     Setup,
     /// Build gatewayd (release) with its embedded eBPF object.
-    Build,
+    Build {
+        /// Profile-guided: an instrumented build serves a short pass of every case of
+        /// ../shared/bench/anchors first (needs its tools; see `bench --anchors`). The
+        /// binary is target/pgo/use/<host>/release/gatewayd.
+        #[arg(long)]
+        pgo: bool,
+    },
     /// Start gatewayd on the example config with XDP on `lo`, make loopback traffic, print
     /// /flows and /metrics, show edge TLS and passthrough with curl (certificates made at
     /// start), and keep running until Ctrl-C.
@@ -46,11 +53,16 @@ enum Task {
     },
     /// Run the criterion benches; with `--anchors`, run gatewayd side by side with HAProxy
     /// and nginx in ../shared/bench/anchors instead (MODES, SCENARIOS, PROXIES, DURATION
-    /// and the harness's other knobs pass through the environment).
+    /// and the harness's other knobs pass through the environment), gatewayd built
+    /// profile-guided unless `--no-pgo`.
     Bench {
         /// Side-by-side load test against HAProxy and nginx (installs them if missing).
         #[arg(long)]
         anchors: bool,
+        /// With `--anchors`: measure the plain release build, without the profile-guided
+        /// build and its training run.
+        #[arg(long)]
+        no_pgo: bool,
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
@@ -183,34 +195,53 @@ fn require_ebpf_tests() -> &'static str {
     }
 }
 
-/// Runs ../shared/bench/anchors with gatewayd as the candidate (xtask/candidate.sh), by
-/// default mode `http`, scenarios `ka close`, next to HAProxy and nginx; results go to
-/// target/anchors/.
-fn anchors() -> anyhow::Result<()> {
-    let root = workspace_root();
+/// The anchors harness: ../shared/bench/anchors, or `ANCHORS`.
+fn anchors_harness() -> anyhow::Result<PathBuf> {
     let harness = std::env::var_os("ANCHORS")
         .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("../shared/bench/anchors"));
+        .unwrap_or_else(|| workspace_root().join("../shared/bench/anchors"));
     if !harness.exists() {
         bail!(
             "the anchors harness is not at {} (set ANCHORS=path/to/anchors)",
             harness.display()
         );
     }
+    Ok(harness)
+}
+
+/// Runs ../shared/bench/anchors with gatewayd as the candidate (xtask/candidate.sh), by
+/// default mode `http`, scenarios `ka close`, next to HAProxy and nginx; results go to
+/// target/anchors/. `pgo`: the candidate is the profile-guided build ([`pgo::build`]).
+fn anchors(pgo: bool) -> anyhow::Result<()> {
+    let root = workspace_root();
+    let harness = anchors_harness()?;
     // The eBPF object is not needed: the candidate runs with --ebpf off.
-    let mut build = cargo();
-    build
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "gateway-userspace",
-            "--bin",
-            "gatewayd",
-        ])
-        .env("AYA_BUILD_SKIP", "1");
-    run(&mut build)?;
-    let gatewayd = target_dir().join("release/gatewayd");
+    let gatewayd = if pgo {
+        pgo::build(&harness, false)?
+    } else {
+        let mut build = cargo();
+        build
+            .args([
+                "build",
+                "--release",
+                "-p",
+                "gateway-userspace",
+                "--bin",
+                "gatewayd",
+            ])
+            .env("AYA_BUILD_SKIP", "1");
+        run(&mut build)?;
+        target_dir().join("release/gatewayd")
+    };
+    eprintln!(
+        "anchors: the candidate is {} ({})",
+        gatewayd.display(),
+        if pgo {
+            "profile-guided release build"
+        } else {
+            "release build"
+        }
+    );
     let results = target_dir().join("anchors");
     std::fs::create_dir_all(&results).with_context(|| format!("creating {}", results.display()))?;
     let candidate = format!(
@@ -240,8 +271,14 @@ fn main() -> anyhow::Result<()> {
     setup::setup()?;
     match cli.task {
         Task::Setup => Ok(()),
-        Task::Build => {
+        Task::Build { pgo: false } => {
             let bin = build_gatewayd(true)?;
+            eprintln!("built {}", bin.display());
+            Ok(())
+        }
+        Task::Build { pgo: true } => {
+            setup::setup_bench()?;
+            let bin = pgo::build(&anchors_harness()?, true)?;
             eprintln!("built {}", bin.display());
             Ok(())
         }
@@ -250,9 +287,13 @@ fn main() -> anyhow::Result<()> {
             demo::demo(&bin, seconds)
         }
         Task::Test { args } => test(&args),
-        Task::Bench { anchors: true, .. } => {
+        Task::Bench {
+            anchors: true,
+            no_pgo,
+            ..
+        } => {
             setup::setup_bench()?;
-            anchors()
+            anchors(!no_pgo)
         }
         Task::Bench { args, .. } => {
             let mut cmd = cargo();

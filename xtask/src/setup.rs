@@ -185,6 +185,15 @@ const BENCH_TOOLS: &[(&str, &str)] = &[
 /// Installs what the anchors harness runs (HAProxy, nginx with the stream module, wrk,
 /// h2load). Only `cargo xtask bench --anchors` calls it.
 pub fn setup_bench() -> anyhow::Result<()> {
+    // llvm-profdata, for the profile-guided build the side-by-side run measures.
+    let installed = output(Command::new("rustup").args(["component", "list", "--installed"]))
+        .unwrap_or_default();
+    if installed.lines().any(|l| l.starts_with("llvm-tools")) {
+        report("llvm-tools", "present");
+    } else {
+        run(Command::new("rustup").args(["component", "add", "llvm-tools"]))?;
+        report("llvm-tools", "installed");
+    }
     let missing: Vec<&str> = BENCH_TOOLS
         .iter()
         .filter(|(what, _)| {
