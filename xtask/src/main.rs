@@ -108,9 +108,16 @@ fn cargo() -> Command {
     cmd
 }
 
-fn build_gatewayd(release: bool) -> anyhow::Result<PathBuf> {
+/// `cargo build -p gateway-userspace --bin gatewayd`, for the caller to add the profile,
+/// target and environment.
+fn gatewayd_build() -> Command {
     let mut cmd = cargo();
     cmd.args(["build", "-p", "gateway-userspace", "--bin", "gatewayd"]);
+    cmd
+}
+
+fn build_gatewayd(release: bool) -> anyhow::Result<PathBuf> {
+    let mut cmd = gatewayd_build();
     if release {
         cmd.arg("--release");
     }
@@ -219,18 +226,7 @@ fn anchors(pgo: bool) -> anyhow::Result<()> {
     let gatewayd = if pgo {
         pgo::build(&harness, false)?
     } else {
-        let mut build = cargo();
-        build
-            .args([
-                "build",
-                "--release",
-                "-p",
-                "gateway-userspace",
-                "--bin",
-                "gatewayd",
-            ])
-            .env("AYA_BUILD_SKIP", "1");
-        run(&mut build)?;
+        run(gatewayd_build().arg("--release").env("AYA_BUILD_SKIP", "1"))?;
         target_dir().join("release/gatewayd")
     };
     eprintln!(

@@ -22,7 +22,7 @@ use std::{
 
 use anyhow::{bail, Context as _};
 
-use crate::{cargo, run, target_dir, workspace_root};
+use crate::{gatewayd_build, run, target_dir, workspace_root};
 
 /// Seconds per training case (after a one-second warm-up).
 const TRAINING_SECONDS: &str = "3";
@@ -87,20 +87,11 @@ fn release_build(
     rustflags: &str,
     ebpf: bool,
 ) -> anyhow::Result<PathBuf> {
-    let mut cmd = cargo();
-    cmd.args([
-        "build",
-        "--release",
-        "-p",
-        "gateway-userspace",
-        "--bin",
-        "gatewayd",
-        "--target",
-        host,
-    ])
-    .env("CARGO_TARGET_DIR", target)
-    .env("RUSTFLAGS", rustflags)
-    .env_remove("CARGO_ENCODED_RUSTFLAGS");
+    let mut cmd = gatewayd_build();
+    cmd.args(["--release", "--target", host])
+        .env("CARGO_TARGET_DIR", target)
+        .env("RUSTFLAGS", rustflags)
+        .env_remove("CARGO_ENCODED_RUSTFLAGS");
     if !ebpf {
         cmd.env("AYA_BUILD_SKIP", "1");
     }

@@ -76,12 +76,7 @@ pub fn setup() -> anyhow::Result<()> {
     let installed = output(Command::new("rustup").args(["component", "list", "--installed"]))
         .unwrap_or_default();
     for component in ["rustfmt", "clippy"] {
-        if installed.lines().any(|l| l.starts_with(component)) {
-            report(component, "present");
-        } else {
-            run(Command::new("rustup").args(["component", "add", component]))?;
-            report(component, "installed");
-        }
+        ensure_component(&installed, component)?;
     }
 
     // Nightly with rust-src builds the eBPF programs (-Z build-std=core).
@@ -184,16 +179,23 @@ const BENCH_TOOLS: &[(&str, &str)] = &[
 
 /// Installs what the anchors harness runs (HAProxy, nginx with the stream module, wrk,
 /// h2load). Only `cargo xtask bench --anchors` calls it.
+/// Adds a stable toolchain component unless `installed` (`rustup component list
+/// --installed`) lists it.
+fn ensure_component(installed: &str, component: &str) -> anyhow::Result<()> {
+    if installed.lines().any(|l| l.starts_with(component)) {
+        report(component, "present");
+    } else {
+        run(Command::new("rustup").args(["component", "add", component]))?;
+        report(component, "installed");
+    }
+    Ok(())
+}
+
 pub fn setup_bench() -> anyhow::Result<()> {
     // llvm-profdata, for the profile-guided build the side-by-side run measures.
     let installed = output(Command::new("rustup").args(["component", "list", "--installed"]))
         .unwrap_or_default();
-    if installed.lines().any(|l| l.starts_with("llvm-tools")) {
-        report("llvm-tools", "present");
-    } else {
-        run(Command::new("rustup").args(["component", "add", "llvm-tools"]))?;
-        report("llvm-tools", "installed");
-    }
+    ensure_component(&installed, "llvm-tools")?;
     let missing: Vec<&str> = BENCH_TOOLS
         .iter()
         .filter(|(what, _)| {
