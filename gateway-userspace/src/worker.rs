@@ -15,7 +15,6 @@ use std::{
 
 use arc_swap::ArcSwapOption;
 use gateway_config::RouteTable;
-use hyper_util::{rt::TokioExecutor, server::conn::auto};
 use tokio::{runtime::Handle, sync::oneshot};
 
 use crate::{
@@ -72,8 +71,8 @@ pub struct WorkerCtx {
     pub id: usize,
     /// Backend pools.
     pub upstreams: Upstreams,
-    /// The HTTP server settings.
-    pub(crate) server: auto::Builder<TokioExecutor>,
+    /// The HTTP servers of client connections.
+    pub(crate) servers: http::Servers,
     /// The current configuration; a per-worker copy so that reading it touches no
     /// reference count shared with other cores.
     view: ArcSwapOption<View>,
@@ -84,7 +83,7 @@ impl WorkerCtx {
         WorkerCtx {
             id,
             upstreams: Upstreams::default(),
-            server: http::server_builder(),
+            servers: http::Servers::new(),
             view: ArcSwapOption::empty(),
         }
     }

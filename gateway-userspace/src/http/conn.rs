@@ -1,4 +1,5 @@
-//! One client connection: hyper's HTTP/1.1 + h2c (prior knowledge) server over the
+//! One client connection: hyper's HTTP/1.1 server, or its HTTP/2 server when the first
+//! bytes are the HTTP/2 preface (h2c with prior knowledge, or h2 after ALPN), over the
 //! accepted socket, watched for the DESIGN §6 timers.
 //!
 //! hyper's own `header_read_timeout` starts whenever a keep-alive connection waits for a
@@ -24,7 +25,7 @@ use std::{
 
 use bytes::{Buf as _, BytesMut};
 use gateway_config::ListenerId;
-use hyper::{body::Incoming, header::HeaderValue, Request, Response, Version};
+use hyper::{body::Incoming, Request, Response, Version};
 use hyper_util::rt::TokioIo;
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
@@ -50,8 +51,8 @@ pub struct ConnInfo {
     pub peer: SocketAddr,
     /// The bind (listening address) the connection came in on.
     pub bind: SocketAddr,
-    /// The client's IP as a header value, made once per connection (X-Forwarded-For).
-    pub peer_ip: HeaderValue,
+    /// The client's IP as text, written once per connection (X-Forwarded-For).
+    pub peer_ip: IpText,
     /// `http` (plain listeners) or `https` (HTTPS listeners).
     pub scheme: &'static str,
     /// HTTPS: the listener the SNI selected in `view`'s table. A request whose Host
@@ -60,11 +61,42 @@ pub struct ConnInfo {
     /// The configuration the connection was accepted under; its requests use it when a
     /// newer configuration no longer has the connection's bind.
     pub view: Arc<View>,
-    activity: Arc<Activity>,
+    activity: Activity,
+}
+
+/// An IP address as text, kept inline: the longest form (an IPv4-mapped IPv6 address)
+/// is 45 bytes.
+pub struct IpText {
+    buf: [u8; 45],
+    len: u8,
+}
+
+impl IpText {
+    /// `ip` in its usual notation.
+    pub fn new(ip: std::net::IpAddr) -> Self {
+        use std::io::Write as _;
+        let mut buf = [0u8; 45];
+        let mut cursor = io::Cursor::new(&mut buf[..]);
+        // Cannot fail: every address fits.
+        let _ = write!(cursor, "{ip}");
+        let len = u8::try_from(cursor.position()).unwrap_or(0);
+        IpText { buf, len }
+    }
+
+    /// The text.
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.buf[..usize::from(self.len)]).unwrap_or("")
+    }
+}
+
+impl AsRef<Activity> for ConnInfo {
+    fn as_ref(&self) -> &Activity {
+        &self.activity
+    }
 }
 
 /// Timestamps and counts the connection's timers read.
-struct Activity {
+pub struct Activity {
     /// Requests whose response is not finished.
     in_flight: AtomicU32,
     /// When the current request head started (ms since the process epoch, +1; 0: none).
@@ -133,23 +165,22 @@ enum Check {
 
 /// Counts one request on its connection until the response body is done.
 pub struct RequestGuard {
-    activity: Arc<Activity>,
+    conn: Arc<ConnInfo>,
 }
 
 impl RequestGuard {
-    fn new(activity: &Arc<Activity>) -> Self {
-        activity.in_flight.fetch_add(1, Ordering::Relaxed);
-        activity.head_since.store(0, Ordering::Relaxed);
-        RequestGuard {
-            activity: activity.clone(),
-        }
+    fn new(conn: &Arc<ConnInfo>) -> Self {
+        conn.activity.in_flight.fetch_add(1, Ordering::Relaxed);
+        conn.activity.head_since.store(0, Ordering::Relaxed);
+        RequestGuard { conn: conn.clone() }
     }
 }
 
 impl Drop for RequestGuard {
     fn drop(&mut self) {
-        self.activity.last.store(now_ms(), Ordering::Relaxed);
-        self.activity.in_flight.fetch_sub(1, Ordering::Relaxed);
+        let activity = &self.conn.activity;
+        activity.last.store(now_ms(), Ordering::Relaxed);
+        activity.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -162,55 +193,86 @@ const LINGER_BYTES: usize = 1 << 20;
 
 /// The accepted socket (or the TLS stream over it), noting when bytes arrive. `None` only
 /// while dropping.
-struct WatchedIo<S: Stream> {
+struct WatchedIo<S: Stream, C: AsRef<Activity> = ConnInfo> {
     stream: Option<S>,
-    activity: Arc<Activity>,
+    /// The connection, for its [`Activity`].
+    conn: Arc<C>,
     /// TLS: join the slices of a vectored write into one buffer first, so that a
     /// response head and a small body go out as one TLS record (one AEAD seal and one
     /// record header) instead of one record per slice.
     coalesce: Option<Vec<u8>>,
-    /// Plain TCP: the first read of the connection goes into this buffer, whatever size
-    /// hyper asks for. hyper first reads exactly 24 bytes (is it the HTTP/2 preface?),
-    /// then the rest of the request head: without this, two `recvfrom` per new
-    /// connection where one does. `None` once consumed, and for TLS (rustls buffers).
-    ahead: Option<ReadAhead>,
+    /// What [`WatchedIo::poll_detect`] read to tell HTTP/2 from HTTP/1.1, handed out
+    /// before anything else is read. `None` before the detection and once consumed.
+    ahead: Option<BytesMut>,
 }
 
-/// Bytes read from the socket and not yet handed out.
-struct ReadAhead {
-    buf: BytesMut,
-    /// The socket has been read into `buf` (then `buf` is what is left).
-    filled: bool,
-}
+/// The HTTP/2 connection preface (RFC 9113 §3.4) that a client with prior knowledge, or
+/// one that negotiated `h2`, starts with.
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-impl ReadAhead {
-    fn new() -> Self {
-        ReadAhead {
-            buf: BytesMut::with_capacity(READ_AHEAD),
-            filled: false,
-        }
-    }
-}
-
-/// The first read of a plain connection: the size of a typical request head.
+/// The first read of a connection: the size of a typical request head, so that the
+/// detection and the whole head usually take one read of the socket.
 const READ_AHEAD: usize = 4096;
+
+/// The protocol a client connection speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Protocol {
+    Http1,
+    Http2,
+}
 
 /// What a client connection's byte stream must be (a socket or a TLS stream).
 pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
 impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Stream for S {}
 
-impl<S: Stream> WatchedIo<S> {
+impl<S: Stream, C: AsRef<Activity>> WatchedIo<S, C> {
     fn stream(&mut self) -> io::Result<Pin<&mut S>> {
         self.stream
             .as_mut()
             .map(Pin::new)
             .ok_or_else(|| io::ErrorKind::NotConnected.into())
     }
+
+    /// Reads until the bytes are, or cannot be, the HTTP/2 preface: the first read takes
+    /// up to [`READ_AHEAD`] bytes (usually the whole request head), and everything read
+    /// is handed out again by `poll_read`. A client that ends the connection first (or
+    /// sends anything else) is HTTP/1.1, as it is for hyper's own detection.
+    fn poll_detect(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Protocol>> {
+        let stream = self
+            .stream
+            .as_mut()
+            .ok_or_else(|| io::Error::from(io::ErrorKind::NotConnected))?;
+        let ahead = self
+            .ahead
+            .get_or_insert_with(|| BytesMut::with_capacity(READ_AHEAD));
+        loop {
+            let have = ahead.len();
+            if have >= H2_PREFACE.len() {
+                return Poll::Ready(Ok(if ahead.starts_with(H2_PREFACE) {
+                    Protocol::Http2
+                } else {
+                    Protocol::Http1
+                }));
+            }
+            if ahead[..] != H2_PREFACE[..have] {
+                return Poll::Ready(Ok(Protocol::Http1));
+            }
+            // Into the uninitialized capacity: nothing is zeroed first.
+            if ready!(tokio_util::io::poll_read_buf(
+                Pin::new(&mut *stream),
+                cx,
+                ahead
+            ))? == 0
+            {
+                return Poll::Ready(Ok(Protocol::Http1));
+            }
+        }
+    }
 }
 
-impl<S: Stream> Drop for WatchedIo<S> {
+impl<S: Stream, C: AsRef<Activity>> Drop for WatchedIo<S, C> {
     fn drop(&mut self) {
-        if !self.activity.linger.load(Ordering::Relaxed) {
+        if !self.conn.as_ref().as_ref().linger.load(Ordering::Relaxed) {
             return;
         }
         let (Some(mut stream), Ok(rt)) =
@@ -235,7 +297,7 @@ impl<S: Stream> Drop for WatchedIo<S> {
     }
 }
 
-impl<S: Stream> AsyncRead for WatchedIo<S> {
+impl<S: Stream, C: AsRef<Activity>> AsyncRead for WatchedIo<S, C> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -244,39 +306,26 @@ impl<S: Stream> AsyncRead for WatchedIo<S> {
         let this = self.get_mut();
         let before = buf.filled().len();
         if let Some(ahead) = this.ahead.as_mut() {
-            if !ahead.filled {
-                let stream = this
-                    .stream
-                    .as_mut()
-                    .ok_or_else(|| io::Error::from(io::ErrorKind::NotConnected))?;
-                // Into the uninitialized capacity: nothing is zeroed first.
-                ready!(tokio_util::io::poll_read_buf(
-                    Pin::new(stream),
-                    cx,
-                    &mut ahead.buf
-                ))?;
-                ahead.filled = true;
-            }
-            let n = ahead.buf.len().min(buf.remaining());
-            buf.put_slice(&ahead.buf[..n]);
-            ahead.buf.advance(n);
-            if ahead.buf.is_empty() {
+            let n = ahead.len().min(buf.remaining());
+            buf.put_slice(&ahead[..n]);
+            ahead.advance(n);
+            if ahead.is_empty() {
                 this.ahead = None;
             }
             if n > 0 {
-                this.activity.on_read();
+                this.conn.as_ref().as_ref().on_read();
             }
             return Poll::Ready(Ok(()));
         }
         let polled = this.stream()?.poll_read(cx, buf);
         if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            this.activity.on_read();
+            this.conn.as_ref().as_ref().on_read();
         }
         polled
     }
 }
 
-impl<S: Stream> AsyncWrite for WatchedIo<S> {
+impl<S: Stream, C: AsRef<Activity>> AsyncWrite for WatchedIo<S, C> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -337,7 +386,7 @@ impl hyper::service::Service<Request<Incoming>> for Service {
         if req.version() == Version::HTTP_2 {
             self.conn.activity.h2.store(true, Ordering::Relaxed);
         }
-        let guard = RequestGuard::new(&self.conn.activity);
+        let guard = RequestGuard::new(&self.conn);
         let ctx = self.ctx.clone();
         let conn = self.conn.clone();
         let grpc = super::forward::is_grpc(req.headers());
@@ -359,8 +408,8 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, bind: SocketAddr, ctx: A
 
 /// Serves one HTTPS connection after its handshake: `view` is the configuration it was
 /// accepted under (the one whose certificate it got), `sni_listener` the listener its
-/// SNI selected there. HTTP/2 or HTTP/1.1 as ALPN chose (hyper tells them apart by the
-/// preface, so a client without ALPN gets HTTP/1.1).
+/// SNI selected there. HTTP/2 or HTTP/1.1 as ALPN chose (told apart by the preface, so a
+/// client without ALPN gets HTTP/1.1).
 pub async fn serve_tls(
     stream: TlsStream<TcpStream>,
     peer: SocketAddr,
@@ -380,13 +429,10 @@ async fn serve_stream<S: Stream>(
     view: Arc<View>,
     sni_listener: Option<ListenerId>,
 ) {
-    let activity = Arc::new(Activity::new());
-    let peer_ip = HeaderValue::from_str(&peer.ip().to_string())
-        .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
     let conn = Arc::new(ConnInfo {
         peer,
         bind,
-        peer_ip,
+        peer_ip: IpText::new(peer.ip()),
         scheme: if sni_listener.is_some() {
             "https"
         } else {
@@ -394,22 +440,80 @@ async fn serve_stream<S: Stream>(
         },
         sni_listener,
         view,
-        activity: activity.clone(),
+        activity: Activity::new(),
     });
-    let io = TokioIo::new(WatchedIo {
+    let mut io = WatchedIo {
         stream: Some(stream),
-        activity: activity.clone(),
+        conn: conn.clone(),
         coalesce: sni_listener.map(|_| Vec::new()),
-        ahead: sni_listener.is_none().then(ReadAhead::new),
-    });
-    let service = Service {
-        ctx: ctx.clone(),
-        conn,
+        ahead: None,
     };
-    let connection = ctx.server.serve_connection_with_upgrades(io, service);
-    tokio::pin!(connection);
+    // A new connection must send a complete request within the head timeout: the
+    // detection is the first part of it.
     let timer = tokio::time::sleep(HEADER_READ_TIMEOUT);
     tokio::pin!(timer);
+    let protocol = tokio::select! {
+        biased;
+        detected = std::future::poll_fn(|cx| io.poll_detect(cx)) => match detected {
+            Ok(protocol) => protocol,
+            Err(err) => {
+                debug!(%peer, error = %err, "client connection ended before a request");
+                return;
+            }
+        },
+        () = timer.as_mut() => {
+            debug!(%peer, "request head not complete in time: closing");
+            return;
+        }
+    };
+    let service = Service {
+        ctx: ctx.clone(),
+        conn: conn.clone(),
+    };
+    let io = TokioIo::new(io);
+    match protocol {
+        Protocol::Http1 => {
+            let connection = ctx
+                .servers
+                .http1
+                .serve_connection(io, service)
+                .with_upgrades();
+            tokio::pin!(connection);
+            run(
+                connection,
+                |c| c.graceful_shutdown(),
+                timer,
+                &conn.activity,
+                peer,
+            )
+            .await;
+        }
+        Protocol::Http2 => {
+            let connection = ctx.servers.http2.serve_connection(io, service);
+            tokio::pin!(connection);
+            run(
+                connection,
+                |c| c.graceful_shutdown(),
+                timer,
+                &conn.activity,
+                peer,
+            )
+            .await;
+        }
+    }
+}
+
+/// Drives a client connection's server until it ends, under the connection's timers:
+/// `shutdown` starts a graceful close (the idle timeout).
+async fn run<C>(
+    mut connection: Pin<&mut C>,
+    shutdown: impl Fn(Pin<&mut C>),
+    mut timer: Pin<&mut tokio::time::Sleep>,
+    activity: &Activity,
+    peer: SocketAddr,
+) where
+    C: Future<Output = hyper::Result<()>>,
+{
     let mut closing = false;
     loop {
         tokio::select! {
@@ -417,7 +521,7 @@ async fn serve_stream<S: Stream>(
             result = connection.as_mut() => {
                 if let Err(err) = result {
                     debug!(%peer, error = %err, "client connection ended with an error");
-                    if err.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_parse) {
+                    if err.is_parse() {
                         activity.linger.store(true, Ordering::Relaxed);
                     }
                 }
@@ -436,7 +540,7 @@ async fn serve_stream<S: Stream>(
                     Check::Idle => {
                         debug!(%peer, "idle keep-alive connection: closing");
                         closing = true;
-                        connection.as_mut().graceful_shutdown();
+                        shutdown(connection.as_mut());
                         timer
                             .as_mut()
                             .reset(tokio::time::Instant::now() + CLOSE_GRACE);
@@ -486,41 +590,59 @@ mod tests {
         }
     }
 
-    fn watched(inner: DuplexStream, reads: &Arc<AtomicUsize>) -> WatchedIo<Counted> {
+    impl AsRef<Activity> for Activity {
+        fn as_ref(&self) -> &Activity {
+            self
+        }
+    }
+
+    fn watched(inner: DuplexStream, reads: &Arc<AtomicUsize>) -> WatchedIo<Counted, Activity> {
         WatchedIo {
             stream: Some(Counted {
                 inner,
                 reads: reads.clone(),
             }),
-            activity: Arc::new(Activity::new()),
+            conn: Arc::new(Activity::new()),
             coalesce: None,
-            ahead: Some(ReadAhead::new()),
+            ahead: None,
         }
     }
 
+    async fn detect(io: &mut WatchedIo<Counted, Activity>) -> io::Result<Protocol> {
+        std::future::poll_fn(|cx| io.poll_detect(cx)).await
+    }
+
     #[tokio::test]
-    async fn the_preface_sniff_and_the_rest_of_the_head_come_from_one_socket_read() {
+    async fn an_http1_head_is_detected_and_read_again_from_one_socket_read() {
         let (mut client, server) = tokio::io::duplex(64 * 1024);
         let reads = Arc::new(AtomicUsize::new(0));
         let mut io = watched(server, &reads);
         let head =
             b"GET /a/long/enough/path HTTP/1.1\r\nhost: example.com\r\nconnection: close\r\n\r\n";
         client.write_all(head).await.expect("write");
+
+        assert_eq!(detect(&mut io).await.expect("detected"), Protocol::Http1);
+        assert_eq!(reads.load(Ordering::Relaxed), 1, "one read of the socket");
         client.write_all(b"next").await.expect("write");
 
-        let mut preface = [0u8; 24];
-        io.read_exact(&mut preface).await.expect("24 bytes");
-        let mut rest = vec![0u8; head.len() - 24];
+        // hyper reads the head in pieces of its own choosing: all of it comes back.
+        let mut first = [0u8; 10];
+        io.read_exact(&mut first).await.expect("10 bytes");
+        let mut rest = vec![0u8; head.len() - 10];
         io.read_exact(&mut rest)
             .await
             .expect("the rest of the head");
-        assert_eq!([&preface[..], &rest[..]].concat(), head.to_vec());
-        assert_eq!(reads.load(Ordering::Relaxed), 1, "one read of the socket");
+        assert_eq!([&first[..], &rest[..]].concat(), head.to_vec());
+        assert_eq!(
+            reads.load(Ordering::Relaxed),
+            1,
+            "still one read of the socket"
+        );
+        assert!(io.ahead.is_none(), "the read-ahead is used once");
 
         let mut next = [0u8; 4];
         io.read_exact(&mut next).await.expect("what followed");
         assert_eq!(&next, b"next");
-        assert!(io.ahead.is_none(), "the read-ahead is used once");
 
         drop(client);
         let mut end = Vec::new();
@@ -529,11 +651,48 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_connection_closed_before_sending_anything_reads_as_eof() {
+    async fn the_http2_preface_is_detected_even_when_it_arrives_in_pieces() {
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        let reads = Arc::new(AtomicUsize::new(0));
+        let mut io = watched(server, &reads);
+        let settings = [0u8, 0, 0, 4, 0, 0, 0, 0, 0];
+        let sender = tokio::spawn(async move {
+            for piece in [&H2_PREFACE[..3], &H2_PREFACE[3..20], &H2_PREFACE[20..]] {
+                client.write_all(piece).await.expect("write");
+                tokio::task::yield_now().await;
+            }
+            client.write_all(&settings).await.expect("write");
+            client
+        });
+        assert_eq!(detect(&mut io).await.expect("detected"), Protocol::Http2);
+        let _client = sender.await.expect("sender");
+        let mut got = vec![0u8; H2_PREFACE.len() + settings.len()];
+        io.read_exact(&mut got).await.expect("preface and frame");
+        assert_eq!(&got[..24], &H2_PREFACE[..]);
+        assert_eq!(&got[24..], &settings[..]);
+    }
+
+    #[tokio::test]
+    async fn a_start_that_leaves_the_preface_is_http1_without_waiting_for_24_bytes() {
+        let (mut client, server) = tokio::io::duplex(1024);
+        let reads = Arc::new(AtomicUsize::new(0));
+        let mut io = watched(server, &reads);
+        // "PRI " then something else: HTTP/1.1 (hyper answers the method), decided on
+        // these 5 bytes alone.
+        client.write_all(b"PRI x").await.expect("write");
+        assert_eq!(detect(&mut io).await.expect("detected"), Protocol::Http1);
+        let mut got = [0u8; 5];
+        io.read_exact(&mut got).await.expect("the 5 bytes");
+        assert_eq!(&got, b"PRI x");
+    }
+
+    #[tokio::test]
+    async fn a_connection_closed_before_sending_anything_is_http1_and_reads_as_eof() {
         let (client, server) = tokio::io::duplex(1024);
         let reads = Arc::new(AtomicUsize::new(0));
         let mut io = watched(server, &reads);
         drop(client);
+        assert_eq!(detect(&mut io).await.expect("detected"), Protocol::Http1);
         let mut buf = [0u8; 24];
         assert_eq!(io.read(&mut buf).await.expect("EOF"), 0);
     }

@@ -85,10 +85,11 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
                 if token.is_empty() || (keep_upgrade && token.eq_ignore_ascii_case("upgrade")) {
                     continue;
                 }
-                if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
-                    if name != header::TE {
-                        headers.remove(name);
-                    }
+                // By `&str`: looked up without making a `HeaderName` (which allocates
+                // for any name the `http` crate does not know, `keep-alive` included);
+                // a token that is no valid name finds nothing.
+                if !token.eq_ignore_ascii_case("te") {
+                    headers.remove(token);
                 }
             }
         }
@@ -128,17 +129,24 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 /// `X-Forwarded-For` (appended), `X-Forwarded-Proto`, and `X-Forwarded-Host` (the Host
 /// the client asked for, unless an earlier proxy set it).
 pub fn add_forwarded(headers: &mut HeaderMap, conn: &ConnInfo) {
+    // Room for the three fields at once: a map sized for the client's few headers
+    // would otherwise grow twice.
+    headers.reserve(3);
+    let ip = conn.peer_ip.as_str();
     let xff = match headers.get(&X_FORWARDED_FOR) {
         Some(prev) => {
-            let mut v = Vec::with_capacity(prev.len() + 2 + conn.peer_ip.len());
+            let mut v = Vec::with_capacity(prev.len() + 2 + ip.len());
             v.extend_from_slice(prev.as_bytes());
             v.extend_from_slice(b", ");
-            v.extend_from_slice(conn.peer_ip.as_bytes());
-            HeaderValue::from_bytes(&v).unwrap_or_else(|_| conn.peer_ip.clone())
+            v.extend_from_slice(ip.as_bytes());
+            HeaderValue::from_bytes(&v).ok()
         }
-        None => conn.peer_ip.clone(),
+        None => None,
     };
-    headers.insert(X_FORWARDED_FOR.clone(), xff);
+    let xff = xff.or_else(|| HeaderValue::from_str(ip).ok());
+    if let Some(xff) = xff {
+        headers.insert(X_FORWARDED_FOR.clone(), xff);
+    }
     headers.insert(
         X_FORWARDED_PROTO.clone(),
         HeaderValue::from_static(conn.scheme),

@@ -14,7 +14,8 @@ pub mod filter;
 pub mod forward;
 pub mod proxy;
 
-use hyper_util::{rt::TokioExecutor, server::conn::auto};
+use hyper::server::conn::{http1, http2};
+use hyper_util::rt::TokioExecutor;
 
 pub use conn::{serve, serve_tls};
 pub use error::ProxyError;
@@ -31,21 +32,37 @@ pub const MAX_URI: usize = 8 * 1024;
 /// HTTP/2 streams a client may have open at once.
 pub const MAX_CONCURRENT_STREAMS: u32 = 100;
 
-/// The server side of every plain HTTP listener, built once per worker.
-pub fn server_builder() -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .keep_alive(true)
-        .max_buf_size(MAX_HEADER_BLOCK * PARSER_SLACK)
-        .max_headers(MAX_HEADERS * PARSER_SLACK)
-        // The header read and idle timers are kept by `conn` (hyper's would also close
-        // idle keep-alive connections after the header timeout).
-        .header_read_timeout(None)
-        .pipeline_flush(true);
-    builder
-        .http2()
-        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
-        .max_header_list_size(MAX_HEADER_BLOCK as u32);
-    builder
+/// The HTTP/1.1 and HTTP/2 servers of every client connection, built once per worker;
+/// [`conn`] picks one by the connection's first bytes.
+pub struct Servers {
+    /// HTTP/1.1 (and 1.0), upgrades included.
+    pub http1: http1::Builder,
+    /// HTTP/2: h2c with prior knowledge, or h2 over TLS.
+    pub http2: http2::Builder<TokioExecutor>,
+}
+
+impl Servers {
+    /// The settings every listener shares.
+    pub fn new() -> Self {
+        let mut http1 = http1::Builder::new();
+        http1
+            .keep_alive(true)
+            .max_buf_size(MAX_HEADER_BLOCK * PARSER_SLACK)
+            .max_headers(MAX_HEADERS * PARSER_SLACK)
+            // The header read and idle timers are kept by `conn` (hyper's would also close
+            // idle keep-alive connections after the header timeout).
+            .header_read_timeout(None)
+            .pipeline_flush(true);
+        let mut http2 = http2::Builder::new(TokioExecutor::new());
+        http2
+            .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+            .max_header_list_size(MAX_HEADER_BLOCK as u32);
+        Servers { http1, http2 }
+    }
+}
+
+impl Default for Servers {
+    fn default() -> Self {
+        Self::new()
+    }
 }

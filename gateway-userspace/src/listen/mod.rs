@@ -310,7 +310,15 @@ async fn accept(
         match listener.accept().await {
             Ok((stream, peer)) => {
                 stats.accepted.fetch_add(1, Ordering::Relaxed);
-                tokio::spawn(crate::dispatch::connection(stream, peer, bind, ctx.clone()));
+                // Boxed: the task then holds a pointer, and the connection's state
+                // (a few KiB) is not copied again when the task is created and when it
+                // completes.
+                tokio::spawn(Box::pin(crate::dispatch::connection(
+                    stream,
+                    peer,
+                    bind,
+                    ctx.clone(),
+                )));
             }
             Err(err) => {
                 // Out of file descriptors or memory: back off instead of spinning.
