@@ -204,6 +204,10 @@ struct WatchedIo<S: Stream, C: AsRef<Activity> = ConnInfo> {
     /// What [`WatchedIo::poll_detect`] read to tell HTTP/2 from HTTP/1.1, handed out
     /// before anything else is read. `None` before the detection and once consumed.
     ahead: Option<BytesMut>,
+    /// Plain TCP: a shutdown is left to the close that follows it (see `poll_shutdown`).
+    defer_shutdown: bool,
+    /// A shutdown was asked for and left to the close.
+    shutdown_deferred: bool,
 }
 
 /// The HTTP/2 connection preface (RFC 9113 §3.4) that a client with prior knowledge, or
@@ -280,8 +284,14 @@ impl<S: Stream, C: AsRef<Activity>> Drop for WatchedIo<S, C> {
         else {
             return;
         };
+        let shutdown = self.shutdown_deferred;
         rt.spawn(async move {
-            use tokio::io::AsyncReadExt as _;
+            use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+            // The client gets its FIN now; the drain only keeps its late bytes from
+            // turning the close into a reset.
+            if shutdown {
+                let _ = stream.shutdown().await;
+            }
             let mut buf = vec![0u8; 16 * 1024];
             let mut drained = 0;
             let drain = async {
@@ -365,8 +375,18 @@ impl<S: Stream, C: AsRef<Activity>> AsyncWrite for WatchedIo<S, C> {
         self.get_mut().stream()?.poll_flush(cx)
     }
 
+    /// hyper shuts a connection down only when it is done with it, and the socket is
+    /// closed right after: on plain TCP the close sends the FIN that `shutdown` would, so
+    /// the `shutdown` call is skipped (one syscall less per connection). A lingering
+    /// close (`Drop`) still shuts down before it drains. TLS shuts down as usual: its
+    /// `close_notify` must go out.
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.get_mut().stream()?.poll_shutdown(cx)
+        let this = self.get_mut();
+        if this.defer_shutdown {
+            this.shutdown_deferred = true;
+            return this.stream()?.poll_flush(cx);
+        }
+        this.stream()?.poll_shutdown(cx)
     }
 }
 
@@ -447,6 +467,8 @@ async fn serve_stream<S: Stream>(
         conn: conn.clone(),
         coalesce: sni_listener.map(|_| Vec::new()),
         ahead: None,
+        defer_shutdown: sni_listener.is_none(),
+        shutdown_deferred: false,
     };
     // A new connection must send a complete request within the head timeout: the
     // detection is the first part of it.
@@ -605,6 +627,8 @@ mod tests {
             conn: Arc::new(Activity::new()),
             coalesce: None,
             ahead: None,
+            defer_shutdown: true,
+            shutdown_deferred: false,
         }
     }
 
@@ -695,5 +719,45 @@ mod tests {
         assert_eq!(detect(&mut io).await.expect("detected"), Protocol::Http1);
         let mut buf = [0u8; 24];
         assert_eq!(io.read(&mut buf).await.expect("EOF"), 0);
+    }
+
+    #[tokio::test]
+    async fn a_shutdown_on_plain_tcp_is_left_to_the_close() {
+        let (mut client, server) = tokio::io::duplex(1024);
+        let reads = Arc::new(AtomicUsize::new(0));
+        let mut io = watched(server, &reads);
+        io.write_all(b"response").await.expect("write");
+        io.shutdown().await.expect("shutdown");
+        let mut got = [0u8; 8];
+        client.read_exact(&mut got).await.expect("the response");
+        // Nothing more, and no EOF yet: the stream itself was not shut down.
+        let mut more = [0u8; 1];
+        let pending = tokio::time::timeout(Duration::from_millis(50), client.read(&mut more)).await;
+        assert!(pending.is_err(), "EOF before the close: {pending:?}");
+        drop(io);
+        assert_eq!(client.read(&mut more).await.expect("EOF"), 0);
+    }
+
+    #[tokio::test]
+    async fn a_lingering_close_shuts_down_first_then_drains_what_the_client_still_sends() {
+        let (mut client, server) = tokio::io::duplex(1024);
+        let reads = Arc::new(AtomicUsize::new(0));
+        let mut io = watched(server, &reads);
+        io.write_all(b"431").await.expect("write");
+        io.shutdown().await.expect("shutdown");
+        io.conn.linger.store(true, Ordering::Relaxed);
+        drop(io);
+        // The FIN comes first, not when the drain gives up (LINGER_TIME).
+        let mut got = Vec::new();
+        tokio::time::timeout(LINGER_TIME / 2, client.read_to_end(&mut got))
+            .await
+            .expect("EOF before the drain ends")
+            .expect("response, then EOF");
+        assert_eq!(got, b"431");
+        // The drain still reads: the client's late bytes are taken, not refused.
+        client
+            .write_all(&[b'x'; 4096])
+            .await
+            .expect("late bytes drained");
     }
 }
