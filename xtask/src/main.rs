@@ -202,6 +202,15 @@ fn require_ebpf_tests() -> &'static str {
     }
 }
 
+/// The harness's `CANDIDATE_CMD` for a gatewayd binary (xtask/candidate.sh runs it).
+fn candidate_cmd(gatewayd: &Path) -> String {
+    format!(
+        "GATEWAYD_BIN={} {}",
+        gatewayd.display(),
+        workspace_root().join("xtask/candidate.sh").display()
+    )
+}
+
 /// The anchors harness: ../shared/bench/anchors, or `ANCHORS`.
 fn anchors_harness() -> anyhow::Result<PathBuf> {
     let harness = std::env::var_os("ANCHORS")
@@ -220,7 +229,6 @@ fn anchors_harness() -> anyhow::Result<PathBuf> {
 /// default mode `http`, scenarios `ka close`, next to HAProxy and nginx; results go to
 /// target/anchors/. `pgo`: the candidate is the profile-guided build ([`pgo::build`]).
 fn anchors(pgo: bool) -> anyhow::Result<()> {
-    let root = workspace_root();
     let harness = anchors_harness()?;
     // The eBPF object is not needed: the candidate runs with --ebpf off.
     let gatewayd = if pgo {
@@ -240,11 +248,7 @@ fn anchors(pgo: bool) -> anyhow::Result<()> {
     );
     let results = target_dir().join("anchors");
     std::fs::create_dir_all(&results).with_context(|| format!("creating {}", results.display()))?;
-    let candidate = format!(
-        "GATEWAYD_BIN={} {}",
-        gatewayd.display(),
-        root.join("xtask/candidate.sh").display()
-    );
+    let candidate = candidate_cmd(&gatewayd);
     let env_or = |k: &str, v: &str| std::env::var(k).unwrap_or_else(|_| v.to_string());
     let mut cmd = Command::new(&harness);
     cmd.env("CANDIDATE_CMD", candidate)

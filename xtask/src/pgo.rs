@@ -22,7 +22,7 @@ use std::{
 
 use anyhow::{bail, Context as _};
 
-use crate::{gatewayd_build, run, target_dir, workspace_root};
+use crate::{candidate_cmd, gatewayd_build, run, target_dir};
 
 /// Seconds per training case (after a one-second warm-up).
 const TRAINING_SECONDS: &str = "3";
@@ -102,13 +102,8 @@ fn release_build(
 /// The training run: the instrumented binary alone in every anchors case, briefly.
 fn train(harness: &Path, gatewayd: &Path, results: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(results).with_context(|| format!("creating {}", results.display()))?;
-    let candidate = format!(
-        "GATEWAYD_BIN={} {}",
-        gatewayd.display(),
-        workspace_root().join("xtask/candidate.sh").display()
-    );
     let mut cmd = Command::new(harness);
-    cmd.env("CANDIDATE_CMD", candidate)
+    cmd.env("CANDIDATE_CMD", candidate_cmd(gatewayd))
         .env("CANDIDATE_NAME", "gatewayd-training")
         .env("PROXIES", "gatewayd-training")
         .env("MODES", "http edge reencrypt passthrough")

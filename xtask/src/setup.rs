@@ -177,8 +177,6 @@ const BENCH_TOOLS: &[(&str, &str)] = &[
     ("curl", "curl"),
 ];
 
-/// Installs what the anchors harness runs (HAProxy, nginx with the stream module, wrk,
-/// h2load). Only `cargo xtask bench --anchors` calls it.
 /// Adds a stable toolchain component unless `installed` (`rustup component list
 /// --installed`) lists it.
 fn ensure_component(installed: &str, component: &str) -> anyhow::Result<()> {
@@ -191,6 +189,9 @@ fn ensure_component(installed: &str, component: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Installs what the anchors harness runs (HAProxy, nginx with the stream module, wrk,
+/// h2load) and rustup's `llvm-tools`. Only `cargo xtask bench --anchors` and `cargo xtask
+/// build --pgo` call it.
 pub fn setup_bench() -> anyhow::Result<()> {
     // llvm-profdata, for the profile-guided build the side-by-side run measures.
     let installed = output(Command::new("rustup").args(["component", "list", "--installed"]))

@@ -204,9 +204,8 @@ struct WatchedIo<S: Stream, C: AsRef<Activity> = ConnInfo> {
     /// What [`WatchedIo::poll_detect`] read to tell HTTP/2 from HTTP/1.1, handed out
     /// before anything else is read. `None` before the detection and once consumed.
     ahead: Option<BytesMut>,
-    /// Plain TCP: a shutdown is left to the close that follows it (see `poll_shutdown`).
-    defer_shutdown: bool,
-    /// A shutdown was asked for and left to the close.
+    /// Plain TCP: a shutdown was asked for and left to the close that follows it (see
+    /// `poll_shutdown`).
     shutdown_deferred: bool,
 }
 
@@ -230,6 +229,11 @@ pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
 impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Stream for S {}
 
 impl<S: Stream, C: AsRef<Activity>> WatchedIo<S, C> {
+    /// A TLS stream: the one kind that joins vectored writes.
+    fn is_tls(&self) -> bool {
+        self.coalesce.is_some()
+    }
+
     fn stream(&mut self) -> io::Result<Pin<&mut S>> {
         self.stream
             .as_mut()
@@ -382,7 +386,7 @@ impl<S: Stream, C: AsRef<Activity>> AsyncWrite for WatchedIo<S, C> {
     /// `close_notify` must go out.
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if this.defer_shutdown {
+        if !this.is_tls() {
             this.shutdown_deferred = true;
             return this.stream()?.poll_flush(cx);
         }
@@ -467,7 +471,6 @@ async fn serve_stream<S: Stream>(
         conn: conn.clone(),
         coalesce: sni_listener.map(|_| Vec::new()),
         ahead: None,
-        defer_shutdown: sni_listener.is_none(),
         shutdown_deferred: false,
     };
     // A new connection must send a complete request within the head timeout: the
@@ -493,14 +496,10 @@ async fn serve_stream<S: Stream>(
         conn: conn.clone(),
     };
     let io = TokioIo::new(io);
+    let servers = &ctx.servers;
     match protocol {
         Protocol::Http1 => {
-            let connection = ctx
-                .servers
-                .http1
-                .serve_connection(io, service)
-                .with_upgrades();
-            tokio::pin!(connection);
+            let connection = servers.http1.serve_connection(io, service).with_upgrades();
             run(
                 connection,
                 |c| c.graceful_shutdown(),
@@ -511,8 +510,7 @@ async fn serve_stream<S: Stream>(
             .await;
         }
         Protocol::Http2 => {
-            let connection = ctx.servers.http2.serve_connection(io, service);
-            tokio::pin!(connection);
+            let connection = servers.http2.serve_connection(io, service);
             run(
                 connection,
                 |c| c.graceful_shutdown(),
@@ -528,7 +526,7 @@ async fn serve_stream<S: Stream>(
 /// Drives a client connection's server until it ends, under the connection's timers:
 /// `shutdown` starts a graceful close (the idle timeout).
 async fn run<C>(
-    mut connection: Pin<&mut C>,
+    connection: C,
     shutdown: impl Fn(Pin<&mut C>),
     mut timer: Pin<&mut tokio::time::Sleep>,
     activity: &Activity,
@@ -536,6 +534,7 @@ async fn run<C>(
 ) where
     C: Future<Output = hyper::Result<()>>,
 {
+    let mut connection = std::pin::pin!(connection);
     let mut closing = false;
     loop {
         tokio::select! {
@@ -627,7 +626,6 @@ mod tests {
             conn: Arc::new(Activity::new()),
             coalesce: None,
             ahead: None,
-            defer_shutdown: true,
             shutdown_deferred: false,
         }
     }

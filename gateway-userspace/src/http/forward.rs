@@ -133,18 +133,14 @@ pub fn add_forwarded(headers: &mut HeaderMap, conn: &ConnInfo) {
     // would otherwise grow twice.
     headers.reserve(3);
     let ip = conn.peer_ip.as_str();
-    let xff = match headers.get(&X_FORWARDED_FOR) {
-        Some(prev) => {
-            let mut v = Vec::with_capacity(prev.len() + 2 + ip.len());
-            v.extend_from_slice(prev.as_bytes());
-            v.extend_from_slice(b", ");
-            v.extend_from_slice(ip.as_bytes());
-            HeaderValue::from_bytes(&v).ok()
-        }
-        None => None,
-    };
-    let xff = xff.or_else(|| HeaderValue::from_str(ip).ok());
-    if let Some(xff) = xff {
+    let appended = headers.get(&X_FORWARDED_FOR).and_then(|prev| {
+        let mut v = Vec::with_capacity(prev.len() + 2 + ip.len());
+        v.extend_from_slice(prev.as_bytes());
+        v.extend_from_slice(b", ");
+        v.extend_from_slice(ip.as_bytes());
+        HeaderValue::from_bytes(&v).ok()
+    });
+    if let Some(xff) = appended.or_else(|| HeaderValue::from_str(ip).ok()) {
         headers.insert(X_FORWARDED_FOR.clone(), xff);
     }
     headers.insert(
