@@ -19,6 +19,7 @@ pub mod ebpf;
 pub mod http;
 pub mod listen;
 pub mod passthrough;
+pub mod phase;
 pub mod reload;
 pub mod state;
 pub mod tls;

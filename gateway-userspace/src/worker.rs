@@ -219,11 +219,16 @@ fn spawn_runtime(
     id: usize,
     threads: Option<usize>,
 ) -> std::io::Result<(Handle, oneshot::Sender<()>, JoinHandle<()>)> {
+    let phased = threads.is_none() && crate::phase::enabled();
     let runtime = match threads {
-        None => tokio::runtime::Builder::new_current_thread()
-            .event_interval(event_interval())
-            .enable_all()
-            .build()?,
+        None => {
+            let mut builder = tokio::runtime::Builder::new_current_thread();
+            builder.event_interval(event_interval()).enable_all();
+            if phased {
+                builder.on_thread_park(crate::phase::on_park);
+            }
+            builder.build()?
+        }
         Some(n) => tokio::runtime::Builder::new_multi_thread()
             .worker_threads(n)
             .thread_name("gatewayd-data")
@@ -231,6 +236,9 @@ fn spawn_runtime(
             .build()?,
     };
     let handle = runtime.handle().clone();
+    if phased {
+        handle.spawn(crate::phase::run());
+    }
     let (stop, stopped) = oneshot::channel::<()>();
     let thread = std::thread::Builder::new()
         .name(format!("gatewayd-w{id}"))
@@ -243,13 +251,18 @@ fn spawn_runtime(
     Ok((handle, stop, thread))
 }
 
-/// Task polls between two looks at the I/O driver (`GATEWAYD_EVENT_INTERVAL`, Tokio's
-/// default 61).
+/// Task polls between two looks at the I/O driver (`GATEWAYD_EVENT_INTERVAL`).
+///
+/// A round of ready connections takes about four polls a request once sends wait for
+/// their phase (`crate::phase`). Tokio's default, 61, has the reactor looked at in the
+/// middle of most rounds under load, and what it finds is mixed into the round; 200 lets
+/// a round of ~50 requests finish first (`docs/benchmarks.md`, "Sends grouped by round").
 fn event_interval() -> u32 {
     std::env::var("GATEWAYD_EVENT_INTERVAL")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(61)
+        .filter(|&n| n > 0)
+        .unwrap_or(200)
 }
 
 fn spawn_sweeper(handle: &Handle, ctx: Arc<WorkerCtx>) {

@@ -345,6 +345,7 @@ impl<S: Stream, C: AsRef<Activity>> AsyncWrite for WatchedIo<S, C> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        ready!(crate::phase::poll_turn(cx, crate::phase::Side::Client));
         self.get_mut().stream()?.poll_write(cx, buf)
     }
 
@@ -353,6 +354,7 @@ impl<S: Stream, C: AsRef<Activity>> AsyncWrite for WatchedIo<S, C> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        ready!(crate::phase::poll_turn(cx, crate::phase::Side::Client));
         let this = self.get_mut();
         if let (Some(joined), [_, _, ..]) = (this.coalesce.as_mut(), bufs) {
             let total: usize = bufs.iter().map(|b| b.len()).sum();

@@ -402,6 +402,7 @@ impl Endpoint {
         guard: InFlight,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
         let addr = self.key.addr;
+        crate::phase::turn(crate::phase::Side::Backend).await;
         let exchange = loop {
             if let Some(conn) = self.checkout() {
                 match conn.start(req, &self) {
