@@ -20,7 +20,8 @@
 //!
 //! The gate is a task of each current-thread worker (see [`run`]); where there is none
 //! (multi-thread runtimes, tests, the admin runtime) every turn is granted at once.
-//! `GATEWAYD_PHASES=off` leaves the gate out.
+//! `GATEWAYD_PHASES=off` leaves the gate out; `GATEWAYD_PHASES=always` has every send wait
+//! for its phase, busy or not (the integration tests use it).
 
 use std::{
     cell::{Cell, RefCell},
@@ -59,6 +60,8 @@ struct Gate {
     queued: bool,
     /// How far through `ORDER` this round is.
     step: usize,
+    /// Every send waits for its phase, busy or not (`GATEWAYD_PHASES=always`).
+    always: bool,
 }
 
 /// Sends let out since the worker last ran out of work, and their running average
@@ -120,7 +123,7 @@ pub fn poll_turn(cx: &mut Context<'_>, side: Side) -> Poll<()> {
         let Some(gate) = g.as_mut() else {
             return Poll::Ready(());
         };
-        if gate.open[side as usize] || (!gate.queued && !busy()) {
+        if gate.open[side as usize] || (!gate.queued && !gate.always && !busy()) {
             count_turn();
             return Poll::Ready(());
         }
@@ -149,7 +152,13 @@ pub async fn turn(side: Side) {
 /// side when it runs again. A task that asks for a side while another side is open (a
 /// response that came in during the round) waits for that side's next opening.
 pub async fn run() {
-    GATE.with(|g| *g.borrow_mut() = Some(Gate::default()));
+    let always = matches!(std::env::var("GATEWAYD_PHASES").as_deref(), Ok("always"));
+    GATE.with(|g| {
+        *g.borrow_mut() = Some(Gate {
+            always,
+            ..Gate::default()
+        })
+    });
     poll_fn(|cx: &mut Context<'_>| {
         GATE.with(|g| {
             let mut g = g.borrow_mut();

@@ -14,7 +14,7 @@ use gateway_tests::{
     free_port, http_get,
     scenario::{
         check_all, listener_port, same_namespace_gateway, send, service, Expect, Infra, Req,
-        Served, APP, INFRA, WEB,
+        ServeOptions, Served, APP, INFRA, WEB,
     },
 };
 use Expect::{Backend, Status};
@@ -351,6 +351,79 @@ fn backend_connections_are_reused_across_requests() {
         "{} backend connections for 50 requests",
         echo.connections()
     );
+}
+
+/// Sends grouped by round (`GATEWAYD_PHASES=always`: every request to a backend and every
+/// response to a client waits for its phase, as on a busy worker): many clients at once,
+/// over HTTP/1.1 keep-alive and HTTP/2, each get the answer to their own request, whole.
+#[test]
+fn with_sends_grouped_by_round_every_concurrent_request_gets_its_own_whole_answer() {
+    let infra = Infra::new();
+    let port = listener_port();
+    let mut options = ServeOptions::with_workers(1);
+    options
+        .env
+        .push(("GATEWAYD_PHASES".to_string(), "always".to_string()));
+    let _gw = infra.serve_with(
+        &[
+            &same_namespace_gateway(port),
+            &route(
+                "grouped",
+                "  rules:\n  - backendRefs:\n    - {name: infra-backend-v1, port: 8080}\n    - {name: infra-backend-v2, port: 8080}\n",
+            ),
+        ],
+        &options,
+    );
+    const CLIENTS: usize = 24;
+    const EACH: usize = 30;
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|c| {
+            std::thread::spawn(move || {
+                let mut wrong = Vec::new();
+                for i in 0..EACH {
+                    let path = format!("/client{c}/request{i}?i={i}");
+                    let len = c * 100 + i;
+                    let mut req = Req::get(&path).method("POST").body(vec![b'x'; len]);
+                    if c % 2 == 1 {
+                        req = req.h2();
+                    }
+                    let reply = match send(addr(port), &req) {
+                        Ok(r) => r,
+                        Err(e) => {
+                            wrong.push(format!("{path}: {e:#}"));
+                            continue;
+                        }
+                    };
+                    let json = reply.json();
+                    let backend = reply.backend().unwrap_or_default();
+                    if reply.status != 200
+                        || reply.body_error.is_some()
+                        || json["path"] != path.as_str()
+                        || json["bodyLength"] != len
+                        || !backend.starts_with("infra-backend-v")
+                    {
+                        wrong.push(format!(
+                            "{path} ({len} bytes): {} {:?} {json}",
+                            reply.status, reply.body_error
+                        ));
+                    }
+                }
+                wrong
+            })
+        })
+        .collect();
+    let wrong: Vec<String> = clients
+        .into_iter()
+        .flat_map(|c| c.join().expect("client thread"))
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "{} wrong answers: {wrong:#?}",
+        wrong.len()
+    );
+    let answered =
+        infra.echo("infra-backend-v1").requests() + infra.echo("infra-backend-v2").requests();
+    assert_eq!(answered, CLIENTS * EACH);
 }
 
 /// DESIGN §6: a header block over 64 KiB or more than 100 headers gets 431, a URI over
