@@ -62,6 +62,9 @@ struct Gate {
     step: usize,
     /// Every send waits for its phase, busy or not (`GATEWAYD_PHASES=always`).
     always: bool,
+    /// An empty list with room, swapped in for the list of the side being woken so that
+    /// the lists keep their capacity from round to round.
+    spare: Vec<Waker>,
 }
 
 /// Sends let out since the worker last ran out of work, and their running average
@@ -103,9 +106,26 @@ fn busy() -> bool {
     LOAD.with(|l| l.turns.get() >= BURST_TURNS || l.average16.get() >= BUSY_TURNS * 16)
 }
 
-/// `false` when `GATEWAYD_PHASES=off`: each task then sends as soon as it has something.
-pub fn enabled() -> bool {
-    !matches!(std::env::var("GATEWAYD_PHASES").as_deref(), Ok("off"))
+/// When sends wait for their phase (`GATEWAYD_PHASES`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// `off`: no gate; each task sends as soon as it has something.
+    Off,
+    /// The default: on a busy worker.
+    Busy,
+    /// `always`: every send, busy or not.
+    Always,
+}
+
+impl Mode {
+    /// From `GATEWAYD_PHASES`, read once per worker.
+    pub fn from_env() -> Mode {
+        match std::env::var("GATEWAYD_PHASES").as_deref() {
+            Ok("off") => Mode::Off,
+            Ok("always") => Mode::Always,
+            _ => Mode::Busy,
+        }
+    }
 }
 
 /// Counts a send let out (once per send, however long it waited).
@@ -151,17 +171,16 @@ pub async fn turn(side: Side) {
 /// it wakes the tasks that wait for that side, queues itself behind them, and closes the
 /// side when it runs again. A task that asks for a side while another side is open (a
 /// response that came in during the round) waits for that side's next opening.
-pub async fn run() {
-    let always = matches!(std::env::var("GATEWAYD_PHASES").as_deref(), Ok("always"));
+pub async fn run(mode: Mode) {
     GATE.with(|g| {
         *g.borrow_mut() = Some(Gate {
-            always,
+            always: mode == Mode::Always,
             ..Gate::default()
         })
     });
     poll_fn(|cx: &mut Context<'_>| {
-        GATE.with(|g| {
-            let mut g = g.borrow_mut();
+        GATE.with(|cell| {
+            let mut g = cell.borrow_mut();
             let Some(gate) = g.as_mut() else {
                 return Poll::Ready(());
             };
@@ -177,10 +196,14 @@ pub async fn run() {
                     continue;
                 }
                 gate.open[side as usize] = true;
-                let waiting = std::mem::take(&mut gate.waiting[side as usize]);
+                let spare = std::mem::take(&mut gate.spare);
+                let mut waking = std::mem::replace(&mut gate.waiting[side as usize], spare);
                 drop(g);
-                for task in waiting {
+                for task in waking.drain(..) {
                     task.wake();
+                }
+                if let Some(gate) = cell.borrow_mut().as_mut() {
+                    gate.spare = waking;
                 }
                 cx.waker().wake_by_ref();
                 return Poll::Pending;
@@ -254,7 +277,7 @@ mod tests {
         // between two rounds, while it sleeps.
         let all = rt.spawn(async move {
             if gate {
-                tokio::spawn(run());
+                tokio::spawn(run(Mode::Busy));
                 tokio::task::yield_now().await;
             }
             let mut out = Vec::new();

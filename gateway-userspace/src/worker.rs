@@ -219,7 +219,8 @@ fn spawn_runtime(
     id: usize,
     threads: Option<usize>,
 ) -> std::io::Result<(Handle, oneshot::Sender<()>, JoinHandle<()>)> {
-    let phased = threads.is_none() && crate::phase::enabled();
+    let phases = crate::phase::Mode::from_env();
+    let phased = threads.is_none() && phases != crate::phase::Mode::Off;
     let runtime = match threads {
         None => {
             let mut builder = tokio::runtime::Builder::new_current_thread();
@@ -237,7 +238,7 @@ fn spawn_runtime(
     };
     let handle = runtime.handle().clone();
     if phased {
-        handle.spawn(crate::phase::run());
+        handle.spawn(crate::phase::run(phases));
     }
     let (stop, stopped) = oneshot::channel::<()>();
     let thread = std::thread::Builder::new()

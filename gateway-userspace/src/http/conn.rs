@@ -234,6 +234,10 @@ impl<S: Stream, C: AsRef<Activity>> WatchedIo<S, C> {
         self.coalesce.is_some()
     }
 
+    fn activity(&self) -> &Activity {
+        (*self.conn).as_ref()
+    }
+
     fn stream(&mut self) -> io::Result<Pin<&mut S>> {
         self.stream
             .as_mut()
@@ -280,7 +284,7 @@ impl<S: Stream, C: AsRef<Activity>> WatchedIo<S, C> {
 
 impl<S: Stream, C: AsRef<Activity>> Drop for WatchedIo<S, C> {
     fn drop(&mut self) {
-        if !self.conn.as_ref().as_ref().linger.load(Ordering::Relaxed) {
+        if !self.activity().linger.load(Ordering::Relaxed) {
             return;
         }
         let (Some(mut stream), Ok(rt)) =
@@ -327,13 +331,13 @@ impl<S: Stream, C: AsRef<Activity>> AsyncRead for WatchedIo<S, C> {
                 this.ahead = None;
             }
             if n > 0 {
-                this.conn.as_ref().as_ref().on_read();
+                this.activity().on_read();
             }
             return Poll::Ready(Ok(()));
         }
         let polled = this.stream()?.poll_read(cx, buf);
         if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            this.conn.as_ref().as_ref().on_read();
+            this.activity().on_read();
         }
         polled
     }
@@ -499,28 +503,16 @@ async fn serve_stream<S: Stream>(
     };
     let io = TokioIo::new(io);
     let servers = &ctx.servers;
+    let activity = &conn.activity;
+    // One `run` per server type; the two differ only in the connection they drive.
     match protocol {
         Protocol::Http1 => {
-            let connection = servers.http1.serve_connection(io, service).with_upgrades();
-            run(
-                connection,
-                |c| c.graceful_shutdown(),
-                timer,
-                &conn.activity,
-                peer,
-            )
-            .await;
+            let http1 = servers.http1.serve_connection(io, service).with_upgrades();
+            run(http1, |c| c.graceful_shutdown(), timer, activity, peer).await;
         }
         Protocol::Http2 => {
-            let connection = servers.http2.serve_connection(io, service);
-            run(
-                connection,
-                |c| c.graceful_shutdown(),
-                timer,
-                &conn.activity,
-                peer,
-            )
-            .await;
+            let http2 = servers.http2.serve_connection(io, service);
+            run(http2, |c| c.graceful_shutdown(), timer, activity, peer).await;
         }
     }
 }
