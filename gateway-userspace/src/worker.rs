@@ -76,12 +76,15 @@ pub struct WorkerCtx {
     /// The current configuration; a per-worker copy so that reading it touches no
     /// reference count shared with other cores.
     view: ArcSwapOption<View>,
+    /// Requests answered by this worker's tasks (`/metrics`).
+    pub http: http::stats::HttpStats,
 }
 
 impl WorkerCtx {
     fn new(id: usize) -> Self {
         WorkerCtx {
             id,
+            http: http::stats::HttpStats::default(),
             upstreams: Upstreams::default(),
             servers: http::Servers::new(),
             view: ArcSwapOption::empty(),
@@ -285,7 +288,12 @@ fn epoch() -> Instant {
 /// Milliseconds since the process's data-path epoch (a cheap, monotonic clock for timers
 /// that are checked lazily).
 pub fn now_ms() -> u64 {
-    u64::try_from(epoch().elapsed().as_millis()).unwrap_or(u64::MAX)
+    ms_at(Instant::now())
+}
+
+/// `at` as a [`now_ms`] value.
+pub fn ms_at(at: Instant) -> u64 {
+    u64::try_from(at.saturating_duration_since(epoch()).as_millis()).unwrap_or(u64::MAX)
 }
 
 /// A [`now_ms`] value as a Tokio instant.

@@ -353,6 +353,59 @@ fn backend_connections_are_reused_across_requests() {
     );
 }
 
+/// `/metrics` counts the requests answered by status class (over HTTP/1.1 and HTTP/2,
+/// proxied and answered by gatewayd itself) and how long they took.
+#[test]
+fn answered_requests_are_counted_by_status_class_with_their_durations() {
+    let infra = Infra::new();
+    let port = listener_port();
+    let gw = infra.serve(&[
+        &same_namespace_gateway(port),
+        &route(
+            "counted",
+            "  rules:\n  - matches: [{path: {type: Exact, value: /}}, {path: {type: PathPrefix, value: /status}}]\n    backendRefs: [{name: infra-backend-v1, port: 8080}]\n",
+        ),
+    ]);
+    let sample = |s: &str| gw.metric(&format!("gatewayd_http_{s}"));
+    assert_eq!(sample("request_duration_seconds_count"), 0.0);
+    let mut sent = Vec::new();
+    for _ in 0..4 {
+        sent.push((Req::get("/"), 200));
+    }
+    sent.push((Req::get("/").h2(), 200));
+    sent.push((Req::get("/status/503"), 503));
+    sent.push((Req::get("/status/302"), 302));
+    for _ in 0..3 {
+        // No rule matches: gatewayd answers itself.
+        sent.push((Req::get("/nothing-here"), 404));
+    }
+    sent.push((Req::get("/?delay=300ms"), 200));
+    for (req, status) in &sent {
+        let reply = send(addr(port), req).expect("request");
+        assert_eq!(reply.status, *status, "{}", req.path);
+    }
+    // A request is counted when its response's last byte has been handed over, which
+    // can be just after the client has it.
+    let total = sent.len() as f64;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while sample("request_duration_seconds_count") < total && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(sample("request_duration_seconds_count"), total);
+    assert_eq!(sample("requests_total{code_class=\"2xx\"}"), 6.0);
+    assert_eq!(sample("requests_total{code_class=\"3xx\"}"), 1.0);
+    assert_eq!(sample("requests_total{code_class=\"4xx\"}"), 3.0);
+    assert_eq!(sample("requests_total{code_class=\"5xx\"}"), 1.0);
+    assert_eq!(sample("requests_total{code_class=\"1xx\"}"), 0.0);
+    // The delayed request took at least 300 ms, each of the others far less.
+    let bucket = |le: &str| sample(&format!("request_duration_seconds_bucket{{le=\"{le}\"}}"));
+    assert_eq!(bucket("0.25"), total - 1.0);
+    assert_eq!(bucket("+Inf"), total);
+    assert_eq!(bucket("10"), total);
+    let sum = sample("request_duration_seconds_sum");
+    assert!((0.3..total).contains(&sum), "sum of durations {sum} s");
+}
+
 /// Sends grouped by round (`GATEWAYD_PHASES=always`: every request to a backend and every
 /// response to a client waits for its phase, as on a busy worker): many clients at once,
 /// over HTTP/1.1 keep-alive and HTTP/2, each get the answer to their own request, whole.

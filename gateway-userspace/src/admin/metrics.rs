@@ -1,12 +1,14 @@
 //! Prometheus text exposition (format 0.0.4) of the process, eBPF and config counters.
 
-use std::fmt::Write as _;
+use std::{fmt::Write as _, sync::Arc};
 
 use crate::backend_tls::BackendTlsConfigs;
 use crate::{
     drain::{self, WorkerReport},
     ebpf::StatsTotal,
+    http::stats::{HttpTotals, BOUNDS_US},
     state::State,
+    worker::WorkerCtx,
 };
 
 /// Linux reports utime/stime in USER_HZ ticks, which is 100 on every architecture the
@@ -127,6 +129,7 @@ pub fn render(state: &State) -> String {
     );
 
     workers(&mut out, &drain::report(state));
+    http(&mut out, &http_totals(state));
     if let Some(snapshot) = state.snapshot() {
         backend_tls(&mut out, &snapshot.backend_tls);
     }
@@ -237,6 +240,53 @@ fn backend_tls(out: &mut Out, configs: &BackendTlsConfigs) {
         "Verified certificate chains remembered by the verify caches.",
         configs.cached_chains(),
     );
+}
+
+/// Every worker's HTTP counters added up (workers sharing a runtime share one set).
+fn http_totals(state: &State) -> HttpTotals {
+    let mut totals = HttpTotals::default();
+    if let Some(workers) = state.workers() {
+        let mut seen: Vec<&Arc<WorkerCtx>> = Vec::new();
+        for w in workers.workers() {
+            if !seen.iter().any(|s| Arc::ptr_eq(s, &w.ctx)) {
+                w.ctx.http.add_to(&mut totals);
+                seen.push(&w.ctx);
+            }
+        }
+    }
+    totals
+}
+
+/// Requests answered on HTTP listeners (plain and TLS-terminated, HTTP/1.1 and HTTP/2).
+fn http(out: &mut Out, t: &HttpTotals) {
+    out.family(
+        "gatewayd_http_requests_total",
+        "counter",
+        "HTTP requests answered, by the status class of the response sent.",
+    );
+    for (i, class) in ["1xx", "2xx", "3xx", "4xx", "5xx"].iter().enumerate() {
+        out.sample(
+            "gatewayd_http_requests_total",
+            &[("code_class", class)],
+            t.classes[i],
+        );
+    }
+    let name = "gatewayd_http_request_duration_seconds";
+    out.family(
+        name,
+        "histogram",
+        "From a request's head being read to its response's last byte being handed to the client connection.",
+    );
+    let bucket = format!("{name}_bucket");
+    let mut cumulative = 0;
+    for (i, bound) in BOUNDS_US.iter().enumerate() {
+        cumulative += t.buckets[i];
+        let le = (*bound as f64 / 1e6).to_string();
+        out.sample(&bucket, &[("le", &le)], cumulative);
+    }
+    out.sample(&bucket, &[("le", "+Inf")], t.count());
+    out.sample(&format!("{name}_sum"), &[], t.sum_us as f64 / 1e6);
+    out.sample(&format!("{name}_count"), &[], t.count());
 }
 
 /// Per data-path worker: accepted connections and draining.
@@ -528,6 +578,43 @@ mod tests {
             "gatewayd_sk_reuseport_total{result=\"refused\"} 2",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} missing from:\n{text}");
+        }
+    }
+
+    #[test]
+    fn http_requests_render_by_class_with_a_cumulative_histogram() {
+        let stats = crate::http::stats::HttpStats::default();
+        let d = std::time::Duration::from_micros;
+        stats.record(200, d(90));
+        stats.record(200, d(400));
+        stats.record(404, d(400));
+        stats.record(504, d(2_000_000));
+        let mut totals = HttpTotals::default();
+        stats.add_to(&mut totals);
+        let mut out = Out(String::new());
+        http(&mut out, &totals);
+        let text = out.0;
+        for line in [
+            "# TYPE gatewayd_http_requests_total counter",
+            "gatewayd_http_requests_total{code_class=\"2xx\"} 2",
+            "gatewayd_http_requests_total{code_class=\"3xx\"} 0",
+            "gatewayd_http_requests_total{code_class=\"4xx\"} 1",
+            "gatewayd_http_requests_total{code_class=\"5xx\"} 1",
+            "# TYPE gatewayd_http_request_duration_seconds histogram",
+            "gatewayd_http_request_duration_seconds_bucket{le=\"0.0001\"} 1",
+            "gatewayd_http_request_duration_seconds_bucket{le=\"0.00025\"} 1",
+            "gatewayd_http_request_duration_seconds_bucket{le=\"0.0005\"} 3",
+            "gatewayd_http_request_duration_seconds_bucket{le=\"1\"} 3",
+            "gatewayd_http_request_duration_seconds_bucket{le=\"2.5\"} 4",
+            "gatewayd_http_request_duration_seconds_bucket{le=\"10\"} 4",
+            "gatewayd_http_request_duration_seconds_bucket{le=\"+Inf\"} 4",
+            "gatewayd_http_request_duration_seconds_sum 2.00089",
+            "gatewayd_http_request_duration_seconds_count 4",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line} missing from:\n{text}"
+            );
         }
     }
 

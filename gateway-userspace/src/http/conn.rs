@@ -20,7 +20,7 @@ use std::{
         Arc,
     },
     task::{ready, Context, Poll},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use bytes::{Buf as _, BytesMut};
@@ -35,7 +35,7 @@ use tokio_rustls::server::TlsStream;
 use tracing::debug;
 
 use super::{body::RespBody, proxy};
-use crate::worker::{now_ms, tokio_instant, View, WorkerCtx};
+use crate::worker::{ms_at, now_ms, tokio_instant, View, WorkerCtx};
 
 /// A request head must be complete this long after its first byte (and a new connection
 /// must send a complete request within it).
@@ -166,21 +166,35 @@ enum Check {
 /// Counts one request on its connection until the response body is done.
 pub struct RequestGuard {
     conn: Arc<ConnInfo>,
+    /// When the request head had been read.
+    start: Instant,
+    /// The status answered, and the worker whose counters it goes to: set once the
+    /// response is ready; a request dropped before that is not counted.
+    answered: Option<(u16, Arc<WorkerCtx>)>,
 }
 
 impl RequestGuard {
     fn new(conn: &Arc<ConnInfo>) -> Self {
         conn.activity.in_flight.fetch_add(1, Ordering::Relaxed);
         conn.activity.head_since.store(0, Ordering::Relaxed);
-        RequestGuard { conn: conn.clone() }
+        RequestGuard {
+            conn: conn.clone(),
+            start: Instant::now(),
+            answered: None,
+        }
     }
 }
 
 impl Drop for RequestGuard {
     fn drop(&mut self) {
+        let now = Instant::now();
         let activity = &self.conn.activity;
-        activity.last.store(now_ms(), Ordering::Relaxed);
+        activity.last.store(ms_at(now), Ordering::Relaxed);
         activity.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if let Some((status, ctx)) = self.answered.take() {
+            ctx.http
+                .record(status, now.saturating_duration_since(self.start));
+        }
     }
 }
 
@@ -416,12 +430,14 @@ impl hyper::service::Service<Request<Incoming>> for Service {
         if req.version() == Version::HTTP_2 {
             self.conn.activity.h2.store(true, Ordering::Relaxed);
         }
-        let guard = RequestGuard::new(&self.conn);
+        let mut guard = RequestGuard::new(&self.conn);
         let ctx = self.ctx.clone();
         let conn = self.conn.clone();
         let grpc = super::forward::is_grpc(req.headers());
         let fut = async move {
             let resp = proxy::respond_with(proxy::proxy(&ctx, &conn, req, grpc).await, grpc);
+            // Counted when the body's last byte has been handed over (the guard drops).
+            guard.answered = Some((resp.status().as_u16(), ctx));
             Ok(resp.map(|body| body.with_guard(guard)))
         };
         Box::pin(fut)

@@ -13,6 +13,7 @@ pub mod error;
 pub mod filter;
 pub mod forward;
 pub mod proxy;
+pub mod stats;
 
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::TokioExecutor;
