@@ -192,15 +192,21 @@ impl Workers {
         self.mode
     }
 
+    /// Each worker context once: workers sharing a runtime share one.
+    pub fn contexts(&self) -> Vec<&Arc<WorkerCtx>> {
+        let mut contexts: Vec<&Arc<WorkerCtx>> = Vec::with_capacity(self.workers.len());
+        for w in &self.workers {
+            if !contexts.iter().any(|c| Arc::ptr_eq(c, &w.ctx)) {
+                contexts.push(&w.ctx);
+            }
+        }
+        contexts
+    }
+
     /// New connections and requests use `snapshot` from now on.
     pub fn set_snapshot(&self, snapshot: &Arc<Snapshot>) {
-        let mut seen: Vec<*const WorkerCtx> = Vec::new();
-        for w in &self.workers {
-            let p = Arc::as_ptr(&w.ctx);
-            if !seen.contains(&p) {
-                seen.push(p);
-                w.ctx.set_snapshot(snapshot);
-            }
+        for ctx in self.contexts() {
+            ctx.set_snapshot(snapshot);
         }
     }
 

@@ -1,6 +1,6 @@
 //! Prometheus text exposition (format 0.0.4) of the process, eBPF and config counters.
 
-use std::{fmt::Write as _, sync::Arc};
+use std::fmt::Write as _;
 
 use crate::backend_tls::BackendTlsConfigs;
 use crate::{
@@ -8,7 +8,6 @@ use crate::{
     ebpf::StatsTotal,
     http::stats::{HttpTotals, BOUNDS_US},
     state::State,
-    worker::WorkerCtx,
 };
 
 /// Linux reports utime/stime in USER_HZ ticks, which is 100 on every architecture the
@@ -245,14 +244,8 @@ fn backend_tls(out: &mut Out, configs: &BackendTlsConfigs) {
 /// Every worker's HTTP counters added up (workers sharing a runtime share one set).
 fn http_totals(state: &State) -> HttpTotals {
     let mut totals = HttpTotals::default();
-    if let Some(workers) = state.workers() {
-        let mut seen: Vec<&Arc<WorkerCtx>> = Vec::new();
-        for w in workers.workers() {
-            if !seen.iter().any(|s| Arc::ptr_eq(s, &w.ctx)) {
-                w.ctx.http.add_to(&mut totals);
-                seen.push(&w.ctx);
-            }
-        }
+    for ctx in state.workers().map(|w| w.contexts()).unwrap_or_default() {
+        ctx.http.add_to(&mut totals);
     }
     totals
 }
