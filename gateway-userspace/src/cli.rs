@@ -4,9 +4,12 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::ebpf::{
-    sync::{SyncOptions, DEFAULT_FLOW_IDLE_TIMEOUT},
-    Acl, AclError, DataplaneOptions, EbpfMode, SynRateLimit,
+use crate::{
+    ebpf::{
+        sync::{SyncOptions, DEFAULT_FLOW_IDLE_TIMEOUT},
+        Acl, AclError, DataplaneOptions, EbpfMode, SynRateLimit,
+    },
+    http::ForwardedHeaders,
 };
 
 pub const DEFAULT_CONTROLLER_NAME: &str = "gateway.networking.example/gatewayd";
@@ -64,6 +67,16 @@ pub struct RunArgs {
     /// Worker threads for the data path (default: number of CPUs).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     pub workers: Option<u16>,
+
+    /// What requests to backends say about the client: x-forwarded (X-Forwarded-For,
+    /// appended, -Proto and -Host), forwarded (RFC 7239 `Forwarded`, appended), both, or
+    /// none (the client's own headers pass through unchanged).
+    #[arg(
+        long,
+        value_name = "x-forwarded|forwarded|both|none",
+        default_value = "x-forwarded"
+    )]
+    pub forwarded_headers: ForwardedHeaders,
 
     #[command(flatten)]
     pub kernel: KernelArgs,

@@ -163,7 +163,7 @@ async fn serve(args: RunArgs, workers: usize) -> anyhow::Result<ExitCode> {
     // `listeners.socket_fds()` lists the listening sockets per (bind, worker), and
     // `listeners.subscribe()` ticks when they change.
     let data_workers = Arc::new(
-        Workers::start(workers, RuntimeMode::from_env())
+        Workers::start(workers, RuntimeMode::from_env(), args.forwarded_headers)
             .context("starting the data-path workers")?,
     );
     let listeners = Listeners::new(state.clone(), data_workers.clone());

@@ -78,12 +78,15 @@ pub struct WorkerCtx {
     view: ArcSwapOption<View>,
     /// Requests answered by this worker's tasks (`/metrics`).
     pub http: http::stats::HttpStats,
+    /// Which forwarding headers requests to backends get (`--forwarded-headers`).
+    pub forwarded: http::ForwardedHeaders,
 }
 
 impl WorkerCtx {
-    fn new(id: usize) -> Self {
+    fn new(id: usize, forwarded: http::ForwardedHeaders) -> Self {
         WorkerCtx {
             id,
+            forwarded,
             http: http::stats::HttpStats::default(),
             upstreams: Upstreams::default(),
             servers: http::Servers::new(),
@@ -136,8 +139,12 @@ pub struct Workers {
 }
 
 impl Workers {
-    /// Starts `count` workers.
-    pub fn start(count: usize, mode: RuntimeMode) -> std::io::Result<Self> {
+    /// Starts `count` workers whose requests get the `forwarded` headers.
+    pub fn start(
+        count: usize,
+        mode: RuntimeMode,
+        forwarded: http::ForwardedHeaders,
+    ) -> std::io::Result<Self> {
         let count = count.max(1);
         let mut workers = Vec::with_capacity(count);
         let mut stops = Vec::new();
@@ -146,7 +153,7 @@ impl Workers {
             RuntimeMode::PerCore => {
                 for id in 0..count {
                     let (handle, stop, thread) = spawn_runtime(id, None)?;
-                    let ctx = Arc::new(WorkerCtx::new(id));
+                    let ctx = Arc::new(WorkerCtx::new(id, forwarded));
                     spawn_sweeper(&handle, ctx.clone());
                     workers.push(Worker {
                         id,
@@ -160,7 +167,7 @@ impl Workers {
             }
             RuntimeMode::Shared => {
                 let (handle, stop, thread) = spawn_runtime(0, Some(count))?;
-                let ctx = Arc::new(WorkerCtx::new(0));
+                let ctx = Arc::new(WorkerCtx::new(0, forwarded));
                 spawn_sweeper(&handle, ctx.clone());
                 for id in 0..count {
                     workers.push(Worker {

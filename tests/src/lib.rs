@@ -103,6 +103,91 @@ pub fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<HttpResponse> {
     parse_response(&raw)
 }
 
+/// Reads `n` HTTP/1.1 responses one after another from `stream` (the answers to
+/// pipelined requests), each body framed by its Content-Length or chunked encoding (no
+/// trailers). Bytes read past the `n`th response are dropped: ask for every answer that
+/// is on its way in one call.
+pub fn read_responses(
+    stream: &mut impl std::io::Read,
+    n: usize,
+) -> anyhow::Result<Vec<HttpResponse>> {
+    let mut buf: Vec<u8> = Vec::new();
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        let (status, head, head_len, framing) = loop {
+            let mut fields = [httparse::EMPTY_HEADER; 64];
+            let mut resp = httparse::Response::new(&mut fields);
+            if let httparse::Status::Complete(len) = resp.parse(&buf)? {
+                let status = resp.code.context("no status code")?;
+                let value = |name: &str| {
+                    resp.headers
+                        .iter()
+                        .find(|h| h.name.eq_ignore_ascii_case(name))
+                        .map(|h| String::from_utf8_lossy(h.value).trim().to_ascii_lowercase())
+                };
+                let framing = match (value("transfer-encoding"), value("content-length")) {
+                    (Some(te), _) if te.ends_with("chunked") => None,
+                    (_, Some(cl)) => Some(cl.parse::<usize>().context("bad content-length")?),
+                    _ => Some(0),
+                };
+                let head = String::from_utf8_lossy(&buf[..len]).into_owned();
+                break (status, head, len, framing);
+            }
+            fill(stream, &mut buf, out.len())?;
+        };
+        buf.drain(..head_len);
+        let body = match framing {
+            Some(len) => {
+                while buf.len() < len {
+                    fill(stream, &mut buf, out.len())?;
+                }
+                buf.drain(..len).collect::<Vec<u8>>()
+            }
+            None => {
+                let mut body = Vec::new();
+                loop {
+                    let line_end = loop {
+                        if let Some(i) = buf.windows(2).position(|w| w == b"\r\n") {
+                            break i;
+                        }
+                        fill(stream, &mut buf, out.len())?;
+                    };
+                    let size_text = String::from_utf8_lossy(&buf[..line_end]).into_owned();
+                    let size =
+                        usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
+                            .with_context(|| format!("bad chunk size {size_text:?}"))?;
+                    while buf.len() < line_end + 2 + size + 2 {
+                        fill(stream, &mut buf, out.len())?;
+                    }
+                    body.extend_from_slice(&buf[line_end + 2..line_end + 2 + size]);
+                    buf.drain(..line_end + 2 + size + 2);
+                    if size == 0 {
+                        break body;
+                    }
+                }
+            }
+        };
+        out.push(HttpResponse {
+            status,
+            head,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        });
+    }
+    Ok(out)
+}
+
+fn fill(stream: &mut impl std::io::Read, buf: &mut Vec<u8>, done: usize) -> anyhow::Result<()> {
+    let mut chunk = [0u8; 16 * 1024];
+    let k = stream
+        .read(&mut chunk)
+        .with_context(|| format!("reading response {}", done + 1))?;
+    if k == 0 {
+        bail!("the connection ended after {done} whole responses");
+    }
+    buf.extend_from_slice(&chunk[..k]);
+    Ok(())
+}
+
 pub fn parse_response(raw: &str) -> anyhow::Result<HttpResponse> {
     let (head, body) = raw.split_once("\r\n\r\n").context("no end of headers")?;
     let status = head

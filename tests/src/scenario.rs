@@ -217,6 +217,8 @@ pub struct ServeOptions {
     pub workers: usize,
     /// Extra environment variables (e.g. `SSL_CERT_FILE`).
     pub env: Vec<(String, String)>,
+    /// Extra `gatewayd run` arguments (e.g. `--forwarded-headers none`).
+    pub args: Vec<String>,
 }
 
 impl ServeOptions {
@@ -234,6 +236,7 @@ impl Default for ServeOptions {
         ServeOptions {
             workers: 2,
             env: Vec::new(),
+            args: Vec::new(),
         }
     }
 }
@@ -254,17 +257,16 @@ impl Served {
         for (k, v) in &options.env {
             cmd.env(k, v);
         }
-        let mut gw = Gatewayd::start_with(
-            cmd,
-            &[
-                "--config",
-                &config_arg,
-                "--ebpf",
-                "off",
-                "--workers",
-                &workers,
-            ],
-        )?;
+        let mut args = vec![
+            "--config",
+            &config_arg,
+            "--ebpf",
+            "off",
+            "--workers",
+            &workers,
+        ];
+        args.extend(options.args.iter().map(String::as_str));
+        let mut gw = Gatewayd::start_with(cmd, &args)?;
         gw.wait_healthy()?;
         let served = Served {
             gw,

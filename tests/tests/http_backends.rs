@@ -11,7 +11,7 @@ use std::{
 
 use gateway_tests::{
     echo::{Misbehaviour, RawBackend},
-    free_port, http_get,
+    free_port, http_get, read_responses,
     scenario::{
         check_all, listener_port, same_namespace_gateway, send, service, Expect, Infra, Req,
         ServeOptions, Served, APP, INFRA, WEB,
@@ -325,6 +325,163 @@ fn forwarding_headers_are_added_and_hop_by_hop_headers_removed() {
     assert_eq!(reply.json()["host"], "app.example:8080");
     assert_eq!(reply.seen_header("x-private"), None);
     assert_eq!(reply.seen_header("proxy-connection"), None);
+    // No RFC 7239 field unless asked for.
+    assert_eq!(reply.seen_header("forwarded"), None);
+
+    // HTTP/2 names the host in `:authority`, not in a Host header.
+    let reply = send(addr(port), &Req::get("/").host("h2.example").h2()).expect("h2 request");
+    assert_eq!(reply.status, 200);
+    assert_eq!(
+        reply.seen_header("x-forwarded-host").as_deref(),
+        Some("h2.example")
+    );
+    assert_eq!(
+        reply.seen_header("x-forwarded-for").as_deref(),
+        Some("127.0.0.1")
+    );
+}
+
+/// `--forwarded-headers`: RFC 7239 `Forwarded` instead of (`forwarded`) or next to
+/// (`both`) the X-Forwarded fields, or nothing added at all (`none`).
+#[test]
+fn forwarded_headers_follow_the_flag() {
+    let infra = Infra::new();
+    let start = |mode: &str| {
+        let port = listener_port();
+        let gw = infra.serve_with(
+            &[
+                &same_namespace_gateway(port),
+                &route(
+                    "forwarded",
+                    "  rules:\n  - backendRefs: [{name: infra-backend-v1, port: 8080}]\n",
+                ),
+            ],
+            &ServeOptions {
+                workers: 1,
+                args: vec!["--forwarded-headers".into(), mode.into()],
+                ..ServeOptions::default()
+            },
+        );
+        (gw, port)
+    };
+    let client_sent = |port: u16| {
+        send(
+            addr(port),
+            &Req::get("/")
+                .host("app.example:8080")
+                .header("forwarded", "for=198.51.100.17;proto=https")
+                .header("x-forwarded-for", "192.0.2.7"),
+        )
+        .expect("request")
+    };
+
+    let (_gw, port) = start("forwarded");
+    let reply = client_sent(port);
+    assert_eq!(
+        reply.seen_header("forwarded").as_deref(),
+        Some("for=198.51.100.17;proto=https, for=127.0.0.1;host=\"app.example:8080\";proto=http")
+    );
+    // The client's own X-Forwarded-For passes through, nothing is added to it.
+    assert_eq!(
+        reply.seen_header("x-forwarded-for").as_deref(),
+        Some("192.0.2.7")
+    );
+    assert_eq!(reply.seen_header("x-forwarded-proto"), None);
+    assert_eq!(reply.seen_header("x-forwarded-host"), None);
+
+    let (_gw, port) = start("both");
+    let reply = client_sent(port);
+    assert_eq!(
+        reply.seen_header("forwarded").as_deref(),
+        Some("for=198.51.100.17;proto=https, for=127.0.0.1;host=\"app.example:8080\";proto=http")
+    );
+    assert_eq!(
+        reply.seen_header("x-forwarded-for").as_deref(),
+        Some("192.0.2.7, 127.0.0.1")
+    );
+    assert_eq!(
+        reply.seen_header("x-forwarded-proto").as_deref(),
+        Some("http")
+    );
+
+    let (_gw, port) = start("none");
+    let reply = client_sent(port);
+    assert_eq!(
+        reply.seen_header("forwarded").as_deref(),
+        Some("for=198.51.100.17;proto=https")
+    );
+    assert_eq!(
+        reply.seen_header("x-forwarded-for").as_deref(),
+        Some("192.0.2.7")
+    );
+    assert_eq!(reply.seen_header("x-forwarded-proto"), None);
+    assert_eq!(reply.seen_header("x-forwarded-host"), None);
+
+    // A value the flag does not know is refused, naming the flag and the value.
+    let out = std::process::Command::new(gateway_tests::gatewayd_bin())
+        .args([
+            "run",
+            "--config",
+            "/nonexistent",
+            "--forwarded-headers",
+            "xff",
+        ])
+        .output()
+        .expect("run gatewayd");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--forwarded-headers") && err.contains("xff"),
+        "{err}"
+    );
+}
+
+/// HTTP/1.1 pipelining: requests written back to back in one write are answered in
+/// their order, each by its own whole response, also when the first is the slowest and
+/// one is answered by gatewayd itself; the connection then serves the next request.
+#[test]
+fn pipelined_requests_are_answered_in_order() {
+    let infra = Infra::new();
+    let port = listener_port();
+    let _gw = infra.serve(&[
+        &same_namespace_gateway(port),
+        &route(
+            "pipelined",
+            "  rules:\n  - matches: [{path: {type: PathPrefix, value: /p}}]\n    backendRefs: [{name: infra-backend-v1, port: 8080}]\n",
+        ),
+    ]);
+    let mut stream = TcpStream::connect(addr(port)).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    stream
+        .write_all(
+            b"GET /p/first?delay=300ms HTTP/1.1\r\nhost: app.example\r\n\r\n\
+              POST /p/second HTTP/1.1\r\nhost: app.example\r\ncontent-length: 5\r\n\r\nhello\
+              GET /elsewhere HTTP/1.1\r\nhost: app.example\r\n\r\n\
+              GET /p/fourth HTTP/1.1\r\nhost: app.example\r\n\r\n",
+        )
+        .expect("write");
+    let replies = read_responses(&mut stream, 4).expect("four responses");
+    let statuses: Vec<u16> = replies.iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [200, 200, 404, 200]);
+    let seen = |i: usize| -> serde_json::Value {
+        serde_json::from_str(&replies[i].body).expect("echo JSON")
+    };
+    assert_eq!(seen(0)["path"], "/p/first?delay=300ms");
+    assert_eq!(seen(1)["path"], "/p/second");
+    assert_eq!(seen(1)["method"], "POST");
+    assert_eq!(seen(1)["bodyLength"], 5);
+    assert_eq!(seen(3)["path"], "/p/fourth");
+
+    // Still open: the next request on it is answered too.
+    stream
+        .write_all(b"GET /p/fifth HTTP/1.1\r\nhost: app.example\r\n\r\n")
+        .expect("write");
+    let replies = read_responses(&mut stream, 1).expect("fifth response");
+    assert_eq!(replies[0].status, 200);
+    let fifth: serde_json::Value = serde_json::from_str(&replies[0].body).expect("echo JSON");
+    assert_eq!(fifth["path"], "/p/fifth");
 }
 
 /// Backend connections are pooled: many sequential requests reuse a few connections.

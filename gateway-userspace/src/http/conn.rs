@@ -55,6 +55,8 @@ pub struct ConnInfo {
     pub peer_ip: IpText,
     /// `http` (plain listeners) or `https` (HTTPS listeners).
     pub scheme: &'static str,
+    /// Which forwarding headers requests get (`--forwarded-headers`).
+    pub forwarded: super::forward::ForwardedHeaders,
     /// HTTPS: the listener the SNI selected in `view`'s table. A request whose Host
     /// selects another listener is misdirected (421).
     pub sni_listener: Option<ListenerId>,
@@ -484,6 +486,7 @@ async fn serve_stream<S: Stream>(
         } else {
             "http"
         },
+        forwarded: ctx.forwarded,
         sni_listener,
         view,
         activity: Activity::new(),

@@ -1,6 +1,9 @@
 //! What a proxy does to every request and response head regardless of routes: hop-by-hop
-//! headers, forwarding headers (`X-Forwarded-For/Proto/Host`), the Host and URI form each
-//! backend protocol needs, and request classification (gRPC, Upgrade).
+//! headers, forwarding headers (`X-Forwarded-For/Proto/Host` or RFC 7239 `Forwarded`), the
+//! Host and URI form each backend protocol needs, and request classification (gRPC,
+//! Upgrade).
+
+use std::{fmt, str::FromStr};
 
 use hyper::{
     body::Incoming,
@@ -126,13 +129,83 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
         || name == HTTP2_SETTINGS
 }
 
-/// `X-Forwarded-For` (appended), `X-Forwarded-Proto`, and `X-Forwarded-Host` (the Host
-/// the client asked for, unless an earlier proxy set it).
-pub fn add_forwarded(headers: &mut HeaderMap, conn: &ConnInfo) {
+/// `--forwarded-headers`: what gatewayd tells backends about the client and the request
+/// it received.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum ForwardedHeaders {
+    /// `X-Forwarded-For` (appended), `X-Forwarded-Proto`, `X-Forwarded-Host`.
+    #[default]
+    XForwarded,
+    /// RFC 7239 `Forwarded: for=...;host=...;proto=...`, appended to the client's list.
+    Forwarded,
+    /// Both of the above.
+    Both,
+    /// Neither: whatever forwarding headers the client sent pass through unchanged.
+    None,
+}
+
+impl FromStr for ForwardedHeaders {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "x-forwarded" => Ok(Self::XForwarded),
+            "forwarded" => Ok(Self::Forwarded),
+            "both" => Ok(Self::Both),
+            "none" => Ok(Self::None),
+            other => Err(format!(
+                "invalid --forwarded-headers value {other:?}: expected x-forwarded, forwarded, both or none"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for ForwardedHeaders {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::XForwarded => "x-forwarded",
+            Self::Forwarded => "forwarded",
+            Self::Both => "both",
+            Self::None => "none",
+        })
+    }
+}
+
+/// The forwarding headers `conn.forwarded` asks for. Call it before any filter rewrites
+/// the Host: both forms name the host the client asked for (the HTTP/2 `:authority` or
+/// absolute-form authority, else the Host header).
+pub fn add_forwarded<B>(req: &mut Request<B>, conn: &ConnInfo) {
+    if conn.forwarded == ForwardedHeaders::None {
+        return;
+    }
+    let host = match req.uri().authority() {
+        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+        // Shares the bytes hyper read: no copy.
+        None => req.headers().get(header::HOST).cloned(),
+    };
+    let headers = req.headers_mut();
+    let (ip, scheme) = (conn.peer_ip.as_str(), conn.scheme);
+    match conn.forwarded {
+        ForwardedHeaders::XForwarded => add_x_forwarded(headers, ip, scheme, host),
+        ForwardedHeaders::Forwarded => add_rfc7239(headers, ip, scheme, host.as_ref()),
+        ForwardedHeaders::Both => {
+            add_rfc7239(headers, ip, scheme, host.as_ref());
+            add_x_forwarded(headers, ip, scheme, host);
+        }
+        ForwardedHeaders::None => {}
+    }
+}
+
+/// `X-Forwarded-For` (appended), `X-Forwarded-Proto`, and `X-Forwarded-Host` (`host`,
+/// unless an earlier proxy set it).
+fn add_x_forwarded(
+    headers: &mut HeaderMap,
+    ip: &str,
+    scheme: &'static str,
+    host: Option<HeaderValue>,
+) {
     // Room for the three fields at once: a map sized for the client's few headers
     // would otherwise grow twice.
     headers.reserve(3);
-    let ip = conn.peer_ip.as_str();
     let appended = headers.get(&X_FORWARDED_FOR).and_then(|prev| {
         let mut v = Vec::with_capacity(prev.len() + 2 + ip.len());
         v.extend_from_slice(prev.as_bytes());
@@ -143,15 +216,58 @@ pub fn add_forwarded(headers: &mut HeaderMap, conn: &ConnInfo) {
     if let Some(xff) = appended.or_else(|| HeaderValue::from_str(ip).ok()) {
         headers.insert(X_FORWARDED_FOR.clone(), xff);
     }
-    headers.insert(
-        X_FORWARDED_PROTO.clone(),
-        HeaderValue::from_static(conn.scheme),
-    );
-    if !headers.contains_key(&X_FORWARDED_HOST) {
-        if let Some(host) = headers.get(header::HOST).cloned() {
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(scheme));
+    if let Some(host) = host {
+        if !headers.contains_key(&X_FORWARDED_HOST) {
             headers.insert(X_FORWARDED_HOST.clone(), host);
         }
     }
+}
+
+/// RFC 7239: this hop's `for=<client>;host=<Host>;proto=<scheme>` appended to the list of
+/// the `Forwarded` fields the request came with, as one field.
+fn add_rfc7239(headers: &mut HeaderMap, ip: &str, scheme: &str, host: Option<&HeaderValue>) {
+    let mut v = Vec::with_capacity(96);
+    for prev in headers.get_all(header::FORWARDED) {
+        v.extend_from_slice(prev.as_bytes());
+        v.extend_from_slice(b", ");
+    }
+    v.extend_from_slice(b"for=");
+    if ip.contains(':') {
+        // An IPv6 node is bracketed, and so not a token (RFC 7239 §6).
+        v.extend_from_slice(b"\"[");
+        v.extend_from_slice(ip.as_bytes());
+        v.extend_from_slice(b"]\"");
+    } else {
+        v.extend_from_slice(ip.as_bytes());
+    }
+    if let Some(host) = host {
+        v.extend_from_slice(b";host=");
+        push_token_or_quoted(&mut v, host.as_bytes());
+    }
+    v.extend_from_slice(b";proto=");
+    v.extend_from_slice(scheme.as_bytes());
+    if let Ok(value) = HeaderValue::from_bytes(&v) {
+        headers.insert(header::FORWARDED, value);
+    }
+}
+
+/// `value` as an RFC 9110 token when it is one, else as a quoted-string (a Host with a
+/// port is not a token: `:` is no token character).
+fn push_token_or_quoted(out: &mut Vec<u8>, value: &[u8]) {
+    let tchar = |b: &u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(b);
+    if !value.is_empty() && value.iter().all(tchar) {
+        out.extend_from_slice(value);
+        return;
+    }
+    out.push(b'"');
+    for &b in value {
+        if b == b'"' || b == b'\\' {
+            out.push(b'\\');
+        }
+        out.push(b);
+    }
+    out.push(b'"');
 }
 
 /// The request target for the backend protocol: origin-form with a Host header for
@@ -232,6 +348,85 @@ mod tests {
         let mut names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         names.sort_unstable();
         assert_eq!(names, ["te", "x-keep"]);
+    }
+
+    fn rfc7239(prev: &[&'static str], ip: &str, scheme: &str, host: Option<&str>) -> String {
+        let mut h = HeaderMap::new();
+        for p in prev {
+            h.append(header::FORWARDED, HeaderValue::from_static(p));
+        }
+        let host = host.map(|x| HeaderValue::from_str(x).expect("host"));
+        add_rfc7239(&mut h, ip, scheme, host.as_ref());
+        let all: Vec<_> = h.get_all(header::FORWARDED).iter().collect();
+        assert_eq!(all.len(), 1, "one Forwarded field: {all:?}");
+        all[0].to_str().expect("ascii").to_string()
+    }
+
+    #[test]
+    fn forwarded_names_the_client_host_and_scheme_quoting_what_is_no_token() {
+        assert_eq!(
+            rfc7239(&[], "192.0.2.60", "http", Some("example.com")),
+            "for=192.0.2.60;host=example.com;proto=http"
+        );
+        // RFC 7239 §6: an IPv6 node is bracketed and quoted; a host with a port is quoted.
+        assert_eq!(
+            rfc7239(&[], "2001:db8:cafe::17", "https", Some("example.com:8443")),
+            "for=\"[2001:db8:cafe::17]\";host=\"example.com:8443\";proto=https"
+        );
+        assert_eq!(
+            rfc7239(&[], "192.0.2.60", "http", None),
+            "for=192.0.2.60;proto=http"
+        );
+        let mut quoted = Vec::new();
+        push_token_or_quoted(&mut quoted, br#"a"b\c"#);
+        assert_eq!(quoted, br#""a\"b\\c""#);
+    }
+
+    #[test]
+    fn forwarded_appends_this_hop_to_the_elements_the_client_sent() {
+        assert_eq!(
+            rfc7239(
+                &["for=198.51.100.17;proto=https", "for=203.0.113.5"],
+                "192.0.2.60",
+                "http",
+                Some("a.example")
+            ),
+            "for=198.51.100.17;proto=https, for=203.0.113.5, for=192.0.2.60;host=a.example;proto=http"
+        );
+    }
+
+    #[test]
+    fn x_forwarded_for_is_appended_and_an_earlier_host_is_kept() {
+        let mut h = HeaderMap::new();
+        h.insert(&X_FORWARDED_FOR, HeaderValue::from_static("198.51.100.17"));
+        h.insert(&X_FORWARDED_HOST, HeaderValue::from_static("first.example"));
+        add_x_forwarded(
+            &mut h,
+            "192.0.2.60",
+            "https",
+            Some(HeaderValue::from_static("b.example")),
+        );
+        let get = |n: &HeaderName| h.get(n).and_then(|v| v.to_str().ok());
+        assert_eq!(get(&X_FORWARDED_FOR), Some("198.51.100.17, 192.0.2.60"));
+        assert_eq!(get(&X_FORWARDED_PROTO), Some("https"));
+        assert_eq!(get(&X_FORWARDED_HOST), Some("first.example"));
+    }
+
+    #[test]
+    fn forwarded_header_modes_parse_from_their_flag_values() {
+        for mode in [
+            ForwardedHeaders::XForwarded,
+            ForwardedHeaders::Forwarded,
+            ForwardedHeaders::Both,
+            ForwardedHeaders::None,
+        ] {
+            assert_eq!(mode.to_string().parse::<ForwardedHeaders>(), Ok(mode));
+        }
+        let err = "xff".parse::<ForwardedHeaders>().expect_err("invalid");
+        assert!(
+            err.contains("--forwarded-headers") && err.contains("\"xff\""),
+            "{err}"
+        );
     }
 
     #[test]

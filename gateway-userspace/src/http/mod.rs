@@ -20,6 +20,7 @@ use hyper_util::rt::TokioExecutor;
 
 pub use conn::{serve, serve_tls};
 pub use error::ProxyError;
+pub use forward::ForwardedHeaders;
 
 /// Largest request head (request line and headers) accepted; beyond it: 431.
 pub const MAX_HEADER_BLOCK: usize = 64 * 1024;

@@ -155,8 +155,9 @@ pub async fn proxy(
     }
 
     let upgrade = forward::client_upgrade(&mut req);
-    // X-Forwarded-Host is the Host the client asked for, before any rewrite.
-    forward::add_forwarded(req.headers_mut(), conn);
+    // X-Forwarded-Host and `Forwarded: host=` name the host the client asked for, before
+    // any rewrite.
+    forward::add_forwarded(&mut req, conn);
 
     let mut response_mods: Vec<&HeaderModifier> = Vec::new();
     let mut mirrors: Vec<&RequestMirror> = Vec::new();
