@@ -35,10 +35,14 @@ done
 
 work=$(mktemp -d)
 pgids=()
-stop_all() {
+stop_all() { # TERM, up to 5 s, then KILL; returns when every group is gone
+  local g _
   for g in "${pgids[@]}"; do kill -TERM -- "-$g" 2>/dev/null || true; done
-  sleep 0.5
-  for g in "${pgids[@]}"; do kill -KILL -- "-$g" 2>/dev/null || true; done
+  for g in "${pgids[@]}"; do
+    for _ in $(seq 1 50); do kill -0 -- "-$g" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL -- "-$g" 2>/dev/null || true
+    wait "$g" 2>/dev/null || true
+  done
   pgids=()
 }
 harness_tmp=""
@@ -50,10 +54,15 @@ cleanup() {
 trap cleanup EXIT
 
 # The harness writes its configs, certificates and manifests for mode http.
+harness_ok=1
 KEEP_TMP=1 PROXIES=haproxy MODES=http SCENARIOS=ka DURATION=1 WARMUP=1 RESULTS_DIR="$work/res" \
-  QUIET_MAX=5 "$bench/anchors" >"$work/anchors.log" 2>&1
-harness_tmp=$(awk '/temp dir/ { print $5; exit }' "$work/anchors.log" | tr -d ';')
-[[ -d $harness_tmp ]] || { echo "fixed-rate: the harness left no temp dir" >&2; cat "$work/anchors.log" >&2; exit 1; }
+  QUIET_MAX=5 "$bench/anchors" >"$work/anchors.log" 2>&1 || harness_ok=0
+harness_tmp=$(sed -n 's/.*temp dir \([^;]*\);.*/\1/p' "$work/anchors.log" | head -n 1)
+if [[ $harness_ok == 0 || ! -d $harness_tmp ]]; then
+  echo "fixed-rate: the anchors harness failed to set up mode http:" >&2
+  cat "$work/anchors.log" >&2
+  exit 1
+fi
 "$bench/anchors" manifests "$work/manifests" >/dev/null 2>&1
 
 start() { # start CPU LOG CMD... -> pgid in $started
@@ -89,15 +98,16 @@ for round in $(seq 1 "$ROUNDS"); do
       esac
       pid=$started
       wait_port 18200
-      per_conn=$((rate / CONNS))
+      per_conn=$(((rate + CONNS - 1) / CONNS))
       load() { # load SECONDS LOGFILE
         taskset -c 1 nice -n "$NICE" h2load --h1 -t1 "-c$CONNS" "--rps=$per_conn" -D "$1" \
           --connect-to 127.0.0.1:18200 --log-file "$2" http://gw.example.test/ >"$work/h2load.out" 2>&1
       }
       rm -f "$work/warmup.tsv" "$work/lat.tsv"
-      load "$WARMUP" "$work/warmup.tsv"
+      load "$WARMUP" "$work/warmup.tsv" || { echo "fixed-rate: h2load failed:" >&2; cat "$work/h2load.out" >&2; exit 1; }
       t0=$(ticks "$pid"); w0=$(sleeps "$pid"); read -r b0 a0 < <(cpu1); s0=$(date +%s.%N)
-      load "$DURATION" "$work/lat.tsv"
+      load "$DURATION" "$work/lat.tsv" || { echo "fixed-rate: h2load failed:" >&2; cat "$work/h2load.out" >&2; exit 1; }
+      kill -0 "$pid" 2>/dev/null || { echo "fixed-rate: $p exited during the run:" >&2; cat "$work/proxy.out" >&2; exit 1; }
       s1=$(date +%s.%N); read -r b1 a1 < <(cpu1); t1=$(ticks "$pid"); w1=$(sleeps "$pid")
       stop_all
       awk -F'\t' '$2 >= 200 && $2 < 400 { print $3 }' "$work/lat.tsv" | sort -n >"$work/sorted"

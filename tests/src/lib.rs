@@ -105,7 +105,7 @@ pub fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<HttpResponse> {
 
 /// Reads `n` HTTP/1.1 responses one after another from `stream` (the answers to
 /// pipelined requests), each body framed by its Content-Length or chunked encoding (no
-/// trailers). Bytes read past the `n`th response are dropped: ask for every answer that
+/// trailers); interim (1xx) responses are skipped. Not for answers to HEAD. Bytes read past the `n`th response are dropped: ask for every answer that
 /// is on its way in one call.
 pub fn read_responses(
     stream: &mut impl std::io::Read,
@@ -128,7 +128,13 @@ pub fn read_responses(
                 let framing = match (value("transfer-encoding"), value("content-length")) {
                     (Some(te), _) if te.ends_with("chunked") => None,
                     (_, Some(cl)) => Some(cl.parse::<usize>().context("bad content-length")?),
-                    _ => Some(0),
+                    // Every response this reads is framed (keep-alive): no body only
+                    // where none may be sent.
+                    _ if status == 204 || status == 304 || (100..200).contains(&status) => Some(0),
+                    _ => bail!(
+                        "response {} has no Content-Length and is not chunked",
+                        out.len() + 1
+                    ),
                 };
                 let head = String::from_utf8_lossy(&buf[..len]).into_owned();
                 break (status, head, len, framing);
@@ -160,6 +166,9 @@ pub fn read_responses(
                         fill(stream, &mut buf, out.len())?;
                     }
                     body.extend_from_slice(&buf[line_end + 2..line_end + 2 + size]);
+                    if &buf[line_end + 2 + size..line_end + 2 + size + 2] != b"\r\n" {
+                        bail!("chunk of {size} bytes not followed by CRLF (trailers are not read)");
+                    }
                     buf.drain(..line_end + 2 + size + 2);
                     if size == 0 {
                         break body;
@@ -167,6 +176,10 @@ pub fn read_responses(
                 }
             }
         };
+        if (100..200).contains(&status) {
+            // An interim response (100 Continue): the final one follows.
+            continue;
+        }
         out.push(HttpResponse {
             status,
             head,

@@ -403,6 +403,24 @@ fn forwarded_headers_follow_the_flag() {
         reply.seen_header("x-forwarded-proto").as_deref(),
         Some("http")
     );
+    assert_eq!(
+        reply.seen_header("x-forwarded-host").as_deref(),
+        Some("app.example:8080")
+    );
+
+    // A client list with an unclosed quote is replaced, so this hop's element cannot
+    // end up inside the client's quoted string.
+    let reply = send(
+        addr(port),
+        &Req::get("/")
+            .host("app.example")
+            .header("forwarded", "for=\"198.51.100.17"),
+    )
+    .expect("request");
+    assert_eq!(
+        reply.seen_header("forwarded").as_deref(),
+        Some("for=127.0.0.1;host=app.example;proto=http")
+    );
 
     let (_gw, port) = start("none");
     let reply = client_sent(port);

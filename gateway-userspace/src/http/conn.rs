@@ -480,7 +480,8 @@ async fn serve_stream<S: Stream>(
     let conn = Arc::new(ConnInfo {
         peer,
         bind,
-        peer_ip: IpText::new(peer.ip()),
+        // An IPv4 client of a dual-stack socket as `192.0.2.7`, not `::ffff:192.0.2.7`.
+        peer_ip: IpText::new(peer.ip().to_canonical()),
         scheme: if sni_listener.is_some() {
             "https"
         } else {

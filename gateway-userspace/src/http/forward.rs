@@ -178,7 +178,11 @@ pub fn add_forwarded<B>(req: &mut Request<B>, conn: &ConnInfo) {
         return;
     }
     let host = match req.uri().authority() {
-        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+        // Host and port only: an absolute-form target may carry `user:password@`.
+        Some(a) => match a.port() {
+            Some(port) => HeaderValue::from_str(&format!("{}:{port}", a.host())).ok(),
+            None => HeaderValue::from_str(a.host()).ok(),
+        },
         // Shares the bytes hyper read: no copy.
         None => req.headers().get(header::HOST).cloned(),
     };
@@ -206,14 +210,21 @@ fn add_x_forwarded(
     // Room for the three fields at once: a map sized for the client's few headers
     // would otherwise grow twice.
     headers.reserve(3);
-    let appended = headers.get(&X_FORWARDED_FOR).and_then(|prev| {
-        let mut v = Vec::with_capacity(prev.len() + 2 + ip.len());
-        v.extend_from_slice(prev.as_bytes());
-        v.extend_from_slice(b", ");
+    // Every field the request came with, in order, as one list.
+    let mut prev = headers.get_all(&X_FORWARDED_FOR).iter().peekable();
+    let appended = prev.peek().is_some().then(|| {
+        let mut v = Vec::with_capacity(64);
+        for field in prev {
+            v.extend_from_slice(field.as_bytes());
+            v.extend_from_slice(b", ");
+        }
         v.extend_from_slice(ip.as_bytes());
         HeaderValue::from_bytes(&v).ok()
     });
-    if let Some(xff) = appended.or_else(|| HeaderValue::from_str(ip).ok()) {
+    if let Some(xff) = appended
+        .flatten()
+        .or_else(|| HeaderValue::from_str(ip).ok())
+    {
         headers.insert(X_FORWARDED_FOR.clone(), xff);
     }
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(scheme));
@@ -225,12 +236,17 @@ fn add_x_forwarded(
 }
 
 /// RFC 7239: this hop's `for=<client>;host=<Host>;proto=<scheme>` appended to the list of
-/// the `Forwarded` fields the request came with, as one field.
+/// the `Forwarded` fields the request came with, as one field. A list that does not parse
+/// (an unclosed quote would swallow this hop's element into the client's) is replaced,
+/// not extended.
 fn add_rfc7239(headers: &mut HeaderMap, ip: &str, scheme: &str, host: Option<&HeaderValue>) {
     let mut v = Vec::with_capacity(96);
-    for prev in headers.get_all(header::FORWARDED) {
-        v.extend_from_slice(prev.as_bytes());
-        v.extend_from_slice(b", ");
+    let prev = headers.get_all(header::FORWARDED);
+    if prev.iter().all(|f| is_forwarded_list(f.as_bytes())) {
+        for field in prev {
+            v.extend_from_slice(field.as_bytes());
+            v.extend_from_slice(b", ");
+        }
     }
     v.extend_from_slice(b"for=");
     if ip.contains(':') {
@@ -252,11 +268,82 @@ fn add_rfc7239(headers: &mut HeaderMap, ip: &str, scheme: &str, host: Option<&He
     }
 }
 
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// `value` is a `Forwarded` field value (RFC 7239 §4): elements separated by `,`, each
+/// `token=value` pairs separated by `;`, a value a token or a quoted-string; optional
+/// whitespace around the commas, and empty elements, as list syntax allows.
+fn is_forwarded_list(value: &[u8]) -> bool {
+    let mut i = 0;
+    let n = value.len();
+    let skip_ows = |i: &mut usize| {
+        while *i < n && (value[*i] == b' ' || value[*i] == b'\t') {
+            *i += 1;
+        }
+    };
+    loop {
+        skip_ows(&mut i);
+        if i < n && value[i] == b',' {
+            i += 1;
+            continue;
+        }
+        if i == n {
+            return true;
+        }
+        // One element: pairs separated by `;`, any of them empty.
+        loop {
+            if i < n && is_tchar(value[i]) {
+                while i < n && is_tchar(value[i]) {
+                    i += 1;
+                }
+                if i == n || value[i] != b'=' {
+                    return false;
+                }
+                i += 1;
+                if i < n && value[i] == b'"' {
+                    i += 1;
+                    loop {
+                        match value.get(i) {
+                            None => return false,
+                            Some(b'"') => break,
+                            Some(b'\\') => i += 2,
+                            Some(_) => i += 1,
+                        }
+                    }
+                    i += 1;
+                } else {
+                    let start = i;
+                    while i < n && is_tchar(value[i]) {
+                        i += 1;
+                    }
+                    if i == start {
+                        return false;
+                    }
+                }
+            }
+            if i < n && value[i] == b';' {
+                i += 1;
+                continue;
+            }
+            break;
+        }
+        skip_ows(&mut i);
+        if i == n {
+            return true;
+        }
+        if value[i] != b',' {
+            return false;
+        }
+        i += 1;
+    }
+}
+
 /// `value` as an RFC 9110 token when it is one, else as a quoted-string (a Host with a
 /// port is not a token: `:` is no token character).
 fn push_token_or_quoted(out: &mut Vec<u8>, value: &[u8]) {
-    let tchar = |b: &u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(b);
-    if !value.is_empty() && value.iter().all(tchar) {
+    if !value.is_empty() && value.iter().copied().all(is_tchar) {
         out.extend_from_slice(value);
         return;
     }
@@ -396,9 +483,32 @@ mod tests {
     }
 
     #[test]
+    fn a_forwarded_list_that_does_not_parse_is_replaced_not_extended() {
+        // An unclosed quote would make this hop's element part of the client's value.
+        assert_eq!(
+            rfc7239(&["for=\"x"], "192.0.2.60", "http", None),
+            "for=192.0.2.60;proto=http"
+        );
+        for bad in ["for", "for=", "=x", "for=a b", "for=\"a\\\"", "for=a;=b"] {
+            assert!(!is_forwarded_list(bad.as_bytes()), "{bad:?}");
+        }
+        for good in [
+            "for=a",
+            "for=\"[2001:db8::1]:80\";proto=https",
+            "for=a , for=b",
+            "for=a;;proto=http;",
+            ", for=a,,for=\"x\\\"y\"",
+            "",
+        ] {
+            assert!(is_forwarded_list(good.as_bytes()), "{good:?}");
+        }
+    }
+
+    #[test]
     fn x_forwarded_for_is_appended_and_an_earlier_host_is_kept() {
         let mut h = HeaderMap::new();
         h.insert(&X_FORWARDED_FOR, HeaderValue::from_static("198.51.100.17"));
+        h.append(&X_FORWARDED_FOR, HeaderValue::from_static("203.0.113.5"));
         h.insert(&X_FORWARDED_HOST, HeaderValue::from_static("first.example"));
         add_x_forwarded(
             &mut h,
@@ -407,7 +517,11 @@ mod tests {
             Some(HeaderValue::from_static("b.example")),
         );
         let get = |n: &HeaderName| h.get(n).and_then(|v| v.to_str().ok());
-        assert_eq!(get(&X_FORWARDED_FOR), Some("198.51.100.17, 192.0.2.60"));
+        assert_eq!(h.get_all(&X_FORWARDED_FOR).iter().count(), 1);
+        assert_eq!(
+            get(&X_FORWARDED_FOR),
+            Some("198.51.100.17, 203.0.113.5, 192.0.2.60")
+        );
         assert_eq!(get(&X_FORWARDED_PROTO), Some("https"));
         assert_eq!(get(&X_FORWARDED_HOST), Some("first.example"));
     }
