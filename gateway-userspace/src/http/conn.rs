@@ -74,9 +74,11 @@ pub struct IpText {
 }
 
 impl IpText {
-    /// `ip` in its usual notation.
+    /// `ip` in its usual notation; an IPv4-mapped IPv6 address (a dual-stack socket's
+    /// IPv4 client) as IPv4: `192.0.2.7`, not `::ffff:192.0.2.7`.
     pub fn new(ip: std::net::IpAddr) -> Self {
         use std::io::Write as _;
+        let ip = ip.to_canonical();
         let mut buf = [0u8; 45];
         let mut cursor = io::Cursor::new(&mut buf[..]);
         // Cannot fail: every address fits.
@@ -480,8 +482,7 @@ async fn serve_stream<S: Stream>(
     let conn = Arc::new(ConnInfo {
         peer,
         bind,
-        // An IPv4 client of a dual-stack socket as `192.0.2.7`, not `::ffff:192.0.2.7`.
-        peer_ip: IpText::new(peer.ip().to_canonical()),
+        peer_ip: IpText::new(peer.ip()),
         scheme: if sni_listener.is_some() {
             "https"
         } else {
@@ -591,6 +592,18 @@ mod tests {
     use super::*;
     use std::sync::atomic::AtomicUsize;
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _, DuplexStream};
+
+    #[test]
+    fn client_addresses_are_written_in_their_usual_form() {
+        let text = |s: &str| IpText::new(s.parse().expect("ip")).as_str().to_string();
+        assert_eq!(text("192.0.2.7"), "192.0.2.7");
+        assert_eq!(text("::ffff:192.0.2.7"), "192.0.2.7");
+        assert_eq!(text("2001:db8::7"), "2001:db8::7");
+        assert_eq!(
+            text("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"),
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"
+        );
+    }
 
     /// A stream that counts the reads that reached it.
     struct Counted {

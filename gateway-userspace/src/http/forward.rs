@@ -177,15 +177,7 @@ pub fn add_forwarded<B>(req: &mut Request<B>, conn: &ConnInfo) {
     if conn.forwarded == ForwardedHeaders::None {
         return;
     }
-    let host = match req.uri().authority() {
-        // Host and port only: an absolute-form target may carry `user:password@`.
-        Some(a) => match a.port() {
-            Some(port) => HeaderValue::from_str(&format!("{}:{port}", a.host())).ok(),
-            None => HeaderValue::from_str(a.host()).ok(),
-        },
-        // Shares the bytes hyper read: no copy.
-        None => req.headers().get(header::HOST).cloned(),
-    };
+    let host = asked_host(req);
     let headers = req.headers_mut();
     let (ip, scheme) = (conn.peer_ip.as_str(), conn.scheme);
     match conn.forwarded {
@@ -196,6 +188,20 @@ pub fn add_forwarded<B>(req: &mut Request<B>, conn: &ConnInfo) {
             add_x_forwarded(headers, ip, scheme, host);
         }
         ForwardedHeaders::None => {}
+    }
+}
+
+/// The host the client asked for: the target's authority (HTTP/2 `:authority`,
+/// absolute form) as host and port only, since it may carry `user:password@`; else the
+/// Host header.
+fn asked_host<B>(req: &Request<B>) -> Option<HeaderValue> {
+    match req.uri().authority() {
+        Some(a) => match a.port() {
+            Some(port) => HeaderValue::from_str(&format!("{}:{port}", a.host())).ok(),
+            None => HeaderValue::from_str(a.host()).ok(),
+        },
+        // Shares the bytes hyper read: no copy.
+        None => req.headers().get(header::HOST).cloned(),
     }
 }
 
@@ -502,6 +508,31 @@ mod tests {
         ] {
             assert!(is_forwarded_list(good.as_bytes()), "{good:?}");
         }
+    }
+
+    #[test]
+    fn the_asked_host_keeps_the_port_and_drops_userinfo() {
+        let asked = |uri: &str, host: Option<&'static str>| {
+            let mut b = Request::builder().uri(uri);
+            if let Some(h) = host {
+                b = b.header(header::HOST, h);
+            }
+            let req = b.body(()).expect("request");
+            asked_host(&req).map(|v| v.to_str().expect("ascii").to_string())
+        };
+        assert_eq!(
+            asked("http://user:pw@app.example:8080/a", Some("other")).as_deref(),
+            Some("app.example:8080")
+        );
+        assert_eq!(
+            asked("http://[2001:db8::1]/", None).as_deref(),
+            Some("[2001:db8::1]")
+        );
+        assert_eq!(
+            asked("/a", Some("b.example:81")).as_deref(),
+            Some("b.example:81")
+        );
+        assert_eq!(asked("/a", None), None);
     }
 
     #[test]
