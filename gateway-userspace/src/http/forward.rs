@@ -217,20 +217,18 @@ fn add_x_forwarded(
     // would otherwise grow twice.
     headers.reserve(3);
     // Every field the request came with, in order, as one list.
-    let mut prev = headers.get_all(&X_FORWARDED_FOR).iter().peekable();
-    let appended = prev.peek().is_some().then(|| {
+    let appended = if headers.contains_key(&X_FORWARDED_FOR) {
         let mut v = Vec::with_capacity(64);
-        for field in prev {
+        for field in headers.get_all(&X_FORWARDED_FOR) {
             v.extend_from_slice(field.as_bytes());
             v.extend_from_slice(b", ");
         }
         v.extend_from_slice(ip.as_bytes());
         HeaderValue::from_bytes(&v).ok()
-    });
-    if let Some(xff) = appended
-        .flatten()
-        .or_else(|| HeaderValue::from_str(ip).ok())
-    {
+    } else {
+        None
+    };
+    if let Some(xff) = appended.or_else(|| HeaderValue::from_str(ip).ok()) {
         headers.insert(X_FORWARDED_FOR.clone(), xff);
     }
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(scheme));
