@@ -1,4 +1,4 @@
-//! Socket steering (issue 7): what `sk_lookup_steer` and `sk_reuseport_pick` cost.
+//! Socket steering: what `sk_lookup_steer` and `sk_reuseport_pick` cost.
 //!
 //! 1. Nanoseconds per run of `sk_lookup_steer` by `BPF_PROG_TEST_RUN` (1,000,000 repeats
 //!    per sample): a steered destination (trie hit, socket assigned) and a miss.

@@ -1,4 +1,4 @@
-//! eBPF dataplane (issue 7): nanoseconds per packet of `xdp_flow` and `tc_reply` on each
+//! eBPF dataplane: nanoseconds per packet of `xdp_flow` and `tc_reply` on each
 //! path, measured by the kernel (`BPF_PROG_TEST_RUN`, 1,000,000 repeats per sample: the
 //! kernel reports the average per run); the programs' sizes in instructions; and packets
 //! per second dropped by `xdp_flow` on a veth, from a generator in the peer namespace.

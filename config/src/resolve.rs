@@ -2102,17 +2102,13 @@ impl<'m> Compiler<'m> {
             );
             let mut backends = Vec::new();
             for b in rule.backend_refs.iter().flatten() {
-                let bf = b.filters.as_ref().map(|fs| {
-                    let fs: Vec<HttpRouteRulesFilters> = fs
-                        .iter()
-                        .filter_map(|f| {
-                            serde_json::to_value(f)
-                                .ok()
-                                .and_then(|v| serde_json::from_value(v).ok())
-                        })
-                        .collect();
-                    self.http_filters(&fs, (RouteKind::Http, ns), gi, &mut invalid)
-                });
+                let bf = match backend_filters(b) {
+                    Ok(fs) => self.http_filters(&fs, (RouteKind::Http, ns), gi, &mut invalid),
+                    Err(e) => {
+                        invalid.get_or_insert(e);
+                        Box::new([])
+                    }
+                };
                 let bi = BackendRefIn {
                     group: b.group.as_deref(),
                     kind: b.kind.as_deref(),
@@ -2121,7 +2117,7 @@ impl<'m> Compiler<'m> {
                     port: b.port,
                     weight: b.weight,
                 };
-                backends.push(self.backend((RouteKind::Http, ns), gi, &bi, bf.unwrap_or_default()));
+                backends.push(self.backend((RouteKind::Http, ns), gi, &bi, bf));
             }
             let timeouts = rule.timeouts.as_ref().map(|t| Timeouts {
                 request: t
@@ -2688,17 +2684,21 @@ fn http_rule_problem(
             return Some(e);
         }
     }
-    for f in rule.filters.iter().flatten() {
-        if !matches!(
-            f.r#type,
-            HttpRouteRulesFiltersType::RequestHeaderModifier
-                | HttpRouteRulesFiltersType::ResponseHeaderModifier
-                | HttpRouteRulesFiltersType::RequestRedirect
-                | HttpRouteRulesFiltersType::UrlRewrite
-                | HttpRouteRulesFiltersType::RequestMirror
-                | HttpRouteRulesFiltersType::ExtensionRef
-        ) {
-            return Some(format!("filter {:?} is not supported", f.r#type));
+    for (i, f) in rule.filters.iter().flatten().enumerate() {
+        if let Some(p) = filter_problem(f) {
+            return Some(format!("filters[{i}]: {p}"));
+        }
+    }
+    for (bi, b) in rule.backend_refs.iter().flatten().enumerate() {
+        match backend_filters(b) {
+            Err(e) => return Some(e),
+            Ok(fs) => {
+                for (i, f) in fs.iter().enumerate() {
+                    if let Some(p) = filter_problem(f) {
+                        return Some(format!("backendRefs[{bi}].filters[{i}]: {p}"));
+                    }
+                }
+            }
         }
     }
     if let Some(t) = &rule.timeouts {
@@ -2708,7 +2708,65 @@ fn http_rule_problem(
             }
         }
     }
+    if let Some(r) = &rule.retry {
+        if let Some(c) = r.codes.iter().flatten().find(|c| !(400..=599).contains(*c)) {
+            return Some(format!(
+                "retry code {c} is not an HTTP error status (400-599)"
+            ));
+        }
+        if let Some(a) = r.attempts.filter(|a| *a < 0) {
+            return Some(format!("retry attempts {a} is negative"));
+        }
+        if let Some(b) = r.backoff.as_deref().filter(|b| parse_duration(b).is_err()) {
+            return Some(format!("invalid retry backoff {b:?}"));
+        }
+    }
     None
+}
+
+/// Why one filter cannot be applied: a type gatewayd does not implement, or a type
+/// without its configuration (`type: RequestHeaderModifier` and no
+/// `requestHeaderModifier`), which the CRD's validation would have refused.
+fn filter_problem(f: &HttpRouteRulesFilters) -> Option<String> {
+    use HttpRouteRulesFiltersType as T;
+    let (present, ty, field) = match f.r#type {
+        T::RequestHeaderModifier => (
+            f.request_header_modifier.is_some(),
+            "RequestHeaderModifier",
+            "requestHeaderModifier",
+        ),
+        T::ResponseHeaderModifier => (
+            f.response_header_modifier.is_some(),
+            "ResponseHeaderModifier",
+            "responseHeaderModifier",
+        ),
+        T::RequestRedirect => (
+            f.request_redirect.is_some(),
+            "RequestRedirect",
+            "requestRedirect",
+        ),
+        T::UrlRewrite => (f.url_rewrite.is_some(), "URLRewrite", "urlRewrite"),
+        T::RequestMirror => (f.request_mirror.is_some(), "RequestMirror", "requestMirror"),
+        T::ExtensionRef => (f.extension_ref.is_some(), "ExtensionRef", "extensionRef"),
+        ref other => return Some(format!("filter {other:?} is not supported")),
+    };
+    (!present).then(|| format!("filter type {ty} without its `{field}` field"))
+}
+
+/// A backendRef's filters as rule filters (the two types have the same fields).
+fn backend_filters(
+    b: &gateway_api::experimental::httproutes::HttpRouteRulesBackendRefs,
+) -> Result<Vec<HttpRouteRulesFilters>, String> {
+    b.filters
+        .iter()
+        .flatten()
+        .enumerate()
+        .map(|(i, f)| {
+            serde_json::to_value(f)
+                .and_then(serde_json::from_value)
+                .map_err(|e| format!("backendRefs filter {i} of {}: {e}", b.name))
+        })
+        .collect()
 }
 
 /// The `protocol` field a listener was declared with (`TLS` for both TLS modes).

@@ -10,6 +10,8 @@ use crate::{
         Acl, AclError, DataplaneOptions, EbpfMode, SynRateLimit,
     },
     http::ForwardedHeaders,
+    upstream::DEFAULT_IDLE_TIMEOUT,
+    worker::WorkerOptions,
 };
 
 pub const DEFAULT_CONTROLLER_NAME: &str = "gateway.networking.example/gatewayd";
@@ -78,6 +80,11 @@ pub struct RunArgs {
     )]
     pub forwarded_headers: ForwardedHeaders,
 
+    /// Seconds a backend connection with no request on it is kept before it is closed
+    /// (pooled HTTP/1.1 connections and shared HTTP/2 ones).
+    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_IDLE_TIMEOUT.as_secs_f64(), value_parser = parse_backend_idle_timeout)]
+    pub backend_idle_timeout: f64,
+
     #[command(flatten)]
     pub kernel: KernelArgs,
 }
@@ -85,7 +92,7 @@ pub struct RunArgs {
 /// Default `--bpf-pin-dir`.
 pub const DEFAULT_BPF_PIN_DIR: &str = "/sys/fs/bpf/gatewayd";
 
-/// What the eBPF programs filter and keep (issue 7). Effective only with eBPF on.
+/// What the eBPF programs filter and keep. Effective only with eBPF on.
 #[derive(Debug, Args)]
 pub struct KernelArgs {
     /// Drop, in XDP, TCP and UDP packets to the gateway's addresses on ports no listener
@@ -120,6 +127,25 @@ fn parse_idle_timeout(s: &str) -> Result<f64, String> {
         _ => Err(format!(
             "invalid --flow-idle-timeout {s:?}: expected seconds, at least 0.1"
         )),
+    }
+}
+
+fn parse_backend_idle_timeout(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(secs) if (0.1..=86_400.0).contains(&secs) => Ok(secs),
+        _ => Err(format!(
+            "invalid --backend-idle-timeout {s:?}: expected seconds, from 0.1 to 86400"
+        )),
+    }
+}
+
+impl RunArgs {
+    /// What the data-path workers are started with.
+    pub fn worker_options(&self) -> WorkerOptions {
+        WorkerOptions {
+            forwarded: self.forwarded_headers,
+            backend_idle_timeout: Duration::from_secs_f64(self.backend_idle_timeout),
+        }
     }
 }
 

@@ -116,7 +116,7 @@ async fn serve(args: RunArgs, workers: usize) -> anyhow::Result<ExitCode> {
     } else {
         args.xdp_iface.clone()
     };
-    // ---- eBPF dataplane options (issue 7: filters, ACL file, pinning) ----
+    // ---- eBPF dataplane options (filters, ACL file, pinning) ----
     let ebpf_options = match args.kernel.dataplane_options(&ifaces, workers) {
         Ok(options) => options,
         Err(err) => {
@@ -152,7 +152,7 @@ async fn serve(args: RunArgs, workers: usize) -> anyhow::Result<ExitCode> {
     let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(4);
     let reload_task = tokio::spawn(reload::run(state.clone(), reload_rx));
 
-    // ---- eBPF map sync (issue 7): listener table, ACL file, host addresses, flow GC ----
+    // ---- eBPF map sync: listener table, ACL file, host addresses, flow GC ----
     let socket_handle = ebpf_handle.clone();
     let ebpf_sync_task = ebpf_handle.map(|handle| {
         gateway_userspace::ebpf::sync::spawn(handle, state.subscribe(), args.kernel.sync_options())
@@ -163,13 +163,13 @@ async fn serve(args: RunArgs, workers: usize) -> anyhow::Result<ExitCode> {
     // `listeners.socket_fds()` lists the listening sockets per (bind, worker), and
     // `listeners.subscribe()` ticks when they change.
     let data_workers = Arc::new(
-        Workers::start(workers, RuntimeMode::from_env(), args.forwarded_headers)
+        Workers::start(workers, RuntimeMode::from_env(), args.worker_options())
             .context("starting the data-path workers")?,
     );
     let listeners = Listeners::new(state.clone(), data_workers.clone());
     let listen_task = tokio::spawn(listeners.clone().run());
     // ---- end HTTP data path ----
-    // ---- eBPF socket steering (issue 7): sk_lookup and sk_reuseport follow the sockets ----
+    // ---- eBPF socket steering: sk_lookup and sk_reuseport follow the sockets ----
     state.set_workers(data_workers.clone());
     let socket_sync_task = socket_handle.map(|handle| {
         gateway_userspace::ebpf::sync::spawn_sockets(handle, state.clone(), listeners.clone())

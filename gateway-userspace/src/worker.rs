@@ -21,8 +21,30 @@ use crate::{
     backend_tls::BackendTlsConfigs, http, state::Snapshot, tls::TlsBindings, upstream::Upstreams,
 };
 
-/// How often idle backend connections past their timeout are closed.
+/// How often idle backend connections past their timeout are closed, at most (more
+/// often with an idle timeout under 10 s: every half of it, so that a connection outlives
+/// its timeout by half of it at most).
 const SWEEP_EVERY: Duration = Duration::from_secs(5);
+/// The shortest sweep interval.
+const SWEEP_MIN: Duration = Duration::from_millis(50);
+
+/// What the workers are started with (`gatewayd run` flags).
+#[derive(Clone, Copy, Debug)]
+pub struct WorkerOptions {
+    /// Which forwarding headers requests to backends get (`--forwarded-headers`).
+    pub forwarded: http::ForwardedHeaders,
+    /// How long a backend connection without a request is kept (`--backend-idle-timeout`).
+    pub backend_idle_timeout: Duration,
+}
+
+impl Default for WorkerOptions {
+    fn default() -> Self {
+        WorkerOptions {
+            forwarded: http::ForwardedHeaders::default(),
+            backend_idle_timeout: crate::upstream::DEFAULT_IDLE_TIMEOUT,
+        }
+    }
+}
 
 /// How the workers run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -83,12 +105,12 @@ pub struct WorkerCtx {
 }
 
 impl WorkerCtx {
-    fn new(id: usize, forwarded: http::ForwardedHeaders) -> Self {
+    fn new(id: usize, options: WorkerOptions) -> Self {
         WorkerCtx {
             id,
-            forwarded,
+            forwarded: options.forwarded,
             http: http::stats::HttpStats::default(),
-            upstreams: Upstreams::default(),
+            upstreams: Upstreams::new(options.backend_idle_timeout),
             servers: http::Servers::new(),
             view: ArcSwapOption::empty(),
         }
@@ -139,12 +161,8 @@ pub struct Workers {
 }
 
 impl Workers {
-    /// Starts `count` workers whose requests get the `forwarded` headers.
-    pub fn start(
-        count: usize,
-        mode: RuntimeMode,
-        forwarded: http::ForwardedHeaders,
-    ) -> std::io::Result<Self> {
+    /// Starts `count` workers with `options`.
+    pub fn start(count: usize, mode: RuntimeMode, options: WorkerOptions) -> std::io::Result<Self> {
         let count = count.max(1);
         let mut workers = Vec::with_capacity(count);
         let mut stops = Vec::new();
@@ -153,7 +171,7 @@ impl Workers {
             RuntimeMode::PerCore => {
                 for id in 0..count {
                     let (handle, stop, thread) = spawn_runtime(id, None)?;
-                    let ctx = Arc::new(WorkerCtx::new(id, forwarded));
+                    let ctx = Arc::new(WorkerCtx::new(id, options));
                     spawn_sweeper(&handle, ctx.clone());
                     workers.push(Worker {
                         id,
@@ -167,7 +185,7 @@ impl Workers {
             }
             RuntimeMode::Shared => {
                 let (handle, stop, thread) = spawn_runtime(0, Some(count))?;
-                let ctx = Arc::new(WorkerCtx::new(0, forwarded));
+                let ctx = Arc::new(WorkerCtx::new(0, options));
                 spawn_sweeper(&handle, ctx.clone());
                 for id in 0..count {
                     workers.push(Worker {
@@ -284,7 +302,8 @@ fn event_interval() -> u32 {
 
 fn spawn_sweeper(handle: &Handle, ctx: Arc<WorkerCtx>) {
     handle.spawn(async move {
-        let mut tick = tokio::time::interval(SWEEP_EVERY);
+        let every = (ctx.upstreams.idle_timeout() / 2).clamp(SWEEP_MIN, SWEEP_EVERY);
+        let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;

@@ -71,6 +71,7 @@ pub struct Echo {
     /// Its identity, reported as `pod`.
     pub name: String,
     connections: Arc<AtomicUsize>,
+    open: Arc<AtomicUsize>,
     state: Arc<EchoState>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -120,6 +121,8 @@ impl Echo {
         let served = state.clone();
         let connections = Arc::new(AtomicUsize::new(0));
         let counter = connections.clone();
+        let open = Arc::new(AtomicUsize::new(0));
+        let open_now = open.clone();
         let task = rt.spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
@@ -128,7 +131,9 @@ impl Echo {
                 counter.fetch_add(1, Ordering::Relaxed);
                 let state = state.clone();
                 let tls = tls.clone();
+                let open = OpenConnection::new(open_now.clone());
                 tokio::spawn(async move {
+                    let _open = open;
                     match tls {
                         None => serve_echo(stream, state, None).await,
                         Some(acceptor) => {
@@ -159,6 +164,7 @@ impl Echo {
             addr,
             name: name.to_string(),
             connections,
+            open,
             state: served,
             task,
         }
@@ -167,6 +173,11 @@ impl Echo {
     /// TCP connections accepted so far.
     pub fn connections(&self) -> usize {
         self.connections.load(Ordering::Relaxed)
+    }
+
+    /// TCP connections open now (accepted and not yet closed by either side).
+    pub fn open_connections(&self) -> usize {
+        self.open.load(Ordering::SeqCst)
     }
 
     /// Requests answered so far.
@@ -487,12 +498,16 @@ pub enum Misbehaviour {
     DieMidBodyChunked,
     /// Reads the request, then resets the connection without answering.
     ResetBeforeResponse,
+    /// Reads the request and never answers; the connection stays open until the backend
+    /// is dropped (a mirror or backend that hangs).
+    NeverAnswer,
 }
 
 /// A backend that breaks its responses.
 pub struct RawBackend {
     /// Where it listens.
     pub addr: SocketAddr,
+    requests: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -504,12 +519,16 @@ impl RawBackend {
             .block_on(TcpListener::bind("127.0.0.1:0"))
             .expect("invariant: loopback has free ports");
         let addr = listener.local_addr().expect("invariant: bound socket");
+        let requests = Arc::new(AtomicUsize::new(0));
+        let counter = requests.clone();
         let task = rt.spawn(async move {
+            let mut hanging = Vec::new();
             loop {
                 let Ok((mut stream, _)) = listener.accept().await else {
                     continue;
                 };
-                tokio::spawn(async move {
+                let counter = counter.clone();
+                let conn = tokio::spawn(async move {
                     let mut buf = vec![0u8; 16 * 1024];
                     let mut seen = Vec::new();
                     while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -517,6 +536,16 @@ impl RawBackend {
                             Ok(0) | Err(_) => return,
                             Ok(n) => seen.extend_from_slice(&buf[..n]),
                         }
+                    }
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    if matches!(how, Misbehaviour::NeverAnswer) {
+                        // Read whatever else comes, answer nothing, until the peer closes.
+                        while let Ok(n) = stream.read(&mut buf).await {
+                            if n == 0 {
+                                return;
+                            }
+                        }
+                        return;
                     }
                     let filler = vec![b'x'; 1000];
                     match how {
@@ -535,16 +564,53 @@ impl RawBackend {
                             let _ = stream.write_all(&filler).await;
                             let _ = stream.write_all(b"\r\n").await;
                         }
-                        Misbehaviour::ResetBeforeResponse => {}
+                        Misbehaviour::ResetBeforeResponse | Misbehaviour::NeverAnswer => {}
                     }
                     let _ = stream.flush().await;
                     // Linger 0: close with RST, like a crashed process's socket.
                     let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
                     drop(stream);
                 });
+                // Connections end with the backend: aborting this task drops `hanging`.
+                hanging.retain(|c: &AbortOnDrop| !c.0.is_finished());
+                hanging.push(AbortOnDrop(conn));
             }
         });
-        RawBackend { addr, task }
+        RawBackend {
+            addr,
+            requests,
+            task,
+        }
+    }
+
+    /// Request heads it has read so far.
+    pub fn requests(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
+    }
+}
+
+/// Counts a connection as open until dropped.
+struct OpenConnection(Arc<AtomicUsize>);
+
+impl OpenConnection {
+    fn new(open: Arc<AtomicUsize>) -> Self {
+        open.fetch_add(1, Ordering::SeqCst);
+        OpenConnection(open)
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A connection task that ends when its handle is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -1,4 +1,4 @@
-//! The eBPF dataplane of a real gatewayd in a network namespace (issue 7), traffic from the
+//! The eBPF dataplane of a real gatewayd in a network namespace, traffic from the
 //! peer namespace over a veth pair: both directions of TCP counted in one flow, the
 //! unlisted-port drop following config reloads, the ACL file (IPv4 and IPv6 sources) and
 //! its reloads (on change, and on SIGHUP for a change no watcher sees), the SYN

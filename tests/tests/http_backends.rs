@@ -117,6 +117,101 @@ fn retries_follow_codes_and_attempts() {
     }
 }
 
+/// Retries happen only where repeating the request is safe: a request with a body is
+/// never repeated; a request that reached a backend (it answered a listed code, or the
+/// connection broke after the request was written) is repeated only when its method is
+/// idempotent; one that never left (connection refused) is repeated whatever its method.
+#[test]
+fn retries_repeat_only_what_is_safe_to_repeat() {
+    let mut infra = Infra::new();
+    let reset = RawBackend::start(Misbehaviour::ResetBeforeResponse);
+    let refused: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    infra
+        .yaml
+        .push_str(&service(INFRA, "resetting", &[reset.addr], None));
+    infra
+        .yaml
+        .push_str(&service(INFRA, "refusing", &[refused], None));
+    let port = listener_port();
+    let spec = "  rules:\n  - matches: [{path: {type: PathPrefix, value: /codes}}]\n    retry: {codes: [500], attempts: 2, backoff: 1ms}\n    backendRefs: [{name: infra-backend-v3, port: 8080}]\n  - matches: [{path: {type: PathPrefix, value: /reset}}]\n    retry: {codes: [502], attempts: 2, backoff: 1ms}\n    backendRefs: [{name: resetting, port: 8080}]\n  - matches: [{path: {type: PathPrefix, value: /refused}}]\n    retry: {codes: [502], attempts: 2, backoff: 1ms}\n    backendRefs: [{name: refusing, port: 8080}]\n";
+    let _gw = infra.serve(&[&same_namespace_gateway(port), &route("safe-retries", spec)]);
+
+    // A listed code: the echo backend fails the first two requests of each uuid.
+    let code = |method: &str, body: &str, uuid: &str| {
+        let uri = format!("/codes?responseCode=500&succeedAfter=2&uuid={uuid}");
+        let mut req = Req::get(&uri).method(method);
+        if !body.is_empty() {
+            req = req.body(body.to_owned());
+        }
+        send(addr(port), &req).expect("request").status
+    };
+    assert_eq!(code("GET", "", "get"), 200, "GET is retried");
+    assert_eq!(code("PUT", "", "put"), 200, "PUT is idempotent");
+    assert_eq!(code("DELETE", "", "delete"), 200, "DELETE is idempotent");
+    assert_eq!(code("POST", "", "post"), 500, "POST is not retried");
+    assert_eq!(code("PATCH", "", "patch"), 500, "PATCH is not retried");
+    assert_eq!(
+        code("PUT", "x=1", "put-body"),
+        500,
+        "a body is never repeated"
+    );
+    // The second request of each uuid tells how many the backend saw before.
+    assert_eq!(
+        code("POST", "", "post"),
+        500,
+        "POST: one request reached the backend"
+    );
+    assert_eq!(
+        code("POST", "", "post"),
+        200,
+        "POST: the third request succeeds"
+    );
+
+    // The connection reset after the request was written: the backend had it.
+    let before = reset.requests();
+    let got = send(addr(port), &Req::get("/reset")).expect("request");
+    assert_eq!(got.status, 502);
+    assert_eq!(
+        reset.requests() - before,
+        3,
+        "GET tried once and retried twice"
+    );
+    let before = reset.requests();
+    let got = send(addr(port), &Req::get("/reset").method("POST")).expect("request");
+    assert_eq!(got.status, 502);
+    assert_eq!(
+        reset.requests() - before,
+        1,
+        "POST after a reset is not retried"
+    );
+
+    // Refused: nothing was sent, so even POST is retried (and fails the same way).
+    let got = send(addr(port), &Req::get("/refused").method("POST")).expect("request");
+    assert_eq!(got.status, 502);
+}
+
+/// `retry.backoff` is the least time between attempts: two retries after 400 ms each take
+/// at least 800 ms; without a backoff the default (10 ms) applies.
+#[test]
+fn retries_wait_for_the_backoff_between_attempts() {
+    let infra = Infra::new();
+    let port = listener_port();
+    let spec = "  rules:\n  - matches: [{path: {type: PathPrefix, value: /slow}}]\n    retry: {codes: [503], attempts: 2, backoff: 400ms}\n    backendRefs: [{name: infra-backend-v3, port: 8080}]\n";
+    let _gw = infra.serve(&[&same_namespace_gateway(port), &route("backoff", spec)]);
+    let started = std::time::Instant::now();
+    let reply = send(
+        addr(port),
+        &Req::get("/slow?responseCode=503&succeedAfter=2&uuid=backoff"),
+    )
+    .expect("request");
+    let took = started.elapsed();
+    assert_eq!(reply.status, 200, "the third attempt succeeds");
+    assert!(
+        took >= Duration::from_millis(800),
+        "two retries 400 ms apart took {took:?}"
+    );
+}
+
 /// HTTPRouteInvalidNonExistentBackendRef, HTTPRouteInvalidBackendRefUnknownKind,
 /// HTTPRouteInvalidCrossNamespaceBackendRef, HTTPRouteInvalidReferenceGrant,
 /// HTTPRouteReferenceGrant, HTTPRoutePartiallyInvalidViaInvalidReferenceGrant and
@@ -519,6 +614,148 @@ fn backend_connections_are_reused_across_requests() {
         echo.connections() <= 4,
         "{} backend connections for 50 requests",
         echo.connections()
+    );
+}
+
+/// Sends `n` copies of `req` at once (one thread each) and returns the replies.
+fn send_at_once(port: u16, req: &Req, n: usize) -> Vec<gateway_tests::scenario::Reply> {
+    let barrier = std::sync::Barrier::new(n);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..n)
+            .map(|_| {
+                scope.spawn(|| {
+                    barrier.wait();
+                    send(addr(port), req).expect("request")
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("client thread"))
+            .collect()
+    })
+}
+
+/// Polls `f` every 50 ms for up to 15 s; true once it holds.
+fn eventually(mut f: impl FnMut() -> bool) -> bool {
+    for _ in 0..300 {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    f()
+}
+
+/// `--backend-idle-timeout`: a pooled HTTP/1.1 connection and the shared HTTP/2
+/// connection are closed once no request has used them for that long (the backend sees
+/// them close, `/metrics` stops counting them), and the next request opens a new one.
+#[test]
+fn backend_connections_close_after_the_idle_timeout() {
+    let mut infra = Infra::new();
+    infra.add(INFRA, "h2c-backend", Some("kubernetes.io/h2c"));
+    let port = listener_port();
+    let spec = "  rules:\n  - matches: [{path: {type: PathPrefix, value: /h2c}}]\n    backendRefs: [{name: h2c-backend, port: 8080}]\n  - backendRefs: [{name: infra-backend-v1, port: 8080}]\n";
+    let mut options = ServeOptions::with_workers(1);
+    options.args = vec!["--backend-idle-timeout".into(), "1.5".into()];
+    let gw = infra.serve_with(
+        &[&same_namespace_gateway(port), &route("idle", spec)],
+        &options,
+    );
+    let h1 = infra.echo("infra-backend-v1");
+    let h2 = infra.echo("h2c-backend");
+    for round in 1..=2 {
+        assert_eq!(
+            send(addr(port), &Req::get("/")).expect("request").status,
+            200
+        );
+        assert_eq!(
+            send(addr(port), &Req::get("/h2c")).expect("request").status,
+            200
+        );
+        // Reused while fresh.
+        assert_eq!(
+            send(addr(port), &Req::get("/")).expect("request").status,
+            200
+        );
+        assert_eq!(
+            send(addr(port), &Req::get("/h2c")).expect("request").status,
+            200
+        );
+        assert_eq!(
+            h1.connections(),
+            round,
+            "HTTP/1.1 connections in round {round}"
+        );
+        assert_eq!(
+            h2.connections(),
+            round,
+            "HTTP/2 connections in round {round}"
+        );
+        assert_eq!(gw.metric("gatewayd_backend_idle_connections"), 1.0);
+        assert_eq!(gw.metric("gatewayd_backend_h2_connections"), 1.0);
+        assert!(
+            eventually(|| h1.open_connections() == 0 && h2.open_connections() == 0),
+            "still open after the idle timeout: HTTP/1.1 {}, HTTP/2 {}",
+            h1.open_connections(),
+            h2.open_connections()
+        );
+        assert_eq!(gw.metric("gatewayd_backend_idle_connections"), 0.0);
+        assert_eq!(gw.metric("gatewayd_backend_h2_connections"), 0.0);
+    }
+}
+
+/// The HTTP/1.1 pool is bounded: after 140 requests in flight at once on one worker (140
+/// backend connections), 128 connections stay pooled and the rest are closed.
+#[test]
+fn the_idle_pool_keeps_at_most_128_connections_per_endpoint() {
+    let infra = Infra::new();
+    let port = listener_port();
+    let spec = "  rules:\n  - backendRefs: [{name: infra-backend-v1, port: 8080}]\n";
+    let gw = infra.serve_with(
+        &[&same_namespace_gateway(port), &route("bounded", spec)],
+        &ServeOptions::with_workers(1),
+    );
+    let echo = infra.echo("infra-backend-v1");
+    for reply in send_at_once(port, &Req::get("/?delay=1s"), 140) {
+        assert_eq!(reply.status, 200);
+    }
+    assert_eq!(
+        echo.connections(),
+        140,
+        "one connection per request in flight"
+    );
+    assert!(
+        eventually(|| echo.open_connections() == 128),
+        "{} backend connections left open",
+        echo.open_connections()
+    );
+    assert_eq!(gw.metric("gatewayd_backend_idle_connections"), 128.0);
+}
+
+/// Requests in flight at once to an `appProtocol: kubernetes.io/h2c` backend share one
+/// HTTP/2 connection per worker.
+#[test]
+fn concurrent_requests_share_one_http2_backend_connection() {
+    let mut infra = Infra::new();
+    infra.add(INFRA, "h2c-backend", Some("kubernetes.io/h2c"));
+    let port = listener_port();
+    let spec = "  rules:\n  - backendRefs: [{name: h2c-backend, port: 8080}]\n";
+    let _gw = infra.serve_with(
+        &[&same_namespace_gateway(port), &route("multiplexed", spec)],
+        &ServeOptions::with_workers(1),
+    );
+    let replies = send_at_once(port, &Req::get("/?delay=500ms"), 20);
+    for reply in &replies {
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.json()["proto"], "HTTP/2.0");
+    }
+    let echo = infra.echo("h2c-backend");
+    assert_eq!(echo.requests(), 20);
+    assert_eq!(
+        echo.connections(),
+        1,
+        "20 concurrent requests on one connection"
     );
 }
 

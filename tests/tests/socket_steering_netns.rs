@@ -1,4 +1,4 @@
-//! The socket programs of a real gatewayd in a network namespace (issue 7), clients in the
+//! The socket programs of a real gatewayd in a network namespace, clients in the
 //! peer namespace over a veth pair:
 //!
 //! - `sk_lookup_steer`: a Gateway address range (`gateway.networking.example/CIDR`) that no

@@ -129,6 +129,7 @@ pub fn render(state: &State) -> String {
 
     workers(&mut out, &drain::report(state));
     http(&mut out, &http_totals(state));
+    backend_pools(&mut out, state);
     if let Some(snapshot) = state.snapshot() {
         backend_tls(&mut out, &snapshot.backend_tls);
     }
@@ -280,6 +281,29 @@ fn http(out: &mut Out, t: &HttpTotals) {
     out.sample(&bucket, &[("le", "+Inf")], t.count());
     out.sample(&format!("{name}_sum"), &[], t.sum_us as f64 / 1e6);
     out.sample(&format!("{name}_count"), &[], t.count());
+}
+
+/// Backend connections the workers' pools hold.
+fn backend_pools(out: &mut Out, state: &State) {
+    let contexts = state.workers().map(|w| w.contexts()).unwrap_or_default();
+    out.single(
+        "gatewayd_backend_idle_connections",
+        "gauge",
+        "Idle HTTP/1.1 backend connections pooled for reuse, all workers.",
+        contexts
+            .iter()
+            .map(|c| c.upstreams.idle_connections())
+            .sum::<usize>(),
+    );
+    out.single(
+        "gatewayd_backend_h2_connections",
+        "gauge",
+        "Shared HTTP/2 backend connections held, all workers.",
+        contexts
+            .iter()
+            .map(|c| c.upstreams.h2_connections())
+            .sum::<usize>(),
+    );
 }
 
 /// Per data-path worker: accepted connections and draining.

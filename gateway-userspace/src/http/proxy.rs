@@ -432,7 +432,7 @@ async fn exchange(
 }
 
 /// The rule's `retry`: attempts while the answer is one of its codes and repeating the
-/// request is safe.
+/// request is safe: it never reached a backend, or its method is idempotent.
 async fn with_retries(
     ctx: &WorkerCtx,
     target: &Target<'_>,
@@ -463,8 +463,10 @@ async fn with_retries(
         if last {
             return result;
         }
+        // A response means the backend had the request: repeated only when the method
+        // is idempotent (RFC 9110 §9.2.2), as after any failure once the request was sent.
         let again = match &result {
-            Ok(resp) => retry.codes.contains(&resp.status().as_u16()),
+            Ok(resp) => retry.codes.contains(&resp.status().as_u16()) && idempotent,
             Err(ProxyError::Upstream(e)) => {
                 retry.codes.contains(&ProxyError::status_of_upstream(e))
                     && (e.request_not_sent() || idempotent)

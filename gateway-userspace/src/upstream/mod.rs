@@ -47,9 +47,10 @@ pub use io::BackendIo;
 
 /// Idle HTTP/1.1 connections kept per endpoint and worker; more are closed on return.
 pub const MAX_IDLE_PER_ENDPOINT: usize = 128;
-/// An idle backend connection is closed after this long (below the usual 60 s of backends,
-/// so that the backend rarely closes a connection we are about to reuse).
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// An idle backend connection is closed after this long by default
+/// (`--backend-idle-timeout`; below the usual 60 s of backends, so that the backend rarely
+/// closes a connection we are about to reuse).
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Connecting to an endpoint gives up after this long (a 504).
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// An endpoint's state is dropped when it has been unused this long.
@@ -90,9 +91,16 @@ pub struct PoolKey {
 }
 
 /// The pools of one worker.
-#[derive(Default)]
 pub struct Upstreams {
     endpoints: Mutex<HashMap<PoolKey, Arc<Endpoint>>>,
+    /// How long a connection with no request on it is kept.
+    idle_timeout: Duration,
+}
+
+impl Default for Upstreams {
+    fn default() -> Self {
+        Upstreams::new(DEFAULT_IDLE_TIMEOUT)
+    }
 }
 
 /// One endpoint as seen by one worker: in-flight count, idle HTTP/1.1 connections, the
@@ -103,6 +111,8 @@ pub struct Endpoint {
     tls: Option<Arc<ProfileTls>>,
     in_flight: AtomicUsize,
     last_used: AtomicU64,
+    /// How long a connection with no request on it is kept.
+    idle_timeout: Duration,
     /// Set when its TLS profile is gone: connections are no longer pooled.
     retired: AtomicBool,
     idle: Mutex<Vec<Idle>>,
@@ -130,10 +140,23 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Upstreams {
+    /// Pools whose connections are closed after `idle_timeout` without a request.
+    pub fn new(idle_timeout: Duration) -> Self {
+        Upstreams {
+            endpoints: Mutex::default(),
+            idle_timeout,
+        }
+    }
+
+    /// How long a connection with no request on it is kept.
+    pub fn idle_timeout(&self) -> Duration {
+        self.idle_timeout
+    }
+
     /// The state of one endpoint, created on first use. `tls` must be the profile whose
     /// identity is `key.tls`.
     pub fn endpoint(&self, key: PoolKey, tls: Option<&Arc<ProfileTls>>) -> Arc<Endpoint> {
-        endpoint_in(&mut lock(&self.endpoints), key, tls)
+        endpoint_in(&mut lock(&self.endpoints), key, tls, self.idle_timeout)
     }
 
     /// Power of two choices: of two endpoints drawn at random, the one with fewer requests
@@ -161,7 +184,7 @@ impl Upstreams {
                     j += 1;
                 }
                 let mut map = lock(&self.endpoints);
-                let mut get = |addr| endpoint_in(&mut map, key(addr), tls);
+                let mut get = |addr| endpoint_in(&mut map, key(addr), tls, self.idle_timeout);
                 let a = get(addrs[i]);
                 let b = get(addrs[j]);
                 if b.in_flight() < a.in_flight() {
@@ -173,17 +196,31 @@ impl Upstreams {
         }
     }
 
-    /// Closes idle connections past [`IDLE_TIMEOUT`] and forgets endpoints unused for long.
+    /// Closes connections idle for the idle timeout (HTTP/1.1 ones in the pool, and the
+    /// shared HTTP/2 connection once no request has used it for that long) and forgets
+    /// endpoints unused for long.
     pub fn sweep(&self) {
         let now = Instant::now();
         let now_ms = now_ms();
         let ttl = u64::try_from(ENDPOINT_TTL.as_millis()).unwrap_or(u64::MAX);
+        let idle_ms = u64::try_from(self.idle_timeout.as_millis()).unwrap_or(u64::MAX);
         let mut map = lock(&self.endpoints);
         map.retain(|_, e| {
-            lock(&e.idle)
-                .retain_mut(|i| now.duration_since(i.since) < IDLE_TIMEOUT && i.conn.is_open());
+            lock(&e.idle).retain_mut(|i| {
+                now.duration_since(i.since) < self.idle_timeout && i.conn.is_open()
+            });
             let idle_empty = lock(&e.idle).is_empty();
-            let h2_empty = e.h2.try_lock().map(|g| g.is_none()).unwrap_or(false);
+            let quiet = now_ms.saturating_sub(e.last_used.load(Ordering::Relaxed));
+            let h2_empty =
+                e.h2.try_lock()
+                    .map(|mut g| {
+                        if e.in_flight() == 0 && quiet >= idle_ms {
+                            // Dropping the last sender lets hyper close the connection.
+                            *g = None;
+                        }
+                        g.is_none()
+                    })
+                    .unwrap_or(false);
             let unused = now_ms.saturating_sub(e.last_used.load(Ordering::Relaxed)) > ttl;
             !(idle_empty && h2_empty && e.in_flight() == 0 && unused)
         });
@@ -210,12 +247,24 @@ impl Upstreams {
         });
     }
 
-    /// Idle connections held, for tests and metrics.
+    /// Idle HTTP/1.1 connections held (`/metrics`).
     pub fn idle_connections(&self) -> usize {
         lock(&self.endpoints)
             .values()
             .map(|e| lock(&e.idle).len())
             .sum()
+    }
+
+    /// Shared HTTP/2 connections held, open or idle (`/metrics`).
+    pub fn h2_connections(&self) -> usize {
+        lock(&self.endpoints)
+            .values()
+            .filter(|e| {
+                e.h2.try_lock()
+                    .map(|g| g.as_ref().is_some_and(|tx| !tx.is_closed()))
+                    .unwrap_or(true)
+            })
+            .count()
     }
 }
 
@@ -225,9 +274,10 @@ fn endpoint_in(
     map: &mut HashMap<PoolKey, Arc<Endpoint>>,
     key: PoolKey,
     tls: Option<&Arc<ProfileTls>>,
+    idle_timeout: Duration,
 ) -> Arc<Endpoint> {
     map.entry(key)
-        .or_insert_with(|| Arc::new(Endpoint::new(key, tls.cloned())))
+        .or_insert_with(|| Arc::new(Endpoint::new(key, tls.cloned(), idle_timeout)))
         .clone()
 }
 
@@ -277,7 +327,7 @@ pub async fn connect(
 }
 
 impl Endpoint {
-    fn new(key: PoolKey, tls: Option<Arc<ProfileTls>>) -> Self {
+    fn new(key: PoolKey, tls: Option<Arc<ProfileTls>>, idle_timeout: Duration) -> Self {
         debug_assert_eq!(key.tls, tls.as_ref().map(|t| t.identity()));
         Endpoint {
             key,
@@ -285,6 +335,7 @@ impl Endpoint {
             retired: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
             last_used: AtomicU64::new(now_ms()),
+            idle_timeout,
             idle: Mutex::new(Vec::new()),
             h2: tokio::sync::Mutex::new(None),
         }
@@ -312,7 +363,7 @@ impl Endpoint {
     fn checkout(&self) -> Option<H1Conn> {
         let mut idle = lock(&self.idle);
         while let Some(mut i) = idle.pop() {
-            if i.since.elapsed() < IDLE_TIMEOUT && i.conn.is_open() {
+            if i.since.elapsed() < self.idle_timeout && i.conn.is_open() {
                 return Some(i.conn);
             }
         }

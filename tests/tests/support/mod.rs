@@ -1,4 +1,4 @@
-//! Helpers for the eBPF dataplane tests (issue 7): crafted frames, the embedded object
+//! Helpers for the eBPF dataplane tests: crafted frames, the embedded object
 //! loaded with both programs for `BPF_PROG_TEST_RUN`, gatewayd inside a network namespace,
 //! raw packets sent from the peer namespace, and `/metrics` parsing.
 //!
