@@ -3,8 +3,9 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use gateway_tests::scenario::{
-    listener_port, same_namespace_gateway, send, Infra, Reply, Req, INFRA,
+use gateway_tests::{
+    echo::{Misbehaviour, RawBackend},
+    scenario::{listener_port, same_namespace_gateway, send, service, Infra, Reply, Req, INFRA},
 };
 
 fn route(name: &str, spec: &str) -> String {
@@ -201,6 +202,76 @@ fn backend_level_header_filters_apply_to_their_backend_only() {
     let two = get(port, Req::get("/v2"));
     assert_eq!(two.backend().as_deref(), Some("infra-backend-v2"));
     assert_eq!(two.seen_header("X-Backend"), None);
+}
+
+/// The other filters on `backendRefs[].filters` apply exactly to the requests their
+/// backend gets: ResponseHeaderModifier (what the client sees), URLRewrite (what the
+/// backend sees), RequestMirror (a copy per request of that backend) and RequestRedirect
+/// (the backend is never asked).
+#[test]
+fn backend_level_response_rewrite_mirror_and_redirect_filters_follow_their_backend() {
+    let infra = Infra::new();
+    let port = listener_port();
+    let spec = "  rules:\n  - matches: [{path: {type: PathPrefix, value: /orig}}]\n    backendRefs:\n    - name: infra-backend-v1\n      port: 8080\n      weight: 1\n      filters:\n      - type: ResponseHeaderModifier\n        responseHeaderModifier: {set: [{name: X-From, value: v1}]}\n      - type: URLRewrite\n        urlRewrite: {path: {type: ReplacePrefixMatch, replacePrefixMatch: /rewritten}}\n      - type: RequestMirror\n        requestMirror: {backendRef: {name: infra-backend-v3, port: 8080}}\n    - {name: infra-backend-v2, port: 8080, weight: 1}\n  - matches: [{path: {type: PathPrefix, value: /moved}}]\n    backendRefs:\n    - name: infra-backend-v3\n      port: 8080\n      weight: 1\n      filters:\n      - type: RequestRedirect\n        requestRedirect: {hostname: moved.example, statusCode: 301}\n    - {name: infra-backend-v2, port: 8080, weight: 1}\n";
+    let _gw = infra.serve(&[
+        &same_namespace_gateway(port),
+        &route("backend-filters-all", spec),
+    ]);
+    let mut to_v1 = 0;
+    for _ in 0..40 {
+        let reply = get(port, Req::get("/orig/x"));
+        assert_eq!(reply.status, 200);
+        match reply.backend().as_deref() {
+            Some("infra-backend-v1") => {
+                to_v1 += 1;
+                assert_eq!(reply.header("X-From").as_deref(), Some("v1"));
+                assert_eq!(reply.seen_path().as_deref(), Some("/rewritten/x"));
+            }
+            Some("infra-backend-v2") => {
+                assert_eq!(reply.header("X-From"), None);
+                assert_eq!(reply.seen_path().as_deref(), Some("/orig/x"));
+            }
+            other => panic!("answered by {other:?}"),
+        }
+    }
+    assert!(
+        (17..=23).contains(&to_v1),
+        "{to_v1} of 40 to v1 at weights 1:1"
+    );
+    // One mirror copy for each request v1 got, none for v2's.
+    let mirror = infra.echo("infra-backend-v3");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while mirror.requests() < to_v1 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(mirror.requests(), to_v1);
+
+    let mut redirected = 0;
+    for _ in 0..40 {
+        let reply = get(port, Req::get("/moved/y"));
+        match reply.status {
+            301 => {
+                redirected += 1;
+                // No scheme and no port in the filter: the listener's port stays.
+                assert_eq!(
+                    reply.header("location"),
+                    Some(format!("http://moved.example:{port}/moved/y"))
+                );
+            }
+            200 => assert_eq!(reply.backend().as_deref(), Some("infra-backend-v2")),
+            other => panic!("status {other}"),
+        }
+    }
+    assert!(
+        (17..=23).contains(&redirected),
+        "{redirected} of 40 redirected"
+    );
+    assert_eq!(
+        mirror.requests(),
+        to_v1,
+        "the redirecting backend is never asked"
+    );
 }
 
 /// HTTPRouteRequestHeaderModifierBackendWeights: each weighted backend's own filter runs
@@ -478,4 +549,79 @@ fn request_mirror_sends_a_copy_and_answers_from_the_primary() {
     }
     assert_eq!(mirrored.requests(), 4);
     assert_eq!(infra.echo("infra-backend-v3").requests(), 0);
+}
+
+/// RequestMirror `fraction` and `percent`: each run of requests is mirrored within a few
+/// of the fraction (1/4 and 50 % of 200 requests here).
+#[test]
+fn request_mirror_copies_its_fraction_of_the_requests() {
+    let infra = Infra::new();
+    let port = listener_port();
+    let spec = "  rules:\n  - matches: [{path: {type: PathPrefix, value: /quarter}}]\n    filters:\n    - type: RequestMirror\n      requestMirror: {backendRef: {name: infra-backend-v2, port: 8080}, fraction: {numerator: 1, denominator: 4}}\n    backendRefs: [{name: infra-backend-v1, port: 8080}]\n  - matches: [{path: {type: PathPrefix, value: /half}}]\n    filters:\n    - type: RequestMirror\n      requestMirror: {backendRef: {name: infra-backend-v3, port: 8080}, percent: 50}\n    backendRefs: [{name: infra-backend-v1, port: 8080}]\n";
+    let _gw = infra.serve(&[
+        &same_namespace_gateway(port),
+        &route("request-mirror-fraction", spec),
+    ]);
+    for _ in 0..200 {
+        assert_eq!(get(port, Req::get("/quarter")).status, 200);
+        assert_eq!(get(port, Req::get("/half")).status, 200);
+    }
+    assert_eq!(infra.echo("infra-backend-v1").requests(), 400);
+    // Copies are sent after the answers: wait for the counts to settle.
+    let mut last = (usize::MAX, usize::MAX);
+    for _ in 0..50 {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = (
+            infra.echo("infra-backend-v2").requests(),
+            infra.echo("infra-backend-v3").requests(),
+        );
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    let (quarter, half) = last;
+    // Two workers, each within a few of its share.
+    assert!((44..=56).contains(&quarter), "{quarter} of 200 at 1/4");
+    assert!((94..=106).contains(&half), "{half} of 200 at 50 %");
+}
+
+/// A mirror that never answers holds up neither the client nor the primary: every
+/// response arrives while the mirror still sits on its copies.
+#[test]
+fn a_mirror_that_never_answers_does_not_hold_up_the_client() {
+    let mut infra = Infra::new();
+    let hanging = RawBackend::start(Misbehaviour::NeverAnswer);
+    infra
+        .yaml
+        .push_str(&service(INFRA, "hanging", &[hanging.addr], None));
+    let port = listener_port();
+    let spec = "  rules:\n  - filters:\n    - type: RequestMirror\n      requestMirror: {backendRef: {name: hanging, port: 8080}}\n    backendRefs: [{name: infra-backend-v1, port: 8080}]\n";
+    let _gw = infra.serve(&[
+        &same_namespace_gateway(port),
+        &route("request-mirror-hanging", spec),
+    ]);
+    let started = std::time::Instant::now();
+    for i in 0..5 {
+        let reply = get(
+            port,
+            Req::get(&format!("/hang/{i}"))
+                .method("POST")
+                .body(vec![b'm'; 20_000]),
+        );
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.backend().as_deref(), Some("infra-backend-v1"));
+        assert_eq!(reply.json()["bodyLength"], 20_000);
+    }
+    // Far below the 30 s a mirror is given: nothing waited for it.
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while hanging.requests() < 5 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(hanging.requests(), 5, "the mirror got every copy");
 }

@@ -253,6 +253,44 @@ fn header_matches_are_exact_and_more_headers_win() {
 }
 
 /// HTTPRouteQueryParamMatching.
+/// RegularExpression path and header matches (Implementation-specific support, RE2
+/// syntax): a full match of the path or the header value; a regex path ranks after Exact
+/// and PathPrefix matches.
+#[test]
+fn regular_expression_paths_and_headers_match_in_full() {
+    let infra = Infra::new();
+    let port = listener_port();
+    let spec = "  rules:\n  - matches: [{path: {type: RegularExpression, value: '/re/[0-9]+'}}]\n    backendRefs: [{name: infra-backend-v1, port: 8080}]\n  - matches: [{path: {type: Exact, value: /re/42}}]\n    backendRefs: [{name: infra-backend-v3, port: 8080}]\n  - matches: [{path: {type: PathPrefix, value: /hdr}, headers: [{type: RegularExpression, name: X-Version, value: 'v[12]\\.[0-9]+'}]}]\n    backendRefs: [{name: infra-backend-v2, port: 8080}]\n";
+    let _gw = infra.serve(&[
+        &same_namespace_gateway(port),
+        &route("regex-matching", spec),
+    ]);
+    check_all(
+        addr(port),
+        &[
+            (Req::get("/re/123"), Backend("infra-backend-v1")),
+            (Req::get("/re/7?q=1"), Backend("infra-backend-v1")),
+            (Req::get("/re/42"), Backend("infra-backend-v3")),
+            (Req::get("/re/123/x"), Status(404)),
+            (Req::get("/re/abc"), Status(404)),
+            (Req::get("/xre/123"), Status(404)),
+            (Req::get("/re/"), Status(404)),
+            (
+                Req::get("/hdr").header("X-Version", "v1.10"),
+                Backend("infra-backend-v2"),
+            ),
+            (
+                Req::get("/hdr").header("X-Version", "v2.0"),
+                Backend("infra-backend-v2"),
+            ),
+            (Req::get("/hdr").header("X-Version", "v3.0"), Status(404)),
+            (Req::get("/hdr").header("X-Version", "v1.0-rc"), Status(404)),
+            (Req::get("/hdr").header("X-Version", "xv1.0"), Status(404)),
+            (Req::get("/hdr"), Status(404)),
+        ],
+    );
+}
+
 #[test]
 fn query_parameters_match_by_exact_name_and_value() {
     let infra = Infra::new();

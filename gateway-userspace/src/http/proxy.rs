@@ -321,6 +321,9 @@ fn apply_filters<'t>(
 thread_local! {
     /// Where this thread's weighted picks are on their sequence ([`next_pick`]).
     static PICKS: std::cell::Cell<u32> = std::cell::Cell::new(fastrand::u32(..));
+    /// The same for whether a request is mirrored ([`mirrored`]): a sequence of its own,
+    /// so that mirroring does not follow the backend picks of the same requests.
+    static MIRROR_PICKS: std::cell::Cell<u32> = std::cell::Cell::new(fastrand::u32(..));
 }
 
 /// The next point in `0..total` of a Weyl sequence (steps of 2^32 / golden ratio, from a
@@ -328,7 +331,18 @@ thread_local! {
 /// requests of its weight, where independent random picks stray by the square root of
 /// the count (a 70/30 split over 500 requests: +-10 requests for one standard deviation).
 fn next_pick(total: u32) -> u32 {
-    let x = PICKS.with(|p| {
+    weyl(&PICKS, total)
+}
+
+/// Whether this request goes to a mirror of `numerator / denominator`: along a sequence
+/// like [`next_pick`]'s, so that any run of requests is mirrored within a few of the
+/// fraction.
+fn mirrored(numerator: u32, denominator: u32) -> bool {
+    denominator != 0 && (numerator >= denominator || weyl(&MIRROR_PICKS, denominator) < numerator)
+}
+
+fn weyl(seq: &'static std::thread::LocalKey<std::cell::Cell<u32>>, total: u32) -> u32 {
+    let x = seq.with(|p| {
         let x = p.get().wrapping_add(0x9E37_79B9);
         p.set(x);
         x
@@ -576,10 +590,7 @@ fn spawn_mirrors(
     let has_body = !http_body::Body::is_end_stream(&body);
     let mut taps = Vec::new();
     for mirror in mirrors {
-        if mirror.denominator == 0
-            || (mirror.numerator < mirror.denominator
-                && fastrand::u32(..mirror.denominator) >= mirror.numerator)
-        {
+        if !mirrored(mirror.numerator, mirror.denominator) {
             continue;
         }
         let Ok((service, tls)) = usable(&mirror.backend, view) else {
@@ -688,5 +699,29 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn mirrors_take_their_fraction_of_every_run_of_requests() {
+        for start in [0u32, 7, 0x8000_0000, u32::MAX] {
+            MIRROR_PICKS.with(|p| p.set(start));
+            for (num, den) in [(1, 4), (25, 100), (1, 3), (999, 1000)] {
+                for run in [100u32, 1000] {
+                    let got = (0..run).filter(|_| mirrored(num, den)).count();
+                    let want = (run * num / den) as usize;
+                    assert!(got.abs_diff(want) <= 3, "{num}/{den} of {run}: {got}");
+                }
+            }
+        }
+        assert!((0..100).all(|_| mirrored(100, 100)));
+        assert!(
+            (0..100).all(|_| mirrored(5, 4)),
+            "a fraction over 1 mirrors all"
+        );
+        assert!((0..100).all(|_| !mirrored(0, 100)));
+        assert!(
+            (0..100).all(|_| !mirrored(1, 0)),
+            "a zero denominator mirrors none"
+        );
     }
 }
