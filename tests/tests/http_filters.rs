@@ -182,6 +182,18 @@ fn response_header_modifier_sets_adds_and_removes_headers_the_client_sees() {
             assert_eq!(reply.header(n), None, "{path}: {n} should be absent");
         }
     }
+    // `add` appends a second field; it does not fold the value into the first one.
+    let reply = get(
+        port,
+        Req::get("/add").header("X-Echo-Set-Header", "X-Header-Add: from-backend"),
+    );
+    let fields: Vec<_> = reply
+        .headers
+        .get_all("x-header-add")
+        .iter()
+        .map(|v| v.to_str().expect("ascii"))
+        .collect();
+    assert_eq!(fields, ["from-backend", "add-appends-values"]);
 }
 
 /// HTTPRouteBackendRequestHeaderModifier: `backendRefs[].filters` apply to requests sent
