@@ -2748,7 +2748,14 @@ fn filter_problem(f: &HttpRouteRulesFilters) -> Option<String> {
         T::UrlRewrite => (f.url_rewrite.is_some(), "URLRewrite", "urlRewrite"),
         T::RequestMirror => (f.request_mirror.is_some(), "RequestMirror", "requestMirror"),
         T::ExtensionRef => (f.extension_ref.is_some(), "ExtensionRef", "extensionRef"),
-        ref other => return Some(format!("filter {other:?} is not supported")),
+        ref other => {
+            // The manifest's spelling (`CORS`), not the Rust variant's.
+            let name = serde_json::to_value(other)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_else(|| format!("{other:?}"));
+            return Some(format!("filter {name} is not supported"));
+        }
     };
     (!present).then(|| format!("filter type {ty} without its `{field}` field"))
 }

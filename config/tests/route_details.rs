@@ -484,7 +484,7 @@ fn malformed_filters_and_retries_drop_their_rule_with_the_reason() {
         ),
         (
             "backendRefs: [{name: web, port: 8080, filters: [{type: CORS, cors: {allowOrigins: ['https://a.com']}}]}]",
-            "backendRefs[0].filters[0]: filter Cors is not supported",
+            "backendRefs[0].filters[0]: filter CORS is not supported",
         ),
         (
             "retry: {codes: [200], attempts: 1}\n    backendRefs: [{name: web, port: 8080}]",

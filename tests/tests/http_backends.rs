@@ -121,6 +121,7 @@ fn retries_follow_codes_and_attempts() {
 /// never repeated; a request that reached a backend (it answered a listed code, or the
 /// connection broke after the request was written) is repeated only when its method is
 /// idempotent; one that never left (connection refused) is repeated whatever its method.
+/// Connection failures are retried whether or not 502 is among the codes.
 #[test]
 fn retries_repeat_only_what_is_safe_to_repeat() {
     let mut infra = Infra::new();
@@ -133,7 +134,7 @@ fn retries_repeat_only_what_is_safe_to_repeat() {
         .yaml
         .push_str(&service(INFRA, "refusing", &[refused], None));
     let port = listener_port();
-    let spec = "  rules:\n  - matches: [{path: {type: PathPrefix, value: /codes}}]\n    retry: {codes: [500], attempts: 2, backoff: 1ms}\n    backendRefs: [{name: infra-backend-v3, port: 8080}]\n  - matches: [{path: {type: PathPrefix, value: /reset}}]\n    retry: {codes: [502], attempts: 2, backoff: 1ms}\n    backendRefs: [{name: resetting, port: 8080}]\n  - matches: [{path: {type: PathPrefix, value: /refused}}]\n    retry: {codes: [502], attempts: 2, backoff: 1ms}\n    backendRefs: [{name: refusing, port: 8080}]\n";
+    let spec = "  rules:\n  - matches: [{path: {type: PathPrefix, value: /codes}}]\n    retry: {codes: [500], attempts: 2, backoff: 1ms}\n    backendRefs: [{name: infra-backend-v3, port: 8080}]\n  - matches: [{path: {type: PathPrefix, value: /reset}}]\n    retry: {codes: [503], attempts: 2, backoff: 1ms}\n    backendRefs: [{name: resetting, port: 8080}]\n  - matches: [{path: {type: PathPrefix, value: /refused}}]\n    retry: {codes: [502], attempts: 2, backoff: 1ms}\n    backendRefs: [{name: refusing, port: 8080}]\n";
     let _gw = infra.serve(&[&same_namespace_gateway(port), &route("safe-retries", spec)]);
 
     // A listed code: the echo backend fails the first two requests of each uuid.
@@ -191,7 +192,7 @@ fn retries_repeat_only_what_is_safe_to_repeat() {
 }
 
 /// `retry.backoff` is the least time between attempts: two retries after 400 ms each take
-/// at least 800 ms; without a backoff the default (10 ms) applies.
+/// at least 800 ms.
 #[test]
 fn retries_wait_for_the_backoff_between_attempts() {
     let infra = Infra::new();
@@ -657,7 +658,7 @@ fn backend_connections_close_after_the_idle_timeout() {
     let port = listener_port();
     let spec = "  rules:\n  - matches: [{path: {type: PathPrefix, value: /h2c}}]\n    backendRefs: [{name: h2c-backend, port: 8080}]\n  - backendRefs: [{name: infra-backend-v1, port: 8080}]\n";
     let mut options = ServeOptions::with_workers(1);
-    options.args = vec!["--backend-idle-timeout".into(), "1.5".into()];
+    options.args = vec!["--backend-idle-timeout".into(), "3".into()];
     let gw = infra.serve_with(
         &[&same_namespace_gateway(port), &route("idle", spec)],
         &options,
@@ -717,7 +718,7 @@ fn the_idle_pool_keeps_at_most_128_connections_per_endpoint() {
         &ServeOptions::with_workers(1),
     );
     let echo = infra.echo("infra-backend-v1");
-    for reply in send_at_once(port, &Req::get("/?delay=1s"), 140) {
+    for reply in send_at_once(port, &Req::get("/?delay=3s"), 140) {
         assert_eq!(reply.status, 200);
     }
     assert_eq!(

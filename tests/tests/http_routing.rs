@@ -252,7 +252,6 @@ fn header_matches_are_exact_and_more_headers_win() {
     );
 }
 
-/// HTTPRouteQueryParamMatching.
 /// RegularExpression path and header matches (Implementation-specific support, RE2
 /// syntax): a full match of the path or the header value; a regex path ranks after Exact
 /// and PathPrefix matches.
@@ -291,6 +290,7 @@ fn regular_expression_paths_and_headers_match_in_full() {
     );
 }
 
+/// HTTPRouteQueryParamMatching.
 #[test]
 fn query_parameters_match_by_exact_name_and_value() {
     let infra = Infra::new();

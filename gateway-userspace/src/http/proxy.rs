@@ -331,19 +331,24 @@ thread_local! {
 /// requests of its weight, where independent random picks stray by the square root of
 /// the count (a 70/30 split over 500 requests: +-10 requests for one standard deviation).
 fn next_pick(total: u32) -> u32 {
-    weyl(&PICKS, total)
+    weyl(&PICKS, 0x9E37_79B9, total)
 }
 
 /// Whether this request goes to a mirror of `numerator / denominator`: along a sequence
 /// like [`next_pick`]'s, so that any run of requests is mirrored within a few of the
 /// fraction.
 fn mirrored(numerator: u32, denominator: u32) -> bool {
-    denominator != 0 && (numerator >= denominator || weyl(&MIRROR_PICKS, denominator) < numerator)
+    // A step of 2^32 (sqrt 2 - 1), not the backend picks' golden-ratio step: with the same
+    // step the two sequences would move in lockstep and mirror a fixed slice of one
+    // backend's requests.
+    denominator != 0
+        && (numerator >= denominator || weyl(&MIRROR_PICKS, 0x6A09_E667, denominator) < numerator)
 }
 
-fn weyl(seq: &'static std::thread::LocalKey<std::cell::Cell<u32>>, total: u32) -> u32 {
+/// The next point in `0..total` of `seq`, a Weyl sequence of `step`.
+fn weyl(seq: &'static std::thread::LocalKey<std::cell::Cell<u32>>, step: u32, total: u32) -> u32 {
     let x = seq.with(|p| {
-        let x = p.get().wrapping_add(0x9E37_79B9);
+        let x = p.get().wrapping_add(step);
         p.set(x);
         x
     });
@@ -481,11 +486,11 @@ async fn with_retries(
         // is idempotent (RFC 9110 §9.2.2), as after any failure once the request was sent.
         let again = match &result {
             Ok(resp) => retry.codes.contains(&resp.status().as_u16()) && idempotent,
-            Err(ProxyError::Upstream(e)) => {
-                retry.codes.contains(&ProxyError::status_of_upstream(e))
-                    && (e.request_not_sent() || idempotent)
-            }
-            Err(ProxyError::BackendTimeout) => retry.codes.contains(&504) && idempotent,
+            // Connection failures and backend timeouts are retried whatever the codes, as
+            // the spec's retry describes ("after timing out or receiving a response code
+            // configured to be retryable"), when repeating is safe.
+            Err(ProxyError::Upstream(e)) => e.request_not_sent() || idempotent,
+            Err(ProxyError::BackendTimeout) => idempotent,
             Err(_) => false,
         };
         if !again {
@@ -630,17 +635,6 @@ fn spawn_mirrors(
     }
 }
 
-impl ProxyError {
-    /// The status a gateway-made failure would have, for matching retry codes.
-    fn status_of_upstream(e: &crate::upstream::UpstreamError) -> u16 {
-        if e.is_timeout() {
-            504
-        } else {
-            502
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -723,5 +717,27 @@ mod tests {
             (0..100).all(|_| !mirrored(1, 0)),
             "a zero denominator mirrors none"
         );
+    }
+
+    #[test]
+    fn mirroring_does_not_follow_the_backend_picks() {
+        // 50/50 backends and a 50 % mirror: the mirrored requests are spread over both
+        // backends, not a fixed slice of one of them.
+        let bs = [backend("a", 1), backend("b", 1)];
+        for (p, m) in [(0u32, 0u32), (12_345, 0), (0x8000_0000, 77)] {
+            PICKS.with(|c| c.set(p));
+            MIRROR_PICKS.with(|c| c.set(m));
+            let mut mirrored_to = [0usize; 2];
+            for _ in 0..1000 {
+                let b = pick_backend(&bs, 2).expect("a backend");
+                if mirrored(1, 2) {
+                    mirrored_to[usize::from(b.name.name.as_bytes()[0] - b'a')] += 1;
+                }
+            }
+            assert!(
+                mirrored_to.iter().all(|n| (200..=300).contains(n)),
+                "{mirrored_to:?}"
+            );
+        }
     }
 }

@@ -117,6 +117,8 @@ pub struct Endpoint {
     retired: AtomicBool,
     idle: Mutex<Vec<Idle>>,
     h2: tokio::sync::Mutex<Option<http2::SendRequest<ReqBody>>>,
+    /// Whether `h2` holds a connection, for readers that find it locked (`/metrics`).
+    h2_held: AtomicBool,
 }
 
 struct Idle {
@@ -131,6 +133,10 @@ pub struct InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
+        if self.endpoint.key.protocol == Protocol::H2c {
+            // The shared connection's idle time starts when its last request ends.
+            self.endpoint.last_used.store(now_ms(), Ordering::Relaxed);
+        }
         self.endpoint.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
@@ -217,6 +223,7 @@ impl Upstreams {
                         if e.in_flight() == 0 && quiet >= idle_ms {
                             // Dropping the last sender lets hyper close the connection.
                             *g = None;
+                            e.h2_held.store(false, Ordering::Relaxed);
                         }
                         g.is_none()
                     })
@@ -240,6 +247,7 @@ impl Upstreams {
                 lock(&e.idle).clear();
                 if let Ok(mut h2) = e.h2.try_lock() {
                     *h2 = None;
+                    e.h2_held.store(false, Ordering::Relaxed);
                 }
                 debug!(endpoint = %key.addr, "retired backend TLS pool of a changed profile");
             }
@@ -262,7 +270,7 @@ impl Upstreams {
             .filter(|e| {
                 e.h2.try_lock()
                     .map(|g| g.as_ref().is_some_and(|tx| !tx.is_closed()))
-                    .unwrap_or(true)
+                    .unwrap_or_else(|_| e.h2_held.load(Ordering::Relaxed))
             })
             .count()
     }
@@ -338,6 +346,7 @@ impl Endpoint {
             idle_timeout,
             idle: Mutex::new(Vec::new()),
             h2: tokio::sync::Mutex::new(None),
+            h2_held: AtomicBool::new(false),
         }
     }
 
@@ -500,6 +509,7 @@ impl Endpoint {
                     // the future of every request.
                     let tx = Box::pin(self.connect_h2()).await?;
                     *slot = Some(tx.clone());
+                    self.h2_held.store(true, Ordering::Relaxed);
                     tx
                 }
             }
