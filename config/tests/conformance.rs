@@ -4,7 +4,10 @@
 // Case tables are tuples, read row by row like the spec tables they mirror.
 #![allow(clippy::type_complexity)]
 
-use gateway_config::{compile, parse_str, BackendTls, Bind, CompileOptions, Compiled, TrustRoots};
+mod common;
+
+use common::{bind, build, cond, http_route, route};
+use gateway_config::{BackendTls, Compiled, TrustRoots};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 
 fn pem(name: &str) -> String {
@@ -93,33 +96,6 @@ spec:
     allowedRoutes: {namespaces: {from: Selector, selector: {matchLabels: {shared: "yes"}}}}
 "#;
 
-fn build(docs: &[&str]) -> Compiled {
-    let text = docs.join("\n---\n");
-    let (m, warnings) = parse_str("test.yaml", &text).unwrap_or_else(|e| panic!("{e}"));
-    assert!(warnings.is_empty(), "{warnings:?}");
-    compile(&m, &CompileOptions::default())
-}
-
-fn cond<'a>(conds: &'a [Condition], type_: &str) -> &'a Condition {
-    conds
-        .iter()
-        .find(|c| c.type_ == type_)
-        .unwrap_or_else(|| panic!("no {type_} in {conds:?}"))
-}
-
-fn route(c: &Compiled, kind: &str, name: &str, gw: &str) -> Vec<Condition> {
-    let (ns, name) = name.split_once('/').expect("ns/name");
-    c.status
-        .route_parent_conditions(kind, ns, name, gw)
-        .unwrap_or_else(|| {
-            panic!(
-                "no parent status for {kind} {ns}/{name} -> {gw}: {:#?}",
-                c.status
-            )
-        })
-        .to_vec()
-}
-
 fn listener_conds(c: &Compiled, gw: &str, listener: &str) -> (Vec<Condition>, i32, Vec<String>) {
     let (ns, name) = gw.split_once('/').expect("ns/name");
     let s = c.status.gateway(ns, name).expect("gateway status");
@@ -145,18 +121,6 @@ fn assert_cond(conds: &[Condition], type_: &str, status: &str, reason: &str, gen
         (status, reason, Some(generation)),
         "{type_}: {c:?}"
     );
-}
-
-fn http_route(ns: &str, name: &str, parent: &str, extra: &str) -> String {
-    format!(
-        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  parentRefs: [{parent}]\n{extra}"
-    )
-}
-
-fn bind(c: &Compiled, port: u16) -> &Bind {
-    c.table
-        .bind_for(format!("127.0.0.1:{port}").parse().expect("addr"))
-        .expect("bind")
 }
 
 #[test]

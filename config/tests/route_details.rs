@@ -2,10 +2,10 @@
 //! compiled backend), `RequestMirror` fraction/percent, `retry` and RegularExpression
 //! path matches in the compiled table.
 
-use gateway_config::{
-    compile, parse_str, Bind, CompileOptions, Compiled, HttpFilter, HttpRule, PathMatch,
-    UnresolvedBackend,
-};
+mod common;
+
+use common::{bind, build, cond, http_route, route};
+use gateway_config::{Compiled, HttpFilter, HttpRule, PathMatch, UnresolvedBackend};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use std::time::Duration;
 
@@ -64,49 +64,10 @@ spec:
     allowedRoutes: {namespaces: {from: Selector, selector: {matchLabels: {shared: "yes"}}}}
 "#;
 
-fn build(docs: &[&str]) -> Compiled {
-    let text = docs.join("\n---\n");
-    let (m, warnings) = parse_str("test.yaml", &text).unwrap_or_else(|e| panic!("{e}"));
-    assert!(warnings.is_empty(), "{warnings:?}");
-    compile(&m, &CompileOptions::default())
-}
-
-fn cond<'a>(conds: &'a [Condition], type_: &str) -> &'a Condition {
-    conds
-        .iter()
-        .find(|c| c.type_ == type_)
-        .unwrap_or_else(|| panic!("no {type_} in {conds:?}"))
-}
-
-fn route(c: &Compiled, kind: &str, name: &str, gw: &str) -> Vec<Condition> {
-    let (ns, name) = name.split_once('/').expect("ns/name");
-    c.status
-        .route_parent_conditions(kind, ns, name, gw)
-        .unwrap_or_else(|| {
-            panic!(
-                "no parent status for {kind} {ns}/{name} -> {gw}: {:#?}",
-                c.status
-            )
-        })
-        .to_vec()
-}
-
 /// (status, reason) of a condition type.
 fn sr<'a>(conds: &'a [Condition], type_: &str) -> (&'a str, &'a str) {
     let c = cond(conds, type_);
     (c.status.as_str(), c.reason.as_str())
-}
-
-fn http_route(ns: &str, name: &str, parent: &str, extra: &str) -> String {
-    format!(
-        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  parentRefs: [{parent}]\n{extra}"
-    )
-}
-
-fn bind(c: &Compiled, port: u16) -> &Bind {
-    c.table
-        .bind_for(format!("127.0.0.1:{port}").parse().expect("addr"))
-        .expect("bind")
 }
 
 /// The matched rule of `GET path` on the `http` listener (port 80).

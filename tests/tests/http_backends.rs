@@ -666,23 +666,11 @@ fn backend_connections_close_after_the_idle_timeout() {
     let h1 = infra.echo("infra-backend-v1");
     let h2 = infra.echo("h2c-backend");
     for round in 1..=2 {
-        assert_eq!(
-            send(addr(port), &Req::get("/")).expect("request").status,
-            200
-        );
-        assert_eq!(
-            send(addr(port), &Req::get("/h2c")).expect("request").status,
-            200
-        );
-        // Reused while fresh.
-        assert_eq!(
-            send(addr(port), &Req::get("/")).expect("request").status,
-            200
-        );
-        assert_eq!(
-            send(addr(port), &Req::get("/h2c")).expect("request").status,
-            200
-        );
+        // Twice each: the second request reuses the fresh connection.
+        for path in ["/", "/h2c", "/", "/h2c"] {
+            let reply = send(addr(port), &Req::get(path)).expect("request");
+            assert_eq!(reply.status, 200, "{path}");
+        }
         assert_eq!(
             h1.connections(),
             round,
