@@ -212,6 +212,8 @@ mod tests {
             "3",
             "--controller-name",
             "example.com/gw",
+            "--backend-idle-timeout",
+            "2.5",
         ]);
         let Ok(Cli {
             command: Command::Run(args),
@@ -228,6 +230,10 @@ mod tests {
         assert_eq!(args.xdp_iface, vec!["eth0", "eth1"]);
         assert_eq!(args.workers, Some(3));
         assert_eq!(args.config.controller_name, "example.com/gw");
+        assert_eq!(
+            args.worker_options().backend_idle_timeout,
+            Duration::from_millis(2500)
+        );
     }
 
     #[test]
@@ -243,6 +249,10 @@ mod tests {
         assert_eq!(args.ebpf, EbpfMode::Auto);
         assert!(args.xdp_iface.is_empty());
         assert_eq!(args.config.controller_name, DEFAULT_CONTROLLER_NAME);
+        assert_eq!(
+            args.worker_options().backend_idle_timeout,
+            Duration::from_secs(30)
+        );
     }
 
     #[test]
@@ -337,6 +347,9 @@ mod tests {
             ["--syn-rate-limit", "ten"],
             ["--flow-idle-timeout", "0"],
             ["--flow-idle-timeout", "-3"],
+            ["--backend-idle-timeout", "0"],
+            ["--backend-idle-timeout", "NaN"],
+            ["--backend-idle-timeout", "100000"],
         ] {
             let mut argv = vec!["gatewayd", "run", "--config", "a"];
             argv.extend_from_slice(&extra);
