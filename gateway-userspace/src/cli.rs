@@ -10,7 +10,7 @@ use crate::{
         Acl, AclError, DataplaneOptions, EbpfMode, SynRateLimit,
     },
     http::ForwardedHeaders,
-    upstream::DEFAULT_IDLE_TIMEOUT,
+    upstream::{DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS},
     worker::WorkerOptions,
 };
 
@@ -85,6 +85,11 @@ pub struct RunArgs {
     #[arg(long, value_name = "SECS", default_value_t = DEFAULT_IDLE_TIMEOUT.as_secs_f64(), value_parser = parse_backend_idle_timeout)]
     pub backend_idle_timeout: f64,
 
+    /// HTTP/1.1 connections open at once (idle or in use) per backend endpoint and
+    /// worker; at the limit a request waits up to 5 s for one to come free, then gets 503.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_CONNECTIONS as u32, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub backend_max_connections: u32,
+
     #[command(flatten)]
     pub kernel: KernelArgs,
 }
@@ -145,6 +150,8 @@ impl RunArgs {
         WorkerOptions {
             forwarded: self.forwarded_headers,
             backend_idle_timeout: Duration::from_secs_f64(self.backend_idle_timeout),
+            backend_max_connections: usize::try_from(self.backend_max_connections)
+                .unwrap_or(DEFAULT_MAX_CONNECTIONS),
         }
     }
 }
@@ -214,6 +221,8 @@ mod tests {
             "example.com/gw",
             "--backend-idle-timeout",
             "2.5",
+            "--backend-max-connections",
+            "64",
         ]);
         let Ok(Cli {
             command: Command::Run(args),
@@ -234,6 +243,7 @@ mod tests {
             args.worker_options().backend_idle_timeout,
             Duration::from_millis(2500)
         );
+        assert_eq!(args.worker_options().backend_max_connections, 64);
     }
 
     #[test]
@@ -253,6 +263,7 @@ mod tests {
             args.worker_options().backend_idle_timeout,
             Duration::from_secs(30)
         );
+        assert_eq!(args.worker_options().backend_max_connections, 1024);
     }
 
     #[test]
@@ -350,6 +361,8 @@ mod tests {
             ["--backend-idle-timeout", "0"],
             ["--backend-idle-timeout", "NaN"],
             ["--backend-idle-timeout", "100000"],
+            ["--backend-max-connections", "0"],
+            ["--backend-max-connections", "many"],
         ] {
             let mut argv = vec!["gatewayd", "run", "--config", "a"];
             argv.extend_from_slice(&extra);

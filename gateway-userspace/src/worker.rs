@@ -35,6 +35,8 @@ pub struct WorkerOptions {
     pub forwarded: http::ForwardedHeaders,
     /// How long a backend connection without a request is kept (`--backend-idle-timeout`).
     pub backend_idle_timeout: Duration,
+    /// HTTP/1.1 connections per endpoint and worker (`--backend-max-connections`).
+    pub backend_max_connections: usize,
 }
 
 impl Default for WorkerOptions {
@@ -42,6 +44,7 @@ impl Default for WorkerOptions {
         WorkerOptions {
             forwarded: http::ForwardedHeaders::default(),
             backend_idle_timeout: crate::upstream::DEFAULT_IDLE_TIMEOUT,
+            backend_max_connections: crate::upstream::DEFAULT_MAX_CONNECTIONS,
         }
     }
 }
@@ -110,7 +113,10 @@ impl WorkerCtx {
             id,
             forwarded: options.forwarded,
             http: http::stats::HttpStats::default(),
-            upstreams: Upstreams::new(options.backend_idle_timeout),
+            upstreams: Upstreams::new(crate::upstream::PoolLimits {
+                idle_timeout: options.backend_idle_timeout,
+                max_connections: options.backend_max_connections,
+            }),
             servers: http::Servers::new(),
             view: ArcSwapOption::empty(),
         }

@@ -722,6 +722,77 @@ fn the_idle_pool_keeps_at_most_128_connections_per_endpoint() {
     assert_eq!(gw.metric("gatewayd_backend_idle_connections"), 128.0);
 }
 
+/// `--backend-max-connections`: an endpoint never has more HTTP/1.1 connections open per
+/// worker; requests beyond it wait for one to come back to the pool, in turn.
+#[test]
+fn backend_connections_are_capped_and_requests_wait_for_one() {
+    let infra = Infra::new();
+    let port = listener_port();
+    let spec = "  rules:\n  - backendRefs: [{name: infra-backend-v1, port: 8080}]\n";
+    let mut options = ServeOptions::with_workers(1);
+    options.args = vec!["--backend-max-connections".into(), "2".into()];
+    let gw = infra.serve_with(
+        &[&same_namespace_gateway(port), &route("capped", spec)],
+        &options,
+    );
+    let started = std::time::Instant::now();
+    for reply in send_at_once(port, &Req::get("/?delay=500ms"), 6) {
+        assert_eq!(reply.status, 200);
+    }
+    let took = started.elapsed();
+    let echo = infra.echo("infra-backend-v1");
+    assert_eq!(echo.requests(), 6);
+    assert_eq!(echo.connections(), 2, "two connections for six requests");
+    // Three turns of two.
+    assert!(
+        took >= Duration::from_millis(1400),
+        "six requests took {took:?}"
+    );
+    assert_eq!(gw.metric("gatewayd_backend_idle_connections"), 2.0);
+}
+
+/// A request that waits 5 s at an endpoint with every connection busy gets 503; the
+/// busy request is unaffected and its connection serves the next one.
+#[test]
+fn a_request_that_finds_no_connection_free_within_5_s_gets_503() {
+    let infra = Infra::new();
+    let port = listener_port();
+    let spec = "  rules:\n  - backendRefs: [{name: infra-backend-v1, port: 8080}]\n";
+    let mut options = ServeOptions::with_workers(1);
+    options.args = vec!["--backend-max-connections".into(), "1".into()];
+    let _gw = infra.serve_with(
+        &[&same_namespace_gateway(port), &route("full", spec)],
+        &options,
+    );
+    let echo = infra.echo("infra-backend-v1");
+    std::thread::scope(|scope| {
+        let slow = scope.spawn(|| send(addr(port), &Req::get("/slow?delay=8s")).expect("request"));
+        assert!(
+            eventually(|| echo.connections() == 1),
+            "the slow request never started"
+        );
+        let started = std::time::Instant::now();
+        let reply = send(addr(port), &Req::get("/waits")).expect("request");
+        let waited = started.elapsed();
+        assert_eq!(reply.status, 503);
+        assert!(
+            waited >= Duration::from_millis(4500) && waited < Duration::from_secs(8),
+            "answered after {waited:?}"
+        );
+        let slow = slow.join().expect("client thread");
+        assert_eq!(slow.status, 200);
+        assert_eq!(slow.seen_path().as_deref(), Some("/slow?delay=8s"));
+    });
+    let after = send(addr(port), &Req::get("/after")).expect("request");
+    assert_eq!(after.status, 200);
+    assert_eq!(
+        echo.connections(),
+        1,
+        "the one connection served all that got through"
+    );
+    assert_eq!(echo.requests(), 2);
+}
+
 /// Requests in flight at once to an `appProtocol: kubernetes.io/h2c` backend share one
 /// HTTP/2 connection per worker.
 #[test]

@@ -72,7 +72,10 @@ impl ProxyError {
             | ProxyError::NoBackend
             | ProxyError::InvalidRule { .. }
             | ProxyError::BackendTlsInvalid { .. } => StatusCode::INTERNAL_SERVER_ERROR,
-            ProxyError::NoEndpoints { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::NoEndpoints { .. }
+            | ProxyError::Upstream(UpstreamError::PoolFull { .. }) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ProxyError::BackendTlsUnavailable { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Upstream(e) if e.is_timeout() => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
@@ -177,6 +180,14 @@ mod tests {
             ),
             (ProxyError::RequestTimeout, 504),
             (ProxyError::BackendTimeout, 504),
+            (
+                ProxyError::Upstream(UpstreamError::PoolFull {
+                    addr,
+                    max: 2,
+                    waited: std::time::Duration::from_secs(5),
+                }),
+                503,
+            ),
         ];
         for (err, status) in cases {
             assert_eq!(err.status().as_u16(), status, "{err}");

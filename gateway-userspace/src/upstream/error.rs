@@ -41,6 +41,15 @@ pub enum UpstreamError {
     /// did not choose `h2` by ALPN.
     #[error("backend {addr} did not negotiate h2 over TLS")]
     NoH2 { addr: SocketAddr },
+    /// The endpoint had its most HTTP/1.1 connections open (`--backend-max-connections`)
+    /// and none came free in time (503, as an overflow in Envoy or a queue timeout in
+    /// HAProxy).
+    #[error("{addr} had {max} connections open and none came free within {waited:?}")]
+    PoolFull {
+        addr: SocketAddr,
+        max: usize,
+        waited: std::time::Duration,
+    },
     /// The connection closed or was reset after the request was handed to it and before a
     /// response head arrived.
     #[error("connection to {addr} failed before a response")]

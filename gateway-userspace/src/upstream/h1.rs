@@ -62,6 +62,8 @@ pub enum H1Error {
 /// A pooled HTTP/1.1 connection to a backend.
 pub(crate) struct H1Conn {
     io: BackendIo,
+    /// Its place under the endpoint's connection limit, given back when it closes.
+    _slot: super::Slot,
     /// Bytes read and not yet consumed; empty between exchanges.
     rbuf: BytesMut,
     /// The request head, kept to reuse its allocation.
@@ -136,9 +138,10 @@ impl Future for Exchange {
 }
 
 impl H1Conn {
-    pub(crate) fn new(io: BackendIo) -> Self {
+    pub(crate) fn new(io: BackendIo, slot: super::Slot) -> Self {
         H1Conn {
             io,
+            _slot: slot,
             rbuf: BytesMut::new(),
             head: Vec::with_capacity(512),
         }

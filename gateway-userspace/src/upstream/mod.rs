@@ -51,6 +51,11 @@ pub const MAX_IDLE_PER_ENDPOINT: usize = 128;
 /// (`--backend-idle-timeout`; below the usual 60 s of backends, so that the backend rarely
 /// closes a connection we are about to reuse).
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// HTTP/1.1 connections open (idle or in use) per endpoint and worker, by default
+/// (`--backend-max-connections`).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+/// How long a request waits for a connection of an endpoint at its limit (then 503).
+pub const POOL_WAIT: Duration = Duration::from_secs(5);
 /// Connecting to an endpoint gives up after this long (a 504).
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// An endpoint's state is dropped when it has been unused this long.
@@ -93,13 +98,30 @@ pub struct PoolKey {
 /// The pools of one worker.
 pub struct Upstreams {
     endpoints: Mutex<HashMap<PoolKey, Arc<Endpoint>>>,
+    limits: PoolLimits,
+}
+
+/// What bounds the pools of a worker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PoolLimits {
     /// How long a connection with no request on it is kept.
-    idle_timeout: Duration,
+    pub idle_timeout: Duration,
+    /// HTTP/1.1 connections open at once per endpoint, idle or in use.
+    pub max_connections: usize,
+}
+
+impl Default for PoolLimits {
+    fn default() -> Self {
+        PoolLimits {
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+        }
+    }
 }
 
 impl Default for Upstreams {
     fn default() -> Self {
-        Upstreams::new(DEFAULT_IDLE_TIMEOUT)
+        Upstreams::new(PoolLimits::default())
     }
 }
 
@@ -113,6 +135,8 @@ pub struct Endpoint {
     last_used: AtomicU64,
     /// How long a connection with no request on it is kept.
     idle_timeout: Duration,
+    /// Its HTTP/1.1 connections under the limit.
+    slots: Arc<Slots>,
     /// Set when its TLS profile is gone: connections are no longer pooled.
     retired: AtomicBool,
     idle: Mutex<Vec<Idle>>,
@@ -124,6 +148,72 @@ pub struct Endpoint {
 struct Idle {
     conn: H1Conn,
     since: Instant,
+}
+
+/// The HTTP/1.1 connections of one endpoint (and worker) against their limit, and the
+/// requests waiting for one.
+pub(crate) struct Slots {
+    open: AtomicUsize,
+    waiting: AtomicUsize,
+    freed: tokio::sync::Notify,
+    max: usize,
+}
+
+impl Slots {
+    fn new(max: usize) -> Self {
+        Slots {
+            open: AtomicUsize::new(0),
+            waiting: AtomicUsize::new(0),
+            freed: tokio::sync::Notify::new(),
+            max: max.max(1),
+        }
+    }
+
+    /// A place for one more connection, unless the limit is reached.
+    fn try_take(self: &Arc<Self>) -> Option<Slot> {
+        let mut open = self.open.load(Ordering::SeqCst);
+        loop {
+            if open >= self.max {
+                return None;
+            }
+            match self.open.compare_exchange_weak(
+                open,
+                open + 1,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            ) {
+                Ok(_) => return Some(Slot(self.clone())),
+                Err(now) => open = now,
+            }
+        }
+    }
+
+    /// A connection came back to the pool or closed: the first waiting request may go.
+    fn wake_one(&self) {
+        if self.waiting.load(Ordering::SeqCst) > 0 {
+            self.freed.notify_one();
+        }
+    }
+}
+
+/// One open HTTP/1.1 connection's place under its endpoint's limit, given back when the
+/// connection closes.
+pub(crate) struct Slot(Arc<Slots>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::SeqCst);
+        self.0.wake_one();
+    }
+}
+
+/// Counts a request waiting for a connection until dropped.
+struct Waiting<'a>(&'a Slots);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// Counts a request in flight on an endpoint until dropped.
@@ -146,23 +236,23 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Upstreams {
-    /// Pools whose connections are closed after `idle_timeout` without a request.
-    pub fn new(idle_timeout: Duration) -> Self {
+    /// Pools bounded by `limits`.
+    pub fn new(limits: PoolLimits) -> Self {
         Upstreams {
             endpoints: Mutex::default(),
-            idle_timeout,
+            limits,
         }
     }
 
     /// How long a connection with no request on it is kept.
     pub fn idle_timeout(&self) -> Duration {
-        self.idle_timeout
+        self.limits.idle_timeout
     }
 
     /// The state of one endpoint, created on first use. `tls` must be the profile whose
     /// identity is `key.tls`.
     pub fn endpoint(&self, key: PoolKey, tls: Option<&Arc<ProfileTls>>) -> Arc<Endpoint> {
-        endpoint_in(&mut lock(&self.endpoints), key, tls, self.idle_timeout)
+        endpoint_in(&mut lock(&self.endpoints), key, tls, self.limits)
     }
 
     /// Power of two choices: of two endpoints drawn at random, the one with fewer requests
@@ -190,7 +280,7 @@ impl Upstreams {
                     j += 1;
                 }
                 let mut map = lock(&self.endpoints);
-                let mut get = |addr| endpoint_in(&mut map, key(addr), tls, self.idle_timeout);
+                let mut get = |addr| endpoint_in(&mut map, key(addr), tls, self.limits);
                 let a = get(addrs[i]);
                 let b = get(addrs[j]);
                 if b.in_flight() < a.in_flight() {
@@ -209,12 +299,12 @@ impl Upstreams {
         let now = Instant::now();
         let now_ms = now_ms();
         let ttl = u64::try_from(ENDPOINT_TTL.as_millis()).unwrap_or(u64::MAX);
-        let idle_ms = u64::try_from(self.idle_timeout.as_millis()).unwrap_or(u64::MAX);
+        let idle_timeout = self.limits.idle_timeout;
+        let idle_ms = u64::try_from(idle_timeout.as_millis()).unwrap_or(u64::MAX);
         let mut map = lock(&self.endpoints);
         map.retain(|_, e| {
-            lock(&e.idle).retain_mut(|i| {
-                now.duration_since(i.since) < self.idle_timeout && i.conn.is_open()
-            });
+            lock(&e.idle)
+                .retain_mut(|i| now.duration_since(i.since) < idle_timeout && i.conn.is_open());
             let idle_empty = lock(&e.idle).is_empty();
             let quiet = now_ms.saturating_sub(e.last_used.load(Ordering::Relaxed));
             let h2_empty =
@@ -282,10 +372,10 @@ fn endpoint_in(
     map: &mut HashMap<PoolKey, Arc<Endpoint>>,
     key: PoolKey,
     tls: Option<&Arc<ProfileTls>>,
-    idle_timeout: Duration,
+    limits: PoolLimits,
 ) -> Arc<Endpoint> {
     map.entry(key)
-        .or_insert_with(|| Arc::new(Endpoint::new(key, tls.cloned(), idle_timeout)))
+        .or_insert_with(|| Arc::new(Endpoint::new(key, tls.cloned(), limits)))
         .clone()
 }
 
@@ -335,7 +425,7 @@ pub async fn connect(
 }
 
 impl Endpoint {
-    fn new(key: PoolKey, tls: Option<Arc<ProfileTls>>, idle_timeout: Duration) -> Self {
+    fn new(key: PoolKey, tls: Option<Arc<ProfileTls>>, limits: PoolLimits) -> Self {
         debug_assert_eq!(key.tls, tls.as_ref().map(|t| t.identity()));
         Endpoint {
             key,
@@ -343,7 +433,8 @@ impl Endpoint {
             retired: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
             last_used: AtomicU64::new(now_ms()),
-            idle_timeout,
+            idle_timeout: limits.idle_timeout,
+            slots: Arc::new(Slots::new(limits.max_connections)),
             idle: Mutex::new(Vec::new()),
             h2: tokio::sync::Mutex::new(None),
             h2_held: AtomicBool::new(false),
@@ -389,6 +480,34 @@ impl Endpoint {
                 conn,
                 since: Instant::now(),
             });
+            drop(idle);
+            self.slots.wake_one();
+        }
+    }
+
+    /// Waits, at an endpoint at its connection limit, until a connection comes back to the
+    /// pool or closes (`Ok`; the caller looks again), or until `deadline` (`PoolFull`).
+    async fn wait_for_connection(
+        &self,
+        deadline: tokio::time::Instant,
+    ) -> Result<(), UpstreamError> {
+        self.slots.waiting.fetch_add(1, Ordering::SeqCst);
+        let _waiting = Waiting(&self.slots);
+        let freed = self.slots.freed.notified();
+        tokio::pin!(freed);
+        // Registered before looking again, so that a connection given back in between
+        // still wakes this request.
+        freed.as_mut().enable();
+        if !lock(&self.idle).is_empty() || self.slots.open.load(Ordering::SeqCst) < self.slots.max {
+            return Ok(());
+        }
+        match tokio::time::timeout_at(deadline, freed).await {
+            Ok(()) => Ok(()),
+            Err(_) => Err(UpstreamError::PoolFull {
+                addr: self.key.addr,
+                max: self.slots.max,
+                waited: POOL_WAIT,
+            }),
         }
     }
 
@@ -463,6 +582,7 @@ impl Endpoint {
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
         let addr = self.key.addr;
         crate::phase::turn(crate::phase::Side::Backend).await;
+        let mut deadline = None;
         let exchange = loop {
             if let Some(conn) = self.checkout() {
                 match conn.start(req, &self) {
@@ -470,10 +590,11 @@ impl Endpoint {
                     // Not written: the connection was closing. Try another one.
                     Err(not_sent) => req = not_sent.req,
                 }
-            } else {
+            } else if let Some(slot) = self.slots.try_take() {
                 // Boxed: connecting is rare next to reuse, and its future would otherwise
                 // size the future of every request.
-                let conn = H1Conn::new(Box::pin(self.connect_io(Protocol::Http1.alpn())).await?);
+                let io = Box::pin(self.connect_io(Protocol::Http1.alpn())).await?;
+                let conn = H1Conn::new(io, slot);
                 match conn.start(req, &self) {
                     Ok(exchange) => break exchange,
                     Err(not_sent) => {
@@ -483,6 +604,10 @@ impl Endpoint {
                         })
                     }
                 }
+            } else {
+                // At the limit with none idle: wait for one to come back or close.
+                let at = *deadline.get_or_insert_with(|| tokio::time::Instant::now() + POOL_WAIT);
+                Box::pin(self.wait_for_connection(at)).await?;
             }
         };
         match exchange.await {
@@ -551,6 +676,36 @@ impl Endpoint {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn slots_stop_at_the_limit_and_a_closed_connection_frees_one() {
+        let slots = Arc::new(Slots::new(2));
+        let a = slots.try_take().expect("first");
+        let _b = slots.try_take().expect("second");
+        assert!(slots.try_take().is_none(), "a third over a limit of 2");
+        drop(a);
+        assert!(slots.try_take().is_some(), "the closed one's place is free");
+        assert!(
+            Arc::new(Slots::new(0)).try_take().is_some(),
+            "a limit is at least 1"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_waiting_request_is_woken_when_a_connection_closes() {
+        let slots = Arc::new(Slots::new(1));
+        let held = slots.try_take().expect("the one place");
+        slots.waiting.fetch_add(1, Ordering::SeqCst);
+        let freed = slots.freed.notified();
+        tokio::pin!(freed);
+        freed.as_mut().enable();
+        drop(held);
+        tokio::time::timeout(Duration::from_secs(5), freed)
+            .await
+            .expect("woken by the close");
+        slots.waiting.fetch_sub(1, Ordering::SeqCst);
+        assert!(slots.try_take().is_some());
+    }
 
     #[test]
     fn power_of_two_choices_prefers_the_endpoint_with_fewer_requests_in_flight() {
