@@ -749,6 +749,13 @@ fn backend_connections_are_capped_and_requests_wait_for_one() {
         "six requests took {took:?}"
     );
     assert_eq!(gw.metric("gatewayd_backend_idle_connections"), 2.0);
+    // Up to four waited (fewer if one came after a connection was back); none in vain.
+    let waits = gw.metric("gatewayd_backend_connection_waits_total");
+    assert!((1.0..=4.0).contains(&waits), "{waits} waits");
+    assert_eq!(
+        gw.metric("gatewayd_backend_connection_overflows_total"),
+        0.0
+    );
 }
 
 /// A request that waits 5 s at an endpoint with every connection busy gets 503; the
@@ -760,7 +767,7 @@ fn a_request_that_finds_no_connection_free_within_5_s_gets_503() {
     let spec = "  rules:\n  - backendRefs: [{name: infra-backend-v1, port: 8080}]\n";
     let mut options = ServeOptions::with_workers(1);
     options.args = vec!["--backend-max-connections".into(), "1".into()];
-    let _gw = infra.serve_with(
+    let gw = infra.serve_with(
         &[&same_namespace_gateway(port), &route("full", spec)],
         &options,
     );
@@ -791,6 +798,11 @@ fn a_request_that_finds_no_connection_free_within_5_s_gets_503() {
         "the one connection served all that got through"
     );
     assert_eq!(echo.requests(), 2);
+    assert_eq!(gw.metric("gatewayd_backend_connection_waits_total"), 1.0);
+    assert_eq!(
+        gw.metric("gatewayd_backend_connection_overflows_total"),
+        1.0
+    );
 }
 
 /// Requests in flight at once to an `appProtocol: kubernetes.io/h2c` backend share one

@@ -1,6 +1,6 @@
 //! Prometheus text exposition (format 0.0.4) of the process, eBPF and config counters.
 
-use std::fmt::Write as _;
+use std::{fmt::Write as _, sync::atomic::Ordering};
 
 use crate::backend_tls::BackendTlsConfigs;
 use crate::{
@@ -294,6 +294,24 @@ fn backend_pools(out: &mut Out, state: &State) {
             .iter()
             .map(|c| c.upstreams.idle_connections())
             .sum::<usize>(),
+    );
+    out.single(
+        "gatewayd_backend_connection_waits_total",
+        "counter",
+        "Requests that waited for a connection at an endpoint's --backend-max-connections.",
+        contexts
+            .iter()
+            .map(|c| c.upstreams.stats().waited.load(Ordering::Relaxed))
+            .sum::<u64>(),
+    );
+    out.single(
+        "gatewayd_backend_connection_overflows_total",
+        "counter",
+        "Requests answered 503 because no connection of the endpoint came free in time.",
+        contexts
+            .iter()
+            .map(|c| c.upstreams.stats().overflowed.load(Ordering::Relaxed))
+            .sum::<u64>(),
     );
     out.single(
         "gatewayd_backend_h2_connections",

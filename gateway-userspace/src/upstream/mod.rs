@@ -99,6 +99,16 @@ pub struct PoolKey {
 pub struct Upstreams {
     endpoints: Mutex<HashMap<PoolKey, Arc<Endpoint>>>,
     limits: PoolLimits,
+    stats: Arc<PoolStats>,
+}
+
+/// What one worker's pools count for `/metrics`.
+#[derive(Debug, Default)]
+pub struct PoolStats {
+    /// Requests that waited for a connection at an endpoint's limit.
+    pub waited: AtomicU64,
+    /// Requests that waited in vain and got 503.
+    pub overflowed: AtomicU64,
 }
 
 /// What bounds the pools of a worker.
@@ -137,6 +147,8 @@ pub struct Endpoint {
     idle_timeout: Duration,
     /// Its HTTP/1.1 connections under the limit.
     slots: Arc<Slots>,
+    /// Its worker's counters.
+    stats: Arc<PoolStats>,
     /// Set when its TLS profile is gone: connections are no longer pooled.
     retired: AtomicBool,
     idle: Mutex<Vec<Idle>>,
@@ -241,7 +253,13 @@ impl Upstreams {
         Upstreams {
             endpoints: Mutex::default(),
             limits,
+            stats: Arc::default(),
         }
+    }
+
+    /// Waits for and overflows of connection limits so far.
+    pub fn stats(&self) -> &PoolStats {
+        &self.stats
     }
 
     /// How long a connection with no request on it is kept.
@@ -252,7 +270,13 @@ impl Upstreams {
     /// The state of one endpoint, created on first use. `tls` must be the profile whose
     /// identity is `key.tls`.
     pub fn endpoint(&self, key: PoolKey, tls: Option<&Arc<ProfileTls>>) -> Arc<Endpoint> {
-        endpoint_in(&mut lock(&self.endpoints), key, tls, self.limits)
+        endpoint_in(
+            &mut lock(&self.endpoints),
+            key,
+            tls,
+            self.limits,
+            &self.stats,
+        )
     }
 
     /// Power of two choices: of two endpoints drawn at random, the one with fewer requests
@@ -280,7 +304,8 @@ impl Upstreams {
                     j += 1;
                 }
                 let mut map = lock(&self.endpoints);
-                let mut get = |addr| endpoint_in(&mut map, key(addr), tls, self.limits);
+                let mut get =
+                    |addr| endpoint_in(&mut map, key(addr), tls, self.limits, &self.stats);
                 let a = get(addrs[i]);
                 let b = get(addrs[j]);
                 if b.in_flight() < a.in_flight() {
@@ -373,9 +398,10 @@ fn endpoint_in(
     key: PoolKey,
     tls: Option<&Arc<ProfileTls>>,
     limits: PoolLimits,
+    stats: &Arc<PoolStats>,
 ) -> Arc<Endpoint> {
     map.entry(key)
-        .or_insert_with(|| Arc::new(Endpoint::new(key, tls.cloned(), limits)))
+        .or_insert_with(|| Arc::new(Endpoint::new(key, tls.cloned(), limits, stats.clone())))
         .clone()
 }
 
@@ -425,7 +451,12 @@ pub async fn connect(
 }
 
 impl Endpoint {
-    fn new(key: PoolKey, tls: Option<Arc<ProfileTls>>, limits: PoolLimits) -> Self {
+    fn new(
+        key: PoolKey,
+        tls: Option<Arc<ProfileTls>>,
+        limits: PoolLimits,
+        stats: Arc<PoolStats>,
+    ) -> Self {
         debug_assert_eq!(key.tls, tls.as_ref().map(|t| t.identity()));
         Endpoint {
             key,
@@ -435,6 +466,7 @@ impl Endpoint {
             last_used: AtomicU64::new(now_ms()),
             idle_timeout: limits.idle_timeout,
             slots: Arc::new(Slots::new(limits.max_connections)),
+            stats,
             idle: Mutex::new(Vec::new()),
             h2: tokio::sync::Mutex::new(None),
             h2_held: AtomicBool::new(false),
@@ -606,8 +638,15 @@ impl Endpoint {
                 }
             } else {
                 // At the limit with none idle: wait for one to come back or close.
+                let deadline_was_unset = deadline.is_none();
                 let at = *deadline.get_or_insert_with(|| tokio::time::Instant::now() + POOL_WAIT);
-                Box::pin(self.wait_for_connection(at)).await?;
+                if deadline_was_unset {
+                    self.stats.waited.fetch_add(1, Ordering::Relaxed);
+                }
+                if let Err(e) = Box::pin(self.wait_for_connection(at)).await {
+                    self.stats.overflowed.fetch_add(1, Ordering::Relaxed);
+                    return Err(e);
+                }
             }
         };
         match exchange.await {
