@@ -73,7 +73,8 @@ impl ProxyError {
             | ProxyError::InvalidRule { .. }
             | ProxyError::BackendTlsInvalid { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             ProxyError::NoEndpoints { .. }
-            | ProxyError::Upstream(UpstreamError::PoolFull { .. }) => {
+            | ProxyError::Upstream(UpstreamError::PoolFull { .. })
+            | ProxyError::Upstream(UpstreamError::Retired { .. }) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             ProxyError::BackendTlsUnavailable { .. } => StatusCode::BAD_GATEWAY,
@@ -188,6 +189,7 @@ mod tests {
                 }),
                 503,
             ),
+            (ProxyError::Upstream(UpstreamError::Retired { addr }), 503),
         ];
         for (err, status) in cases {
             assert_eq!(err.status().as_u16(), status, "{err}");

@@ -489,6 +489,9 @@ async fn with_retries(
             // Connection failures and backend timeouts are retried whatever the codes, as
             // the spec's retry describes ("after timing out or receiving a response code
             // configured to be retryable"), when repeating is safe.
+            // An endpoint at its connection limit already made the request wait: a retry
+            // would only wait again (Envoy does not retry such overflows either).
+            Err(ProxyError::Upstream(UpstreamError::PoolFull { .. })) => false,
             Err(ProxyError::Upstream(e)) => e.request_not_sent() || idempotent,
             Err(ProxyError::BackendTimeout) => idempotent,
             Err(_) => false,

@@ -50,6 +50,10 @@ pub enum UpstreamError {
         max: usize,
         waited: std::time::Duration,
     },
+    /// The endpoint's backend TLS profile changed while the request waited for one of its
+    /// connections (503; nothing was sent, so a retry picks again under the new profile).
+    #[error("the TLS profile of {addr} changed while the request waited for a connection")]
+    Retired { addr: SocketAddr },
     /// The connection closed or was reset after the request was handed to it and before a
     /// response head arrived.
     #[error("connection to {addr} failed before a response")]

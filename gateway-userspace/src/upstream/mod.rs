@@ -360,6 +360,8 @@ impl Upstreams {
             if !keep {
                 e.retired.store(true, Ordering::Relaxed);
                 lock(&e.idle).clear();
+                // Requests waiting for one of its connections give up now (`Retired`).
+                e.slots.freed.notify_waiters();
                 if let Ok(mut h2) = e.h2.try_lock() {
                     *h2 = None;
                     e.h2_held.store(false, Ordering::Relaxed);
@@ -647,6 +649,11 @@ impl Endpoint {
                     self.stats.overflowed.fetch_add(1, Ordering::Relaxed);
                     return Err(e);
                 }
+                if self.retired.load(Ordering::Relaxed) {
+                    // Its TLS profile changed while the request waited: no new connection
+                    // under the old one.
+                    return Err(UpstreamError::Retired { addr });
+                }
             }
         };
         match exchange.await {
@@ -728,6 +735,60 @@ mod tests {
             Arc::new(Slots::new(0)).try_take().is_some(),
             "a limit is at least 1"
         );
+    }
+
+    fn limited_endpoint(max: usize) -> Arc<Endpoint> {
+        let ups = Upstreams::new(PoolLimits {
+            max_connections: max,
+            ..PoolLimits::default()
+        });
+        ups.endpoint(
+            PoolKey {
+                addr: "127.0.0.1:1".parse().expect("addr"),
+                protocol: Protocol::Http1,
+                tls: None,
+            },
+            None,
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waiting_for_a_connection_ends_on_a_close_or_after_the_deadline() {
+        let ep = limited_endpoint(1);
+        let held = ep.slots.try_take().expect("the one place");
+        // Woken by the close, before the deadline.
+        let deadline = tokio::time::Instant::now() + POOL_WAIT;
+        let waiter = {
+            let ep = ep.clone();
+            tokio::spawn(async move { ep.wait_for_connection(deadline).await })
+        };
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(ep.slots.waiting.load(Ordering::SeqCst), 1);
+        drop(held);
+        let woken = waiter.await.expect("task");
+        assert!(woken.is_ok(), "{woken:?}");
+        assert!(tokio::time::Instant::now() < deadline);
+        assert_eq!(ep.slots.waiting.load(Ordering::SeqCst), 0);
+
+        // With the place taken for good: PoolFull at the deadline, not before.
+        let _held = ep.slots.try_take().expect("free again");
+        let start = tokio::time::Instant::now();
+        let full = ep.wait_for_connection(start + POOL_WAIT).await;
+        assert!(
+            matches!(full, Err(UpstreamError::PoolFull { max: 1, .. })),
+            "{full:?}"
+        );
+        assert_eq!(tokio::time::Instant::now() - start, POOL_WAIT);
+        assert_eq!(ep.slots.waiting.load(Ordering::SeqCst), 0);
+
+        // A waiter that is cancelled leaves no count behind.
+        let cancelled = tokio::time::timeout(
+            Duration::from_millis(10),
+            ep.wait_for_connection(tokio::time::Instant::now() + POOL_WAIT),
+        )
+        .await;
+        assert!(cancelled.is_err());
+        assert_eq!(ep.slots.waiting.load(Ordering::SeqCst), 0);
     }
 
     #[tokio::test]
