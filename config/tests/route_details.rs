@@ -143,11 +143,12 @@ fn http_backend_target(c: &Compiled) -> Result<(), UnresolvedBackend> {
         .route_http(bind(c, 8000), "x.example.com", "GET", "/", "", |_| None)
         .expect("the route is programmed on the wild listener");
     assert_eq!(m.rule.source.route.to_string(), "apps/r");
-    m.rule.backends[0]
-        .target
-        .as_ref()
-        .map(|_| ())
-        .map_err(|e| *e)
+    first_target(&m.rule.backends)
+}
+
+/// Whether the first backend resolved, or why not.
+fn first_target(backends: &[gateway_config::Backend]) -> Result<(), UnresolvedBackend> {
+    backends[0].target.as_ref().map(|_| ()).map_err(|e| *e)
 }
 
 #[test]
@@ -271,11 +272,7 @@ fn grpc_backend_target(c: &Compiled) -> Result<(), UnresolvedBackend> {
         })
         .expect("the GRPCRoute is programmed on the wild listener");
     assert_eq!(m.rule.source.route.to_string(), "apps/g");
-    m.rule.backends[0]
-        .target
-        .as_ref()
-        .map(|_| ())
-        .map_err(|e| *e)
+    first_target(&m.rule.backends)
 }
 
 #[test]

@@ -10,7 +10,7 @@ use crate::{
         Acl, AclError, DataplaneOptions, EbpfMode, SynRateLimit,
     },
     http::ForwardedHeaders,
-    upstream::{DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS},
+    upstream::{PoolLimits, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS},
     worker::WorkerOptions,
 };
 
@@ -126,22 +126,37 @@ pub struct KernelArgs {
     pub flow_idle_timeout: f64,
 }
 
-fn parse_idle_timeout(s: &str) -> Result<f64, String> {
+/// Seconds within `range` for `flag`, or an error naming the flag, the value and `expected`.
+fn parse_seconds(
+    s: &str,
+    flag: &str,
+    range: std::ops::RangeInclusive<f64>,
+    expected: &str,
+) -> Result<f64, String> {
     match s.parse::<f64>() {
-        Ok(secs) if (0.1..=86_400.0 * 365.0).contains(&secs) => Ok(secs),
+        Ok(secs) if range.contains(&secs) => Ok(secs),
         _ => Err(format!(
-            "invalid --flow-idle-timeout {s:?}: expected seconds, at least 0.1"
+            "invalid {flag} {s:?}: expected seconds, {expected}"
         )),
     }
 }
 
+fn parse_idle_timeout(s: &str) -> Result<f64, String> {
+    parse_seconds(
+        s,
+        "--flow-idle-timeout",
+        0.1..=86_400.0 * 365.0,
+        "at least 0.1",
+    )
+}
+
 fn parse_backend_idle_timeout(s: &str) -> Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(secs) if (0.1..=86_400.0).contains(&secs) => Ok(secs),
-        _ => Err(format!(
-            "invalid --backend-idle-timeout {s:?}: expected seconds, from 0.1 to 86400"
-        )),
-    }
+    parse_seconds(
+        s,
+        "--backend-idle-timeout",
+        0.1..=86_400.0,
+        "from 0.1 to 86400",
+    )
 }
 
 impl RunArgs {
@@ -149,9 +164,11 @@ impl RunArgs {
     pub fn worker_options(&self) -> WorkerOptions {
         WorkerOptions {
             forwarded: self.forwarded_headers,
-            backend_idle_timeout: Duration::from_secs_f64(self.backend_idle_timeout),
-            backend_max_connections: usize::try_from(self.backend_max_connections)
-                .unwrap_or(DEFAULT_MAX_CONNECTIONS),
+            pools: PoolLimits {
+                idle_timeout: Duration::from_secs_f64(self.backend_idle_timeout),
+                max_connections: usize::try_from(self.backend_max_connections)
+                    .unwrap_or(DEFAULT_MAX_CONNECTIONS),
+            },
         }
     }
 }
@@ -240,10 +257,10 @@ mod tests {
         assert_eq!(args.workers, Some(3));
         assert_eq!(args.config.controller_name, "example.com/gw");
         assert_eq!(
-            args.worker_options().backend_idle_timeout,
+            args.worker_options().pools.idle_timeout,
             Duration::from_millis(2500)
         );
-        assert_eq!(args.worker_options().backend_max_connections, 64);
+        assert_eq!(args.worker_options().pools.max_connections, 64);
     }
 
     #[test]
@@ -260,10 +277,10 @@ mod tests {
         assert!(args.xdp_iface.is_empty());
         assert_eq!(args.config.controller_name, DEFAULT_CONTROLLER_NAME);
         assert_eq!(
-            args.worker_options().backend_idle_timeout,
+            args.worker_options().pools.idle_timeout,
             Duration::from_secs(30)
         );
-        assert_eq!(args.worker_options().backend_max_connections, 1024);
+        assert_eq!(args.worker_options().pools.max_connections, 1024);
     }
 
     #[test]

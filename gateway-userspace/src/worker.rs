@@ -18,7 +18,11 @@ use gateway_config::RouteTable;
 use tokio::{runtime::Handle, sync::oneshot};
 
 use crate::{
-    backend_tls::BackendTlsConfigs, http, state::Snapshot, tls::TlsBindings, upstream::Upstreams,
+    backend_tls::BackendTlsConfigs,
+    http,
+    state::Snapshot,
+    tls::TlsBindings,
+    upstream::{PoolLimits, Upstreams},
 };
 
 /// How often idle backend connections past their timeout are closed, at most (more
@@ -29,24 +33,13 @@ const SWEEP_EVERY: Duration = Duration::from_secs(5);
 const SWEEP_MIN: Duration = Duration::from_millis(50);
 
 /// What the workers are started with (`gatewayd run` flags).
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Default)]
 pub struct WorkerOptions {
     /// Which forwarding headers requests to backends get (`--forwarded-headers`).
     pub forwarded: http::ForwardedHeaders,
-    /// How long a backend connection without a request is kept (`--backend-idle-timeout`).
-    pub backend_idle_timeout: Duration,
-    /// HTTP/1.1 connections per endpoint and worker (`--backend-max-connections`).
-    pub backend_max_connections: usize,
-}
-
-impl Default for WorkerOptions {
-    fn default() -> Self {
-        WorkerOptions {
-            forwarded: http::ForwardedHeaders::default(),
-            backend_idle_timeout: crate::upstream::DEFAULT_IDLE_TIMEOUT,
-            backend_max_connections: crate::upstream::DEFAULT_MAX_CONNECTIONS,
-        }
-    }
+    /// The bounds of each worker's backend pools (`--backend-idle-timeout`,
+    /// `--backend-max-connections`).
+    pub pools: PoolLimits,
 }
 
 /// How the workers run.
@@ -113,10 +106,7 @@ impl WorkerCtx {
             id,
             forwarded: options.forwarded,
             http: http::stats::HttpStats::default(),
-            upstreams: Upstreams::new(crate::upstream::PoolLimits {
-                idle_timeout: options.backend_idle_timeout,
-                max_connections: options.backend_max_connections,
-            }),
+            upstreams: Upstreams::new(options.pools),
             servers: http::Servers::new(),
             view: ArcSwapOption::empty(),
         }

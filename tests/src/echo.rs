@@ -540,11 +540,7 @@ impl RawBackend {
                     counter.fetch_add(1, Ordering::SeqCst);
                     if matches!(how, Misbehaviour::NeverAnswer) {
                         // Read whatever else comes, answer nothing, until the peer closes.
-                        while let Ok(n) = stream.read(&mut buf).await {
-                            if n == 0 {
-                                return;
-                            }
-                        }
+                        while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {}
                         return;
                     }
                     let filler = vec![b'x'; 1000];

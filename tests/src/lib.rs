@@ -105,8 +105,9 @@ pub fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<HttpResponse> {
 
 /// Reads `n` HTTP/1.1 responses one after another from `stream` (the answers to
 /// pipelined requests), each body framed by its Content-Length or chunked encoding (no
-/// trailers); interim (1xx) responses are skipped. Not for answers to HEAD. Bytes read past the `n`th response are dropped: ask for every answer that
-/// is on its way in one call.
+/// trailers); interim (1xx) responses are skipped. Not for answers to HEAD. Bytes read
+/// past the `n`th response are dropped: ask for every answer that is on its way in one
+/// call.
 pub fn read_responses(
     stream: &mut impl std::io::Read,
     n: usize,

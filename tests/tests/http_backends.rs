@@ -637,6 +637,19 @@ fn send_at_once(port: u16, req: &Req, n: usize) -> Vec<gateway_tests::scenario::
     })
 }
 
+/// Serves `spec` as the route `name` with one worker and the extra `gatewayd run` `args`;
+/// the listener's port and the process.
+fn serve_on_one_worker(infra: &Infra, name: &str, spec: &str, args: &[&str]) -> (u16, Served) {
+    let port = listener_port();
+    let mut options = ServeOptions::with_workers(1);
+    options.args = args.iter().map(|a| a.to_string()).collect();
+    let gw = infra.serve_with(
+        &[&same_namespace_gateway(port), &route(name, spec)],
+        &options,
+    );
+    (port, gw)
+}
+
 /// Polls `f` every 50 ms for up to 15 s; true once it holds.
 fn eventually(mut f: impl FnMut() -> bool) -> bool {
     for _ in 0..300 {
@@ -655,14 +668,8 @@ fn eventually(mut f: impl FnMut() -> bool) -> bool {
 fn backend_connections_close_after_the_idle_timeout() {
     let mut infra = Infra::new();
     infra.add(INFRA, "h2c-backend", Some("kubernetes.io/h2c"));
-    let port = listener_port();
     let spec = "  rules:\n  - matches: [{path: {type: PathPrefix, value: /h2c}}]\n    backendRefs: [{name: h2c-backend, port: 8080}]\n  - backendRefs: [{name: infra-backend-v1, port: 8080}]\n";
-    let mut options = ServeOptions::with_workers(1);
-    options.args = vec!["--backend-idle-timeout".into(), "3".into()];
-    let gw = infra.serve_with(
-        &[&same_namespace_gateway(port), &route("idle", spec)],
-        &options,
-    );
+    let (port, gw) = serve_on_one_worker(&infra, "idle", spec, &["--backend-idle-timeout", "3"]);
     let h1 = infra.echo("infra-backend-v1");
     let h2 = infra.echo("h2c-backend");
     for round in 1..=2 {
@@ -699,11 +706,11 @@ fn backend_connections_close_after_the_idle_timeout() {
 #[test]
 fn the_idle_pool_keeps_at_most_128_connections_per_endpoint() {
     let infra = Infra::new();
-    let port = listener_port();
-    let spec = "  rules:\n  - backendRefs: [{name: infra-backend-v1, port: 8080}]\n";
-    let gw = infra.serve_with(
-        &[&same_namespace_gateway(port), &route("bounded", spec)],
-        &ServeOptions::with_workers(1),
+    let (port, gw) = serve_on_one_worker(
+        &infra,
+        "bounded",
+        "  rules:\n  - backendRefs: [{name: infra-backend-v1, port: 8080}]\n",
+        &[],
     );
     let echo = infra.echo("infra-backend-v1");
     for reply in send_at_once(port, &Req::get("/?delay=3s"), 140) {
@@ -723,17 +730,16 @@ fn the_idle_pool_keeps_at_most_128_connections_per_endpoint() {
 }
 
 /// `--backend-max-connections`: an endpoint never has more HTTP/1.1 connections open per
-/// worker; requests beyond it wait for one to come back to the pool, in turn.
+/// worker; requests beyond it wait for one to come back to the pool.
 #[test]
 fn backend_connections_are_capped_and_requests_wait_for_one() {
     let infra = Infra::new();
-    let port = listener_port();
-    let spec = "  rules:\n  - backendRefs: [{name: infra-backend-v1, port: 8080}]\n";
-    let mut options = ServeOptions::with_workers(1);
-    options.args = vec!["--backend-max-connections".into(), "2".into()];
-    let gw = infra.serve_with(
-        &[&same_namespace_gateway(port), &route("capped", spec)],
-        &options,
+    let args = ["--backend-max-connections", "2"];
+    let (port, gw) = serve_on_one_worker(
+        &infra,
+        "capped",
+        "  rules:\n  - backendRefs: [{name: infra-backend-v1, port: 8080}]\n",
+        &args,
     );
     let started = std::time::Instant::now();
     for reply in send_at_once(port, &Req::get("/?delay=500ms"), 6) {
@@ -763,13 +769,12 @@ fn backend_connections_are_capped_and_requests_wait_for_one() {
 #[test]
 fn a_request_that_finds_no_connection_free_within_5_s_gets_503() {
     let infra = Infra::new();
-    let port = listener_port();
-    let spec = "  rules:\n  - backendRefs: [{name: infra-backend-v1, port: 8080}]\n";
-    let mut options = ServeOptions::with_workers(1);
-    options.args = vec!["--backend-max-connections".into(), "1".into()];
-    let gw = infra.serve_with(
-        &[&same_namespace_gateway(port), &route("full", spec)],
-        &options,
+    let args = ["--backend-max-connections", "1"];
+    let (port, gw) = serve_on_one_worker(
+        &infra,
+        "full",
+        "  rules:\n  - backendRefs: [{name: infra-backend-v1, port: 8080}]\n",
+        &args,
     );
     let echo = infra.echo("infra-backend-v1");
     std::thread::scope(|scope| {
@@ -811,12 +816,8 @@ fn a_request_that_finds_no_connection_free_within_5_s_gets_503() {
 fn concurrent_requests_share_one_http2_backend_connection() {
     let mut infra = Infra::new();
     infra.add(INFRA, "h2c-backend", Some("kubernetes.io/h2c"));
-    let port = listener_port();
     let spec = "  rules:\n  - backendRefs: [{name: h2c-backend, port: 8080}]\n";
-    let _gw = infra.serve_with(
-        &[&same_namespace_gateway(port), &route("multiplexed", spec)],
-        &ServeOptions::with_workers(1),
-    );
+    let (port, _gw) = serve_on_one_worker(&infra, "multiplexed", spec, &[]);
     let replies = send_at_once(port, &Req::get("/?delay=500ms"), 20);
     for reply in &replies {
         assert_eq!(reply.status, 200);

@@ -8,6 +8,7 @@ use crate::{
     ebpf::StatsTotal,
     http::stats::{HttpTotals, BOUNDS_US},
     state::State,
+    upstream::Upstreams,
 };
 
 /// Linux reports utime/stime in USER_HZ ticks, which is 100 on every architecture the
@@ -286,41 +287,33 @@ fn http(out: &mut Out, t: &HttpTotals) {
 /// Backend connections the workers' pools hold.
 fn backend_pools(out: &mut Out, state: &State) {
     let contexts = state.workers().map(|w| w.contexts()).unwrap_or_default();
-    out.single(
+    let mut family = |name: &str, kind: &str, help: &str, value: fn(&Upstreams) -> u64| {
+        let total: u64 = contexts.iter().map(|c| value(&c.upstreams)).sum();
+        out.single(name, kind, help, total);
+    };
+    family(
         "gatewayd_backend_idle_connections",
         "gauge",
         "Idle HTTP/1.1 backend connections pooled for reuse, all workers.",
-        contexts
-            .iter()
-            .map(|c| c.upstreams.idle_connections())
-            .sum::<usize>(),
+        |u| u.idle_connections() as u64,
     );
-    out.single(
+    family(
         "gatewayd_backend_connection_waits_total",
         "counter",
         "Requests that waited for a connection at an endpoint's --backend-max-connections.",
-        contexts
-            .iter()
-            .map(|c| c.upstreams.stats().waited.load(Ordering::Relaxed))
-            .sum::<u64>(),
+        |u| u.stats().waited.load(Ordering::Relaxed),
     );
-    out.single(
+    family(
         "gatewayd_backend_connection_overflows_total",
         "counter",
         "Requests answered 503 because no connection of the endpoint came free in time.",
-        contexts
-            .iter()
-            .map(|c| c.upstreams.stats().overflowed.load(Ordering::Relaxed))
-            .sum::<u64>(),
+        |u| u.stats().overflowed.load(Ordering::Relaxed),
     );
-    out.single(
+    family(
         "gatewayd_backend_h2_connections",
         "gauge",
         "Shared HTTP/2 backend connections held, all workers.",
-        contexts
-            .iter()
-            .map(|c| c.upstreams.h2_connections())
-            .sum::<usize>(),
+        |u| u.h2_connections() as u64,
     );
 }
 

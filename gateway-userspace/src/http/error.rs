@@ -182,11 +182,7 @@ mod tests {
             (ProxyError::RequestTimeout, 504),
             (ProxyError::BackendTimeout, 504),
             (
-                ProxyError::Upstream(UpstreamError::PoolFull {
-                    addr,
-                    max: 2,
-                    waited: std::time::Duration::from_secs(5),
-                }),
+                ProxyError::Upstream(UpstreamError::PoolFull { addr, max: 2 }),
                 503,
             ),
             (ProxyError::Upstream(UpstreamError::Retired { addr }), 503),

@@ -486,12 +486,12 @@ async fn with_retries(
         // is idempotent (RFC 9110 §9.2.2), as after any failure once the request was sent.
         let again = match &result {
             Ok(resp) => retry.codes.contains(&resp.status().as_u16()) && idempotent,
-            // Connection failures and backend timeouts are retried whatever the codes, as
-            // the spec's retry describes ("after timing out or receiving a response code
-            // configured to be retryable"), when repeating is safe.
             // An endpoint at its connection limit already made the request wait: a retry
             // would only wait again (Envoy does not retry such overflows either).
             Err(ProxyError::Upstream(UpstreamError::PoolFull { .. })) => false,
+            // Connection failures and backend timeouts are retried whatever the codes, as
+            // the spec's retry describes ("after timing out or receiving a response code
+            // configured to be retryable"), when repeating is safe.
             Err(ProxyError::Upstream(e)) => e.request_not_sent() || idempotent,
             Err(ProxyError::BackendTimeout) => idempotent,
             Err(_) => false,

@@ -44,12 +44,11 @@ pub enum UpstreamError {
     /// The endpoint had its most HTTP/1.1 connections open (`--backend-max-connections`)
     /// and none came free in time (503, as an overflow in Envoy or a queue timeout in
     /// HAProxy).
-    #[error("{addr} had {max} connections open and none came free within {waited:?}")]
-    PoolFull {
-        addr: SocketAddr,
-        max: usize,
-        waited: std::time::Duration,
-    },
+    #[error(
+        "{addr} had {max} connections open and none came free within {:?}",
+        super::POOL_WAIT
+    )]
+    PoolFull { addr: SocketAddr, max: usize },
     /// The endpoint's backend TLS profile changed while the request waited for one of its
     /// connections (503; nothing was sent, so a retry picks again under the new profile).
     #[error("the TLS profile of {addr} changed while the request waited for a connection")]

@@ -343,7 +343,7 @@ impl Upstreams {
                         g.is_none()
                     })
                     .unwrap_or(false);
-            let unused = now_ms.saturating_sub(e.last_used.load(Ordering::Relaxed)) > ttl;
+            let unused = quiet > ttl;
             !(idle_empty && h2_empty && e.in_flight() == 0 && unused)
         });
     }
@@ -540,7 +540,6 @@ impl Endpoint {
             Err(_) => Err(UpstreamError::PoolFull {
                 addr: self.key.addr,
                 max: self.slots.max,
-                waited: POOL_WAIT,
             }),
         }
     }
@@ -640,11 +639,14 @@ impl Endpoint {
                 }
             } else {
                 // At the limit with none idle: wait for one to come back or close.
-                let deadline_was_unset = deadline.is_none();
-                let at = *deadline.get_or_insert_with(|| tokio::time::Instant::now() + POOL_WAIT);
-                if deadline_was_unset {
-                    self.stats.waited.fetch_add(1, Ordering::Relaxed);
-                }
+                let at = match deadline {
+                    Some(at) => at,
+                    None => {
+                        // The first wait of this request: counted once, timed from here.
+                        self.stats.waited.fetch_add(1, Ordering::Relaxed);
+                        *deadline.insert(tokio::time::Instant::now() + POOL_WAIT)
+                    }
+                };
                 if let Err(e) = Box::pin(self.wait_for_connection(at)).await {
                     self.stats.overflowed.fetch_add(1, Ordering::Relaxed);
                     return Err(e);
