@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{bind, build, cond, http_route, route};
+use common::{bind, build, cond, http_route, route, GW};
 use gateway_config::{BackendTls, Compiled, TrustRoots};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 
@@ -75,25 +75,6 @@ kind: Service
 metadata: {name: web, namespace: apps}
 spec:
   ports: [{port: 8080}]
-"#;
-
-const GW: &str = r#"
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {name: gw, namespace: infra, generation: 3}
-spec:
-  gatewayClassName: gatewayd
-  addresses: [{type: IPAddress, value: 127.0.0.1}]
-  listeners:
-  - name: http
-    protocol: HTTP
-    port: 80
-    allowedRoutes: {namespaces: {from: Same}}
-  - name: wild
-    protocol: HTTP
-    port: 8000
-    hostname: "*.example.com"
-    allowedRoutes: {namespaces: {from: Selector, selector: {matchLabels: {shared: "yes"}}}}
 "#;
 
 fn listener_conds(c: &Compiled, gw: &str, listener: &str) -> (Vec<Condition>, i32, Vec<String>) {

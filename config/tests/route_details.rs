@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{bind, build, cond, http_route, route};
+use common::{bind, build, cond, http_route, route, GW};
 use gateway_config::{Compiled, HttpFilter, HttpRule, PathMatch, UnresolvedBackend};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use std::time::Duration;
@@ -41,27 +41,6 @@ kind: Service
 metadata: {name: web2, namespace: infra}
 spec:
   ports: [{name: http, port: 8080}]
-"#;
-
-/// `http` (port 80) admits routes of `infra` only; `wild` (port 8000, `*.example.com`)
-/// admits every labelled namespace, `apps` included.
-const GW: &str = r#"
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {name: gw, namespace: infra}
-spec:
-  gatewayClassName: gatewayd
-  addresses: [{type: IPAddress, value: 127.0.0.1}]
-  listeners:
-  - name: http
-    protocol: HTTP
-    port: 80
-    allowedRoutes: {namespaces: {from: Same}}
-  - name: wild
-    protocol: HTTP
-    port: 8000
-    hostname: "*.example.com"
-    allowedRoutes: {namespaces: {from: Selector, selector: {matchLabels: {shared: "yes"}}}}
 "#;
 
 /// (status, reason) of a condition type.

@@ -7,6 +7,27 @@
 use gateway_config::{compile, parse_str, Bind, CompileOptions, Compiled};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 
+/// Gateway `infra/gw` (generation 3): `http` (port 80) admits routes of `infra` only;
+/// `wild` (port 8000, `*.example.com`) admits every namespace labelled `shared: "yes"`.
+pub const GW: &str = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: infra, generation: 3}
+spec:
+  gatewayClassName: gatewayd
+  addresses: [{type: IPAddress, value: 127.0.0.1}]
+  listeners:
+  - name: http
+    protocol: HTTP
+    port: 80
+    allowedRoutes: {namespaces: {from: Same}}
+  - name: wild
+    protocol: HTTP
+    port: 8000
+    hostname: "*.example.com"
+    allowedRoutes: {namespaces: {from: Selector, selector: {matchLabels: {shared: "yes"}}}}
+"#;
+
 pub fn build(docs: &[&str]) -> Compiled {
     let text = docs.join("\n---\n");
     let (m, warnings) = parse_str("test.yaml", &text).unwrap_or_else(|e| panic!("{e}"));
