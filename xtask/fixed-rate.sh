@@ -17,6 +17,8 @@
 # proxy's CPU (% of CPU 0), CPU 1's busy %, and how often per second the proxy's threads
 # went to sleep (voluntary context switches: each is a wake-up later). A row whose achieved rate is under 97 % of
 # the target says `saturated`: the rate was more than that setup could carry.
+# LOG_DIR=DIR keeps h2load's per-request log of each row as DIR/PROXY-RATE-ROUND.tsv (start time in
+# microseconds since the epoch, status, latency in microseconds), e.g. to see when the slow requests came.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 bench=${BENCH_DIR:-$here/../../shared/bench}
@@ -27,6 +29,7 @@ CONNS=${CONNS:-64}
 DURATION=${DURATION:-10}
 WARMUP=${WARMUP:-2}
 PROXIES=${PROXIES:-"haproxy gatewayd"}
+LOG_DIR=${LOG_DIR:-}
 NICE=${BENCH_NICE:--10}
 for tool in h2load haproxy nginx taskset setsid sort; do
   command -v "$tool" >/dev/null || { echo "fixed-rate: $tool is missing (cargo xtask bench --anchors installs it)" >&2; exit 1; }
@@ -110,6 +113,7 @@ for round in $(seq 1 "$ROUNDS"); do
       kill -0 "$pid" 2>/dev/null || { echo "fixed-rate: $p exited during the run:" >&2; cat "$work/proxy.out" >&2; exit 1; }
       s1=$(date +%s.%N); read -r b1 a1 < <(cpu1); t1=$(ticks "$pid"); w1=$(sleeps "$pid")
       stop_all
+      if [[ -n $LOG_DIR ]]; then mkdir -p "$LOG_DIR" && cp "$work/lat.tsv" "$LOG_DIR/$p-$rate-$round.tsv"; fi
       awk -F'\t' '$2 >= 200 && $2 < 400 { print $3 }' "$work/lat.tsv" | sort -n >"$work/sorted"
       bad=$(awk -F'\t' '$2 < 200 || $2 >= 400 { n++ } END { print n + 0 }' "$work/lat.tsv")
       awk -v p="$p" -v rate="$rate" -v s0="$s0" -v s1="$s1" -v t0="$t0" -v t1="$t1" -v hz="$hz" \
