@@ -59,8 +59,17 @@ fn check(args: &CheckArgs) -> anyhow::Result<ExitCode> {
             for warning in &compiled.warnings {
                 eprintln!("warning: {warning}");
             }
-            let yaml =
-                serde_yaml_ng::to_string(&compiled.status).context("rendering status as YAML")?;
+            // The certificate checks that need a crypto provider (a key that does not
+            // match its certificate, a CA rustls cannot anchor to) are the ones `run`
+            // makes, so that `check` prints the status `/status` would serve.
+            let sessions =
+                tls::SessionResumption::new().context("creating TLS session ticket keys")?;
+            let bindings = tls::TlsBindings::build(compiled.table.clone(), &sessions);
+            for problem in bindings.problems() {
+                eprintln!("warning: {problem}");
+            }
+            let status = tls::status::render(&compiled.status, &bindings);
+            let yaml = serde_yaml_ng::to_string(&status).context("rendering status as YAML")?;
             print!("{yaml}");
             Ok(ExitCode::SUCCESS)
         }

@@ -50,9 +50,7 @@ impl Snapshot {
             tracing::warn!("{problem}");
         }
         let backend_tls = Arc::new(BackendTlsConfigs::build(&compiled.table, previous));
-        let mut status_json = serde_json::to_value(&compiled.status)
-            .unwrap_or_else(|err| serde_json::json!({ "items": [], "error": err.to_string() }));
-        crate::tls::status::report_problems(&mut status_json, &tls);
+        let status_json = crate::tls::status::render(&compiled.status, &tls);
         Self {
             compiled,
             tls,

@@ -602,9 +602,16 @@ fn flows_can_be_filtered_by_protocol_address_port_and_listener_and_cut_to_the_to
     assert_eq!(ports("?top=1"), [7001]);
     let listener = gw.flows("?port=8080").remove(0);
     assert_eq!(listener["listener"], "0.0.0.0:8080");
-    let bad = gw.get("/flows?port=http").expect("GET");
-    assert_eq!(bad.status, 400);
-    assert!(bad.body.contains("port"), "{}", bad.body);
+    assert_eq!(ports("?protocol=17"), [7003], "a protocol by number");
+    for (query, name) in [
+        ("port=http", "port"),
+        ("protocol=bogus", "protocol"),
+        ("listener=eighty", "listener"),
+    ] {
+        let bad = gw.get(&format!("/flows?{query}")).expect("GET");
+        assert_eq!(bad.status, 400, "{query}");
+        assert!(bad.body.contains(name), "{query}: {}", bad.body);
+    }
 }
 
 #[test]

@@ -543,6 +543,92 @@ fn invalid_certificate_references_leave_the_https_listener_unserved() {
     }
 }
 
+/// Every condition of every item, as `(kind/namespace/name, where, type, status, reason)`.
+fn conditions(status: &serde_json::Value) -> Vec<(String, String, String, String, String)> {
+    let mut out = Vec::new();
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
+    for item in status["items"].as_array().into_iter().flatten() {
+        let id = format!(
+            "{}/{}/{}",
+            text(&item["kind"]),
+            text(&item["metadata"]["namespace"]),
+            text(&item["metadata"]["name"])
+        );
+        let st = &item["status"];
+        let mut groups = vec![("self".to_string(), &st["conditions"])];
+        for l in st["listeners"].as_array().into_iter().flatten() {
+            groups.push((format!("listener {}", text(&l["name"])), &l["conditions"]));
+        }
+        for (i, p) in st["parents"].as_array().into_iter().flatten().enumerate() {
+            groups.push((format!("parent {i}"), &p["conditions"]));
+        }
+        for (at, conds) in groups {
+            for c in conds.as_array().into_iter().flatten() {
+                out.push((
+                    id.clone(),
+                    at.clone(),
+                    text(&c["type"]),
+                    text(&c["status"]),
+                    text(&c["reason"]),
+                ));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// `gatewayd check` makes the certificate checks `run` makes: a key that does not match
+/// its certificate (found only by building the TLS config) is reported by `check` as by
+/// `/status`, condition for condition, and named on stderr.
+#[test]
+fn check_reports_a_mismatched_key_as_the_running_daemon_does() {
+    let ca = Ca::new("ca");
+    let infra = Infra::new();
+    let good = ca.server(&["example.com"]);
+    let other = ca.server(&["other.example.com"]);
+    let mismatched = Leaf {
+        chain: good.chain.clone(),
+        chain_pem: good.chain_pem.clone(),
+        key: other.key.clone(),
+        key_pem: other.key_pem.clone(),
+    };
+    let (http, https) = (listener_port(), listener_port());
+    let docs = [
+        mismatched.secret(INFRA, "mismatched-certificate"),
+        format!("apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: mismatched, namespace: {INFRA}}}\nspec:\n  gatewayClassName: gatewayd\n  addresses: [{{type: IPAddress, value: 127.0.0.1}}]\n  listeners:\n  - {{name: http, port: {http}, protocol: HTTP}}\n  - {{name: https, port: {https}, protocol: HTTPS, tls: {{certificateRefs: [{{name: mismatched-certificate}}]}}}}\n"),
+        route("mismatched-route", "mismatched", None, &["example.com"], &to("infra-backend-v1")),
+    ];
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("gw.yaml");
+    std::fs::write(&path, infra.manifest(&docs)).expect("write manifest");
+    let out = std::process::Command::new(gateway_tests::gatewayd_bin())
+        .arg("check")
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .expect("run gatewayd check");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("mismatched") && stderr.contains("https"),
+        "check names the Gateway and listener whose key fails: {stderr}"
+    );
+    let checked: serde_json::Value =
+        serde_yaml_ng::from_slice(&out.stdout).expect("check prints YAML");
+    assert_eq!(
+        listener_condition(&checked, "mismatched", "https", "ResolvedRefs"),
+        ("False".to_string(), "InvalidCertificateRef".to_string())
+    );
+    assert_eq!(
+        listener_condition(&checked, "mismatched", "https", "Programmed").0,
+        "False"
+    );
+    let served = infra.serve(&docs);
+    let running = status_json(&served);
+    assert_eq!(conditions(&checked), conditions(&running));
+}
+
 /// GatewaySecretReferenceGrantSpecific / AllInNamespace, GatewaySecretMissingReferenceGrant
 /// and GatewaySecretInvalidReferenceGrant: a certificate in another namespace is served
 /// only when a ReferenceGrant there allows this Gateway to use it.

@@ -147,6 +147,44 @@ pub struct FlowQueryError {
     pub reason: &'static str,
 }
 
+/// A `protocol=` value as flows name it: a name, or a number (named when it has one).
+fn query_protocol(value: &str) -> Option<String> {
+    let value = value.to_ascii_lowercase();
+    match value.as_str() {
+        "tcp" | "udp" | "icmp" | "icmpv6" => Some(value),
+        number => {
+            let n: u8 = number.parse().ok()?;
+            Some(protocol_name(FAMILY_IPV4, n))
+        }
+    }
+}
+
+/// A `listener=` value as flows name it: an id, `addr:port`, or a range's `ip/len:port`
+/// (IPv6 in brackets, which may be left out), written the way `/flows` writes it.
+fn query_listener(value: &str) -> Option<String> {
+    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        return value.parse::<u32>().ok().map(|id| id.to_string());
+    }
+    let (host, port) = value.rsplit_once(':')?;
+    let port: u16 = port.parse().ok()?;
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    match host.split_once('/') {
+        None => Some(std::net::SocketAddr::new(host.parse().ok()?, port).to_string()),
+        Some((ip, len)) => {
+            let ip: IpAddr = ip.parse().ok()?;
+            let len: u8 = len.parse().ok()?;
+            match ip {
+                IpAddr::V4(ip) if len <= 32 => Some(format!("{ip}/{len}:{port}")),
+                IpAddr::V6(ip) if len <= 128 => Some(format!("[{ip}/{len}]:{port}")),
+                _ => None,
+            }
+        }
+    }
+}
+
 impl FlowQuery {
     /// Parses the raw query string (without `?`).
     pub fn parse(query: &str) -> Result<Self, FlowQueryError> {
@@ -161,12 +199,21 @@ impl FlowQuery {
                 reason,
             };
             match name.as_str() {
-                "protocol" => out.protocol = Some(value.to_ascii_lowercase()),
+                "protocol" => {
+                    out.protocol = Some(
+                        query_protocol(&value)
+                            .ok_or_else(|| bad("not tcp, udp, icmp, icmpv6 or a number 0-255"))?,
+                    );
+                }
                 "addr" => {
                     out.addr = Some(value.parse().map_err(|_| bad("not an IP address"))?);
                 }
                 "port" => out.port = Some(value.parse().map_err(|_| bad("not a port"))?),
-                "listener" => out.listener = Some(value.clone()),
+                "listener" => {
+                    out.listener = Some(query_listener(&value).ok_or_else(|| {
+                        bad("not a listener id or addr:port (192.0.2.0/24:80, [2001:db8::1]:443)")
+                    })?);
+                }
                 "top" => {
                     out.top = Some(
                         value
@@ -376,6 +423,32 @@ mod tests {
         assert_eq!(ports(&q("listener=3").apply(sample())), [40000]);
         assert_eq!(ports(&q("top=0").apply(sample())), Vec::<u16>::new());
         assert_eq!(ports(&q("addr=10.0.0.9&port=443").apply(sample())), [40000]);
+        assert_eq!(ports(&q("protocol=17").apply(sample())), [5353]);
+        assert_eq!(ports(&q("protocol=6&top=1").apply(sample())), [40000]);
+    }
+
+    #[test]
+    fn listener_values_are_written_as_flows_name_listeners() {
+        let l = |s: &str| FlowQuery::parse(s).expect(s).listener;
+        assert_eq!(l("listener=7").as_deref(), Some("7"));
+        assert_eq!(l("listener=0.0.0.0:443").as_deref(), Some("0.0.0.0:443"));
+        assert_eq!(
+            l("listener=[2001:DB8::1]:443").as_deref(),
+            Some("[2001:db8::1]:443")
+        );
+        assert_eq!(l("listener=::1:8080").as_deref(), Some("[::1]:8080"));
+        assert_eq!(
+            l("listener=192.0.2.0/24:80").as_deref(),
+            Some("192.0.2.0/24:80")
+        );
+        assert_eq!(
+            l("listener=[2001:db8::/64]:443").as_deref(),
+            Some("[2001:db8::/64]:443")
+        );
+        assert_eq!(
+            l("listener=2001:db8::/64:443").as_deref(),
+            Some("[2001:db8::/64]:443")
+        );
     }
 
     #[test]
@@ -385,6 +458,12 @@ mod tests {
             ("port=70000", "port"),
             ("top=-1", "top"),
             ("colour=red", "colour"),
+            ("protocol=bogus", "protocol"),
+            ("protocol=256", "protocol"),
+            ("listener=nowhere", "listener"),
+            ("listener=0.0.0.0", "listener"),
+            ("listener=0.0.0.0:99999", "listener"),
+            ("listener=10.0.0.0/33:80", "listener"),
         ] {
             let err = FlowQuery::parse(query).expect_err(query);
             assert_eq!(err.name, name);

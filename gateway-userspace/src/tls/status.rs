@@ -10,6 +10,15 @@ use serde_json::{json, Map, Value};
 
 use super::{TlsBindings, TlsBuildError};
 
+/// `status` as JSON, with the certificate problems building `tls` found: what `/status`
+/// serves and `gatewayd check` prints.
+pub fn render<S: serde::Serialize>(status: &S, tls: &TlsBindings) -> Value {
+    let mut json = serde_json::to_value(status)
+        .unwrap_or_else(|err| json!({ "items": [], "error": err.to_string() }));
+    report_problems(&mut json, tls);
+    json
+}
+
 /// Sets, for every listener with a [`TlsProblem`](super::TlsProblem) about its
 /// certificates, `ResolvedRefs=False` (`InvalidCertificateRef`, or
 /// `InvalidCACertificateRef` for client validation), `Programmed=False` (`Invalid`) when
