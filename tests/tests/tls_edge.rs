@@ -611,7 +611,7 @@ fn check_reports_a_mismatched_key_as_the_running_daemon_does() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert!(
-        stderr.contains("mismatched") && stderr.contains("https"),
+        stderr.contains("mismatched listener https"),
         "check names the Gateway and listener whose key fails: {stderr}"
     );
     let checked: serde_json::Value =
