@@ -22,8 +22,9 @@ use gateway_api::experimental::gateways::{
     GatewayTlsFrontendPerPortTlsValidationMode,
 };
 use gateway_api::experimental::grpcroutes::{
-    GrpcRoute, GrpcRouteRulesMatchesHeadersType, GrpcRouteRulesMatchesMethodType, GrpcRouteStatus,
-    GrpcRouteStatusParents, GrpcRouteStatusParentsParentRef,
+    GrpcRoute, GrpcRouteRules, GrpcRouteRulesMatches, GrpcRouteRulesMatchesHeadersType,
+    GrpcRouteRulesMatchesMethodType, GrpcRouteStatus, GrpcRouteStatusParents,
+    GrpcRouteStatusParentsParentRef,
 };
 use gateway_api::experimental::httproutes::{
     HttpRoute, HttpRouteRulesFilters,
@@ -1764,17 +1765,25 @@ impl<'m> Compiler<'m> {
     /// rule order; `None` for a valid rule. Invalid rules are dropped (spec
     /// `PartiallyInvalid`, approach "Drop Rule(s)").
     fn rule_problems(&self, r: &RouteIn<'m>) -> Vec<Option<String>> {
-        if r.kind != RouteKind::Http {
-            return Vec::new();
+        match r.kind {
+            RouteKind::Http => self.ix.m.http_routes[r.idx]
+                .obj
+                .spec
+                .rules
+                .iter()
+                .flatten()
+                .map(http_rule_problem)
+                .collect(),
+            RouteKind::Grpc => self.ix.m.grpc_routes[r.idx]
+                .obj
+                .spec
+                .rules
+                .iter()
+                .flatten()
+                .map(grpc_rule_problem)
+                .collect(),
+            RouteKind::Tls => Vec::new(),
         }
-        let route = &self.ix.m.http_routes[r.idx].obj;
-        route
-            .spec
-            .rules
-            .iter()
-            .flatten()
-            .map(http_rule_problem)
-            .collect()
     }
 
     /// The first `ExtensionRef` filter of a route: gatewayd supports no extension
@@ -1809,18 +1818,29 @@ impl<'m> Compiler<'m> {
                 }
                 None
             }
-            RouteKind::Grpc => m.grpc_routes[r.idx]
-                .obj
-                .spec
-                .rules
-                .iter()
-                .flatten()
-                .flat_map(|rule| rule.filters.iter().flatten())
-                .find_map(|f| {
-                    f.extension_ref
-                        .as_ref()
-                        .map(|e| describe(&e.group, &e.kind, &e.name))
-                }),
+            RouteKind::Grpc => {
+                for rule in m.grpc_routes[r.idx].obj.spec.rules.iter().flatten() {
+                    let rule_refs = rule.filters.iter().flatten().filter_map(|f| {
+                        f.extension_ref
+                            .as_ref()
+                            .map(|e| describe(&e.group, &e.kind, &e.name))
+                    });
+                    let backend_refs = rule
+                        .backend_refs
+                        .iter()
+                        .flatten()
+                        .flat_map(|b| b.filters.iter().flatten())
+                        .filter_map(|f| {
+                            f.extension_ref
+                                .as_ref()
+                                .map(|e| describe(&e.group, &e.kind, &e.name))
+                        });
+                    if let Some(d) = rule_refs.chain(backend_refs).next() {
+                        return Some(d);
+                    }
+                }
+                None
+            }
             RouteKind::Tls => None,
         }
     }
@@ -2297,57 +2317,22 @@ impl<'m> Compiler<'m> {
         let name = name_of(r.meta);
         let start = self.table.grpc_rules.len();
         for (ri, rule) in route.spec.rules.iter().flatten().enumerate() {
-            let sm = |v: &Option<String>, re: bool| {
-                v.as_deref()
-                    .filter(|s| !s.is_empty())
-                    .and_then(|s| string_match(s, re).ok())
-            };
+            if grpc_rule_problem(rule).is_some() {
+                continue; // dropped (PartiallyInvalid)
+            }
             let matches: Vec<GrpcMatch> = rule
                 .matches
                 .iter()
                 .flatten()
-                .map(|m| {
-                    let re = m
-                        .method
-                        .as_ref()
-                        .and_then(|mm| mm.r#type.as_ref())
-                        .is_some_and(|t| {
-                            matches!(t, GrpcRouteRulesMatchesMethodType::RegularExpression)
-                        });
-                    GrpcMatch {
-                        service: m.method.as_ref().and_then(|mm| sm(&mm.service, re)),
-                        method: m.method.as_ref().and_then(|mm| sm(&mm.method, re)),
-                        headers: m
-                            .headers
-                            .iter()
-                            .flatten()
-                            .filter_map(|h| {
-                                let re = matches!(
-                                    h.r#type,
-                                    Some(GrpcRouteRulesMatchesHeadersType::RegularExpression)
-                                );
-                                string_match(&h.value, re)
-                                    .ok()
-                                    .map(|v| (h.name.to_ascii_lowercase().into(), v))
-                            })
-                            .collect(),
-                    }
-                })
+                .filter_map(|m| compile_grpc_match(m).ok())
                 .collect();
             let mut invalid = None;
-            let fs: Vec<HttpRouteRulesFilters> = rule
-                .filters
-                .iter()
-                .flatten()
-                .filter_map(|f| {
-                    serde_json::to_value(f)
-                        .ok()
-                        .and_then(|v| serde_json::from_value(v).ok())
-                })
-                .collect();
+            let fs = grpc_filters(rule.filters.as_deref().unwrap_or(&[])).unwrap_or_default();
             let filters = self.http_filters(&fs, (RouteKind::Grpc, ns), gi, &mut invalid);
             let mut backends = Vec::new();
             for b in rule.backend_refs.iter().flatten() {
+                let bfs = grpc_filters(b.filters.as_deref().unwrap_or(&[])).unwrap_or_default();
+                let bf = self.http_filters(&bfs, (RouteKind::Grpc, ns), gi, &mut invalid);
                 let bi = BackendRefIn {
                     group: b.group.as_deref(),
                     kind: b.kind.as_deref(),
@@ -2356,7 +2341,7 @@ impl<'m> Compiler<'m> {
                     port: b.port,
                     weight: b.weight,
                 };
-                backends.push(self.backend((RouteKind::Grpc, ns), gi, &bi, Box::new([])));
+                backends.push(self.backend((RouteKind::Grpc, ns), gi, &bi, bf));
             }
             let total_weight = backends.iter().map(|b| b.weight).sum();
             self.table.grpc_rules.push(GrpcRule {
@@ -2370,6 +2355,7 @@ impl<'m> Compiler<'m> {
                 filters,
                 backends: backends.into_boxed_slice(),
                 total_weight,
+                invalid: invalid.map(|s: String| s.into()),
             });
         }
         let range = start..self.table.grpc_rules.len();
@@ -2772,6 +2758,88 @@ fn backend_filters(
             serde_json::to_value(f)
                 .and_then(serde_json::from_value)
                 .map_err(|e| format!("backendRefs filter {i} of {}: {e}", b.name))
+        })
+        .collect()
+}
+
+/// Why a GRPCRoute rule is invalid: a match that does not compile (bad regex), or a
+/// filter without its configuration. `ExtensionRef` is not here: its rule stays and
+/// answers with an error.
+fn grpc_rule_problem(rule: &GrpcRouteRules) -> Option<String> {
+    for (i, m) in rule.matches.iter().flatten().enumerate() {
+        if let Err(e) = compile_grpc_match(m) {
+            return Some(format!("matches[{i}].{e}"));
+        }
+    }
+    fn filters<F: serde::Serialize>(fs: Option<&[F]>, at: &str) -> Option<String> {
+        let fs = match grpc_filters(fs.unwrap_or(&[])) {
+            Ok(fs) => fs,
+            Err((i, e)) => return Some(format!("{at}filters[{i}]: {e}")),
+        };
+        fs.iter()
+            .enumerate()
+            .find_map(|(i, f)| filter_problem(f).map(|p| format!("{at}filters[{i}]: {p}")))
+    }
+    if let Some(p) = filters(rule.filters.as_deref(), "") {
+        return Some(p);
+    }
+    rule.backend_refs
+        .iter()
+        .flatten()
+        .enumerate()
+        .find_map(|(bi, b)| filters(b.filters.as_deref(), &format!("backendRefs[{bi}].")))
+}
+
+/// A GRPCRoute match: service and method (exact or regular expression; empty or absent
+/// matches any), and headers. The error names the field.
+fn compile_grpc_match(m: &GrpcRouteRulesMatches) -> Result<GrpcMatch, String> {
+    let re = m
+        .method
+        .as_ref()
+        .and_then(|mm| mm.r#type.as_ref())
+        .is_some_and(|t| matches!(t, GrpcRouteRulesMatchesMethodType::RegularExpression));
+    let part = |v: Option<&str>, field: &str| {
+        v.filter(|s| !s.is_empty())
+            .map(|s| string_match(s, re).map_err(|e| format!("method.{field}: {e}")))
+            .transpose()
+    };
+    let method = m.method.as_ref();
+    let service = part(method.and_then(|mm| mm.service.as_deref()), "service")?;
+    let method = part(method.and_then(|mm| mm.method.as_deref()), "method")?;
+    let headers = m
+        .headers
+        .iter()
+        .flatten()
+        .enumerate()
+        .map(|(i, h)| {
+            let re = matches!(
+                h.r#type,
+                Some(GrpcRouteRulesMatchesHeadersType::RegularExpression)
+            );
+            string_match(&h.value, re)
+                .map(|v| (h.name.to_ascii_lowercase().into(), v))
+                .map_err(|e| format!("headers[{i}]: {e}"))
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    Ok(GrpcMatch {
+        service,
+        method,
+        headers: headers.into_boxed_slice(),
+    })
+}
+
+/// GRPCRoute filters (rule or backendRef) as HTTPRoute filters: the GRPCRoute filter
+/// types are a subset with the same fields. The error is the index and reason of the
+/// first that does not convert.
+fn grpc_filters<F: serde::Serialize>(
+    fs: &[F],
+) -> Result<Vec<HttpRouteRulesFilters>, (usize, String)> {
+    fs.iter()
+        .enumerate()
+        .map(|(i, f)| {
+            serde_json::to_value(f)
+                .and_then(serde_json::from_value)
+                .map_err(|e| (i, e.to_string()))
         })
         .collect()
 }

@@ -448,6 +448,9 @@ pub struct GrpcRule {
     pub backends: Box<[Backend]>,
     /// Sum of weights.
     pub total_weight: u32,
+    /// Set when the rule uses something unsupported (an `ExtensionRef` filter): the
+    /// dataplane answers 500 with this reason.
+    pub invalid: Option<Box<str>>,
 }
 
 /// Where a TLSRoute sends a connection.

@@ -459,3 +459,60 @@ fn malformed_filters_and_retries_drop_their_rule_with_the_reason() {
         );
     }
 }
+
+/// The same for GRPCRoute rules: a method or header pattern that does not compile, or a
+/// filter without its configuration (on the rule or on a backendRef), drops the rule
+/// with its reason; a dropped rule matches nothing, and the valid rule keeps serving.
+#[test]
+fn malformed_grpc_rules_are_dropped_with_the_reason() {
+    let cases = [
+        (
+            "matches: [{method: {type: RegularExpression, service: 'echo(('}}]\n    backendRefs: [{name: web, port: 8080}]",
+            "matches[0].method.service: invalid regular expression",
+        ),
+        (
+            "matches: [{method: {type: RegularExpression, service: bad.Bad, method: '[z-a]'}}]\n    backendRefs: [{name: web, port: 8080}]",
+            "matches[0].method.method: invalid regular expression",
+        ),
+        (
+            "matches: [{method: {service: bad.Bad}}, {headers: [{type: RegularExpression, name: v, value: '(('}]}]\n    backendRefs: [{name: web, port: 8080}]",
+            "matches[1].headers[0]: invalid regular expression",
+        ),
+        (
+            "matches: [{method: {service: bad.Bad}}]\n    filters: [{type: RequestHeaderModifier}]\n    backendRefs: [{name: web, port: 8080}]",
+            "filters[0]: filter type RequestHeaderModifier without its `requestHeaderModifier` field",
+        ),
+        (
+            "matches: [{method: {service: bad.Bad}}]\n    backendRefs: [{name: web, port: 8080, filters: [{type: RequestMirror}]}]",
+            "backendRefs[0].filters[0]: filter type RequestMirror without its `requestMirror` field",
+        ),
+    ];
+    for (rule, reason) in cases {
+        let r = format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: GRPCRoute\nmetadata: {{name: g, namespace: infra}}\nspec:\n  parentRefs: [{{name: gw, sectionName: http}}]\n  rules:\n  - matches: [{{method: {{service: good.Good}}}}]\n    backendRefs: [{{name: web, port: 8080}}]\n  - {rule}\n"
+        );
+        let c = build(&[INFRA, GW, &r]);
+        let conds = route(&c, "GRPCRoute", "infra/g", "gw");
+        assert_eq!(sr(&conds, "Accepted"), ("True", "Accepted"), "{rule}");
+        let p = cond(&conds, "PartiallyInvalid");
+        assert!(p.message.contains(reason), "{rule}: {}", p.message);
+        let lookup = |service: &str| {
+            c.table
+                .route_grpc(bind(&c, 80), "any.host", service, "Call", |n| {
+                    (n == "v").then_some("x")
+                })
+                .map(|m| m.rule.source.rule_index)
+        };
+        assert_eq!(lookup("good.Good"), Some(0), "{rule}");
+        assert_eq!(
+            lookup("bad.Bad"),
+            None,
+            "{rule}: the malformed rule must not serve"
+        );
+        assert_eq!(
+            lookup("other.Other"),
+            None,
+            "{rule}: nor widen to every call"
+        );
+    }
+}

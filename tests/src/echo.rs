@@ -79,6 +79,8 @@ pub struct Echo {
 struct EchoState {
     name: String,
     requests: AtomicUsize,
+    /// The HTTP version and path of every request, in arrival order.
+    seen: Mutex<Vec<(String, String)>>,
     retries: Mutex<HashMap<String, u32>>,
 }
 
@@ -116,6 +118,7 @@ impl Echo {
         let state = Arc::new(EchoState {
             name: name.to_string(),
             requests: AtomicUsize::new(0),
+            seen: Mutex::new(Vec::new()),
             retries: Mutex::new(HashMap::new()),
         });
         let served = state.clone();
@@ -184,6 +187,15 @@ impl Echo {
     pub fn requests(&self) -> usize {
         self.state.requests.load(Ordering::Relaxed)
     }
+
+    /// `(HTTP version, path)` of every request so far, in arrival order (`HTTP/2.0`).
+    pub fn seen(&self) -> Vec<(String, String)> {
+        self.state
+            .seen
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_default()
+    }
 }
 
 impl Drop for Echo {
@@ -232,6 +244,9 @@ async fn answer(
     tls: Option<&serde_json::Value>,
 ) -> Response<Full<Bytes>> {
     state.requests.fetch_add(1, Ordering::Relaxed);
+    if let Ok(mut seen) = state.seen.lock() {
+        seen.push((format!("{:?}", req.version()), req.uri().path().to_string()));
+    }
     let query = query_params(req.uri().query().unwrap_or(""));
     if let Some(delay) = query.get("delay").and_then(|d| parse_delay(d)) {
         tokio::time::sleep(delay).await;

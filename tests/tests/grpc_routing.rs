@@ -169,3 +169,141 @@ fn grpc_routes_follow_listener_hostnames() {
         assert_eq!(outcome(&call(port, host, "Echo", &[])), want, "{host}");
     }
 }
+
+/// Conditions `(type, status, reason, message)` of GRPCRoute `name`'s first parent in
+/// `/status`.
+fn route_conditions(
+    served: &gateway_tests::scenario::Served,
+    name: &str,
+) -> Vec<(String, String, String, String)> {
+    let r = served.gw.get("/status").expect("/status");
+    let status: serde_json::Value = serde_json::from_str(&r.body).expect("/status is JSON");
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
+    status["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|i| i["kind"] == "GRPCRoute" && i["metadata"]["name"] == name)
+        .and_then(|i| i["status"]["parents"][0]["conditions"].as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .map(|c| {
+            (
+                text(&c["type"]),
+                text(&c["status"]),
+                text(&c["reason"]),
+                text(&c["message"]),
+            )
+        })
+        .collect()
+}
+
+/// Filters on a GRPCRoute's `backendRefs[]` apply only to requests sent to that backend,
+/// and a RequestMirror copies a gRPC call over HTTP/2, as the call itself goes.
+#[test]
+fn grpc_backend_filters_follow_their_backend_and_mirrors_speak_http2() {
+    let infra = grpc_infra();
+    let port = listener_port();
+    let spec = format!(
+        "  rules:\n  - matches: [{{method: {{service: {SERVICE}, method: Echo}}}}]\n    filters:\n    - type: RequestMirror\n      requestMirror: {{backendRef: {{name: grpc-infra-backend-v3, port: 8080}}}}\n    backendRefs:\n    - name: grpc-infra-backend-v1\n      port: 8080\n      filters:\n      - type: RequestHeaderModifier\n        requestHeaderModifier: {{set: [{{name: x-picked, value: v1}}]}}\n    - {{name: grpc-infra-backend-v2, port: 8080}}\n"
+    );
+    let _gw = infra.serve(&[
+        &same_namespace_gateway(port),
+        &grpc_route("backend-filters", "{name: same-namespace}", &spec),
+    ]);
+    let calls = 20;
+    let mut by_backend = std::collections::HashMap::<String, usize>::new();
+    for _ in 0..calls {
+        let r = call(port, "grpc.example", "Echo", &[]);
+        assert_eq!(r.status, 200);
+        let (status, backend) = outcome(&r);
+        assert_eq!(status, "0");
+        let backend = backend.expect("a backend answered");
+        let picked = r.json_of_grpc()["headers"]["x-picked"].clone();
+        match backend.as_str() {
+            "grpc-infra-backend-v1" => assert_eq!(picked, serde_json::json!(["v1"])),
+            "grpc-infra-backend-v2" => assert!(picked.is_null(), "v2 saw {picked}"),
+            other => panic!("answered by {other}"),
+        }
+        *by_backend.entry(backend).or_default() += 1;
+    }
+    assert_eq!(
+        by_backend.len(),
+        2,
+        "both backends answered: {by_backend:?}"
+    );
+    let mirror = infra.echo("grpc-infra-backend-v3");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while mirror.requests() < calls && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let seen = mirror.seen();
+    assert_eq!(seen.len(), calls, "one copy per call");
+    for (version, path) in seen {
+        assert_eq!(version, "HTTP/2.0", "the copy of a gRPC call");
+        assert_eq!(path, format!("/{SERVICE}/Echo"));
+    }
+}
+
+/// A GRPCRoute rule with an ExtensionRef filter answers with an error rather than skip
+/// the filter; a rule whose regular expression does not compile is dropped (named in
+/// `PartiallyInvalid`), not widened to match every call.
+#[test]
+fn grpc_rules_with_unsupported_filters_or_bad_patterns_do_not_route() {
+    let infra = grpc_infra();
+    let port = listener_port();
+    let spec = format!(
+        "  rules:\n  - matches: [{{method: {{service: {SERVICE}, method: Echo}}}}]\n    filters: [{{type: ExtensionRef, extensionRef: {{group: example.com, kind: Plugin, name: auth}}}}]\n    backendRefs: [{{name: grpc-infra-backend-v1, port: 8080}}]\n  - matches: [{{method: {{type: RegularExpression, service: 'broken((', method: '.*'}}}}]\n    backendRefs: [{{name: grpc-infra-backend-v2, port: 8080}}]\n  - matches: [{{method: {{service: {SERVICE}, method: EchoTwo}}}}]\n    backendRefs: [{{name: grpc-infra-backend-v3, port: 8080}}]\n"
+    );
+    let served = infra.serve(&[
+        &same_namespace_gateway(port),
+        &grpc_route("unsupported", "{name: same-namespace}", &spec),
+    ]);
+    // The gateway's error as gRPC clients get it: INTERNAL, the HTTP 500 of the spec.
+    let echo = call(port, "grpc.example", "Echo", &[]);
+    assert_eq!(
+        outcome(&echo),
+        ("13".to_string(), None),
+        "the ExtensionRef rule is not skipped"
+    );
+    assert!(
+        echo.header("grpc-message")
+            .is_some_and(|m| m.contains("ExtensionRef")),
+        "{:?}",
+        echo.header("grpc-message")
+    );
+    assert_eq!(infra.echo("grpc-infra-backend-v1").requests(), 0);
+    assert_eq!(
+        outcome(&call(port, "grpc.example", "EchoTwo", &[])),
+        ok("grpc-infra-backend-v3")
+    );
+    assert_eq!(
+        outcome(&call(port, "grpc.example", "EchoThree", &[])),
+        unimplemented(),
+        "the dropped rule matches nothing"
+    );
+    assert_eq!(infra.echo("grpc-infra-backend-v2").requests(), 0);
+    let conds = route_conditions(&served, "unsupported");
+    let find = |t: &str| {
+        conds
+            .iter()
+            .find(|c| c.0 == t)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {t} in {conds:?}"))
+    };
+    let partially = find("PartiallyInvalid");
+    assert_eq!(partially.1, "True");
+    assert!(
+        partially
+            .3
+            .contains("1 (matches[0].method.service: invalid regular expression"),
+        "{}",
+        partially.3
+    );
+    let resolved = find("ResolvedRefs");
+    assert_eq!(
+        (resolved.1.as_str(), resolved.2.as_str()),
+        ("False", "InvalidKind")
+    );
+    assert_eq!(find("Accepted").1, "True");
+}

@@ -126,7 +126,7 @@ pub async fn proxy(
                 matched: None,
                 timeouts: Timeouts::default(),
                 retry: None,
-                invalid: None,
+                invalid: m.rule.invalid.as_deref(),
                 grpc: true,
             },
             None => {
@@ -192,7 +192,7 @@ pub async fn proxy(
     let body = if mirrors.is_empty() {
         ReqBody::incoming(body)
     } else {
-        spawn_mirrors(ctx, &view, &mirrors, &parts, body)
+        spawn_mirrors(ctx, &view, &mirrors, &parts, body, plan.grpc)
     };
     forward::set_target(&mut parts.uri, &mut parts.headers, protocol)?;
 
@@ -594,6 +594,7 @@ fn spawn_mirrors(
     mirrors: &[&RequestMirror],
     parts: &Parts,
     body: Incoming,
+    grpc: bool,
 ) -> ReqBody {
     let has_body = !http_body::Body::is_end_stream(&body);
     let mut taps = Vec::new();
@@ -604,7 +605,8 @@ fn spawn_mirrors(
         let Ok((service, tls)) = usable(&mirror.backend, view) else {
             continue;
         };
-        let protocol = protocol_for(service, false);
+        // A gRPC request's copy goes over HTTP/2 too, as the request itself does.
+        let protocol = protocol_for(service, grpc);
         let Some(endpoint) = ctx.upstreams.pick(&service.endpoints, protocol, tls) else {
             continue;
         };
