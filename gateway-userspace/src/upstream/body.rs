@@ -47,10 +47,22 @@ enum ReqKind {
     },
 }
 
-/// The sending side of a mirror's body copy.
+/// The sending side of a mirror's body copy. Dropped before the client's body ended
+/// (the real request failed or was given up), it cuts its mirror off, so that the mirror
+/// never takes a short body for a whole one.
 pub struct Tap {
     tx: mpsc::Sender<Bytes>,
     cut_off: Arc<AtomicBool>,
+    /// The client's body ended cleanly and every frame went to the mirror.
+    complete: bool,
+}
+
+impl Drop for Tap {
+    fn drop(&mut self) {
+        if !self.complete {
+            self.cut_off.store(true, Ordering::Relaxed);
+        }
+    }
 }
 
 impl ReqBody {
@@ -82,7 +94,11 @@ impl ReqBody {
                     cut_off: cut_off.clone(),
                 },
             },
-            Tap { tx, cut_off },
+            Tap {
+                tx,
+                cut_off,
+                complete: false,
+            },
         )
     }
 
@@ -95,19 +111,16 @@ impl ReqBody {
 }
 
 fn feed(taps: &mut Vec<Tap>, data: &Bytes) {
-    taps.retain(|tap| {
-        let ok = tap.tx.try_send(data.clone()).is_ok();
-        if !ok {
-            tap.cut_off.store(true, Ordering::Relaxed);
-        }
-        ok
-    });
+    // A tap that cannot take the frame is dropped incomplete, which cuts its mirror off.
+    taps.retain(|tap| tap.tx.try_send(data.clone()).is_ok());
 }
 
-fn cut(taps: &mut Vec<Tap>) {
-    for tap in taps.drain(..) {
-        tap.cut_off.store(true, Ordering::Relaxed);
+/// The client's body ended cleanly: every mirror's copy ends cleanly too.
+fn finish(taps: &mut Vec<Tap>) {
+    for tap in taps.iter_mut() {
+        tap.complete = true;
     }
+    taps.clear();
 }
 
 impl Body for ReqBody {
@@ -129,11 +142,11 @@ impl Body for ReqBody {
                     Poll::Ready(Some(Ok(frame)))
                 }
                 Some(Err(err)) => {
-                    cut(taps);
+                    taps.clear(); // cut off: not complete
                     Poll::Ready(Some(Err(err.into())))
                 }
                 None => {
-                    taps.clear();
+                    finish(taps);
                     Poll::Ready(None)
                 }
             },
@@ -237,5 +250,52 @@ impl Body for UpstreamBody {
             Inner::Hyper(b) => b.size_hint(),
             Inner::H1(b) => b.size_hint(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt as _;
+
+    async fn frames(body: ReqBody) -> (Vec<Bytes>, bool) {
+        let mut body = std::pin::pin!(body);
+        let mut out = Vec::new();
+        while let Some(frame) = body.frame().await {
+            match frame {
+                Ok(f) => out.extend(f.into_data().ok()),
+                Err(_) => return (out, false),
+            }
+        }
+        (out, true)
+    }
+
+    #[tokio::test]
+    async fn a_mirror_copy_ends_cleanly_only_when_the_client_body_did() {
+        let (copy, tap) = ReqBody::mirror();
+        let mut taps = vec![tap];
+        feed(&mut taps, &Bytes::from_static(b"part"));
+        finish(&mut taps);
+        assert_eq!(frames(copy).await, (vec![Bytes::from_static(b"part")], true));
+
+        // The real request gave up (its body dropped) halfway: the copy fails.
+        let (copy, tap) = ReqBody::mirror();
+        let mut taps = vec![tap];
+        feed(&mut taps, &Bytes::from_static(b"part"));
+        drop(taps);
+        assert_eq!(frames(copy).await, (vec![Bytes::from_static(b"part")], false));
+    }
+
+    #[tokio::test]
+    async fn a_mirror_that_falls_behind_is_cut_off() {
+        let (copy, tap) = ReqBody::mirror();
+        let mut taps = vec![tap];
+        for _ in 0..=MIRROR_BUFFER {
+            feed(&mut taps, &Bytes::from_static(b"x"));
+        }
+        assert!(taps.is_empty(), "the full tap was let go");
+        let (got, clean) = frames(copy).await;
+        assert_eq!(got.len(), MIRROR_BUFFER);
+        assert!(!clean);
     }
 }
