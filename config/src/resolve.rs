@@ -51,6 +51,8 @@ use crate::CompileOptions;
 
 const GROUP: &str = "gateway.networking.k8s.io";
 const API_VERSION: &str = "gateway.networking.k8s.io/v1";
+/// The largest backendRef weight the CRD allows.
+const MAX_WEIGHT: u32 = 1_000_000;
 
 fn ns_of(m: &ObjectMeta) -> &str {
     m.namespace
@@ -1558,7 +1560,11 @@ impl<'m> Compiler<'m> {
         filters: Box<[HttpFilter]>,
     ) -> Backend {
         let ns = b.namespace.unwrap_or(from.1);
-        let weight = u32::try_from(b.weight.unwrap_or(1)).unwrap_or(0);
+        // HTTPRoute and GRPCRoute rules with a weight out of range are dropped before
+        // this; the bound keeps a TLSRoute's sum of weights far from overflowing.
+        let weight = u32::try_from(b.weight.unwrap_or(1))
+            .unwrap_or(0)
+            .min(MAX_WEIGHT);
         let resolved = self.service_port(from, b);
         // A route of this Gateway may use the Service: policies that name it but found no
         // target (Service missing, or no port of that name) report it under this Gateway.
@@ -2056,7 +2062,9 @@ impl<'m> Compiler<'m> {
                         backends.push(self.backend((RouteKind::Tls, ns), gi, &bi, Box::new([])));
                     }
                 }
-                let total_weight = backends.iter().map(|b| b.weight).sum();
+                let total_weight = backends
+                    .iter()
+                    .fold(0u32, |sum, b| sum.saturating_add(b.weight));
                 let target = Arc::new(TlsTarget {
                     source: RouteRef {
                         kind: "TLSRoute",
@@ -2165,7 +2173,9 @@ impl<'m> Compiler<'m> {
                     .and_then(|d| parse_duration(d).ok())
                     .flatten(),
             });
-            let total_weight = backends.iter().map(|b| b.weight).sum();
+            let total_weight = backends
+                .iter()
+                .fold(0u32, |sum, b| sum.saturating_add(b.weight));
             self.table.http_rules.push(HttpRule {
                 source: RouteRef {
                     kind: "HTTPRoute",
@@ -2343,7 +2353,9 @@ impl<'m> Compiler<'m> {
                 };
                 backends.push(self.backend((RouteKind::Grpc, ns), gi, &bi, bf));
             }
-            let total_weight = backends.iter().map(|b| b.weight).sum();
+            let total_weight = backends
+                .iter()
+                .fold(0u32, |sum, b| sum.saturating_add(b.weight));
             self.table.grpc_rules.push(GrpcRule {
                 source: RouteRef {
                     kind: "GRPCRoute",
@@ -2676,6 +2688,9 @@ fn http_rule_problem(
         }
     }
     for (bi, b) in rule.backend_refs.iter().flatten().enumerate() {
+        if let Some(p) = weight_problem(b.weight) {
+            return Some(format!("backendRefs[{bi}].{p}"));
+        }
         match backend_filters(b) {
             Err(e) => return Some(e),
             Ok(fs) => {
@@ -2787,7 +2802,18 @@ fn grpc_rule_problem(rule: &GrpcRouteRules) -> Option<String> {
         .iter()
         .flatten()
         .enumerate()
-        .find_map(|(bi, b)| filters(b.filters.as_deref(), &format!("backendRefs[{bi}].")))
+        .find_map(|(bi, b)| {
+            weight_problem(b.weight)
+                .map(|p| format!("backendRefs[{bi}].{p}"))
+                .or_else(|| filters(b.filters.as_deref(), &format!("backendRefs[{bi}].")))
+        })
+}
+
+/// A backendRef weight outside the CRD's range (0 to 1,000,000).
+fn weight_problem(weight: Option<i32>) -> Option<String> {
+    let w = weight?;
+    (u32::try_from(w).map_or(true, |w| w > MAX_WEIGHT))
+        .then(|| format!("weight {w} is outside 0-{MAX_WEIGHT}"))
 }
 
 /// A GRPCRoute match: service and method (exact or regular expression; empty or absent

@@ -402,8 +402,9 @@ fn regular_expression_path_is_a_full_match_in_the_table() {
 /// A rule whose filters or retry cannot be applied as written is dropped with a reason
 /// naming what and where (`PartiallyInvalid`), never applied in part: a filter type
 /// without its configuration (rule-level or on a backendRef), an unsupported filter type
-/// on a backendRef, a retry code that is not an error status, a negative attempt count, a
-/// backoff that is not a duration. The valid rule next to them keeps serving.
+/// on a backendRef, a weight outside 0-1,000,000, a retry code that is not an error
+/// status, a negative attempt count, a backoff that is not a duration. The valid rule
+/// next to them keeps serving.
 #[test]
 fn malformed_filters_and_retries_drop_their_rule_with_the_reason() {
     let cases = [
@@ -422,6 +423,14 @@ fn malformed_filters_and_retries_drop_their_rule_with_the_reason() {
         (
             "backendRefs: [{name: web, port: 8080, filters: [{type: CORS, cors: {allowOrigins: ['https://a.com']}}]}]",
             "backendRefs[0].filters[0]: filter CORS is not supported",
+        ),
+        (
+            "backendRefs: [{name: web, port: 8080, weight: 2000000000}, {name: web2, port: 8080, weight: 2000000000}, {name: web, port: 8080, weight: 2000000000}]",
+            "backendRefs[0].weight 2000000000 is outside 0-1000000",
+        ),
+        (
+            "backendRefs: [{name: web, port: 8080}, {name: web2, port: 8080, weight: -1}]",
+            "backendRefs[1].weight -1 is outside 0-1000000",
         ),
         (
             "retry: {codes: [200], attempts: 1}\n    backendRefs: [{name: web, port: 8080}]",
@@ -485,6 +494,10 @@ fn malformed_grpc_rules_are_dropped_with_the_reason() {
         (
             "matches: [{method: {service: bad.Bad}}]\n    backendRefs: [{name: web, port: 8080, filters: [{type: RequestMirror}]}]",
             "backendRefs[0].filters[0]: filter type RequestMirror without its `requestMirror` field",
+        ),
+        (
+            "matches: [{method: {service: bad.Bad}}]\n    backendRefs: [{name: web, port: 8080, weight: 1000001}]",
+            "backendRefs[0].weight 1000001 is outside 0-1000000",
         ),
     ];
     for (rule, reason) in cases {

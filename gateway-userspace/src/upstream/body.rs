@@ -276,14 +276,20 @@ mod tests {
         let mut taps = vec![tap];
         feed(&mut taps, &Bytes::from_static(b"part"));
         finish(&mut taps);
-        assert_eq!(frames(copy).await, (vec![Bytes::from_static(b"part")], true));
+        assert_eq!(
+            frames(copy).await,
+            (vec![Bytes::from_static(b"part")], true)
+        );
 
         // The real request gave up (its body dropped) halfway: the copy fails.
         let (copy, tap) = ReqBody::mirror();
         let mut taps = vec![tap];
         feed(&mut taps, &Bytes::from_static(b"part"));
         drop(taps);
-        assert_eq!(frames(copy).await, (vec![Bytes::from_static(b"part")], false));
+        assert_eq!(
+            frames(copy).await,
+            (vec![Bytes::from_static(b"part")], false)
+        );
     }
 
     #[tokio::test]
