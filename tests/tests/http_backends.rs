@@ -1008,6 +1008,37 @@ fn oversized_requests_get_431_and_414() {
         )),
         Some(200)
     );
+
+    // Over HTTP/2 the stream gets the status and the connection goes on serving.
+    let statuses = gateway_tests::echo::runtime().block_on(async {
+        let stream = tokio::net::TcpStream::connect(addr(port))
+            .await
+            .expect("connect");
+        let (mut tx, conn) = hyper::client::conn::http2::Builder::new(
+            hyper_util::rt::TokioExecutor::new(),
+        )
+        .handshake(hyper_util::rt::TokioIo::new(stream))
+        .await
+        .expect("h2 handshake");
+        tokio::spawn(conn);
+        let mut statuses = Vec::new();
+        for headers in [101, 1] {
+            let mut req = hyper::Request::get("http://x/");
+            for i in 0..headers {
+                req = req.header(format!("x-h{i}"), "v");
+            }
+            let req = req
+                .body(http_body_util::Empty::<bytes::Bytes>::new())
+                .expect("request");
+            let resp = tokio::time::timeout(Duration::from_secs(10), tx.send_request(req))
+                .await
+                .expect("answered in time")
+                .expect("answered on the same connection");
+            statuses.push(resp.status().as_u16());
+        }
+        statuses
+    });
+    assert_eq!(statuses, [431, 200]);
 }
 
 /// `/readyz` is 503 while a listener cannot be bound, and listeners follow reloads: a new
