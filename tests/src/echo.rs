@@ -64,6 +64,17 @@ pub fn runtime() -> &'static tokio::runtime::Runtime {
     })
 }
 
+/// What an echo backend recorded of one request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Seen {
+    /// `HTTP/1.1`, `HTTP/2.0`.
+    pub version: String,
+    /// The Host header, if the request had one.
+    pub host: Option<String>,
+    /// The request target as received (absolute form included).
+    pub target: String,
+}
+
 /// An echo backend.
 pub struct Echo {
     /// Where it listens.
@@ -79,8 +90,8 @@ pub struct Echo {
 struct EchoState {
     name: String,
     requests: AtomicUsize,
-    /// The HTTP version and path of every request, in arrival order.
-    seen: Mutex<Vec<(String, String)>>,
+    /// Every request, in arrival order.
+    seen: Mutex<Vec<Seen>>,
     retries: Mutex<HashMap<String, u32>>,
 }
 
@@ -188,8 +199,8 @@ impl Echo {
         self.state.requests.load(Ordering::Relaxed)
     }
 
-    /// `(HTTP version, path)` of every request so far, in arrival order (`HTTP/2.0`).
-    pub fn seen(&self) -> Vec<(String, String)> {
+    /// Every request so far, in arrival order.
+    pub fn seen(&self) -> Vec<Seen> {
         self.state
             .seen
             .lock()
@@ -245,7 +256,14 @@ async fn answer(
 ) -> Response<Full<Bytes>> {
     state.requests.fetch_add(1, Ordering::Relaxed);
     if let Ok(mut seen) = state.seen.lock() {
-        seen.push((format!("{:?}", req.version()), req.uri().path().to_string()));
+        seen.push(Seen {
+            version: format!("{:?}", req.version()),
+            host: req
+                .headers()
+                .get(header::HOST)
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()),
+            target: req.uri().to_string(),
+        });
     }
     let query = query_params(req.uri().query().unwrap_or(""));
     if let Some(delay) = query.get("delay").and_then(|d| parse_delay(d)) {

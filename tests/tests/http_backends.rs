@@ -355,17 +355,32 @@ fn h2c_app_protocol_backends_are_spoken_to_over_http2() {
 fn websocket_upgrades_pass_through() {
     let mut infra = Infra::new();
     infra.add(INFRA, "ws-backend", Some("kubernetes.io/ws"));
+    infra.add(INFRA, "h2c-backend", Some("kubernetes.io/h2c"));
     let port = listener_port();
-    let spec = "  rules:\n  - backendRefs: [{name: ws-backend, port: 8080}]\n";
+    let spec = "  rules:\n  - matches: [{path: {type: PathPrefix, value: /ws}}]\n    backendRefs: [{name: ws-backend, port: 8080}]\n  - matches: [{path: {type: PathPrefix, value: /h2c}}]\n    backendRefs: [{name: h2c-backend, port: 8080}]\n";
     let _gw = infra.serve(&[
         &same_namespace_gateway(port),
         &route("backend-protocol-ws", spec),
     ]);
+    // An Upgrade goes over HTTP/1.1 with its Host, also to a Service that speaks HTTP/2.
+    for (path, backend) in [("/ws", "ws-backend"), ("/h2c", "h2c-backend")] {
+        upgrade_through(port, path);
+        let seen = infra.echo(backend).seen();
+        let last = seen.last().expect("the backend got the upgrade");
+        assert_eq!(last.version, "HTTP/1.1", "{path}");
+        assert_eq!(last.host.as_deref(), Some("ws.example"), "{path}");
+        assert_eq!(last.target, path, "{path}: origin form");
+    }
+}
+
+/// A WebSocket handshake to `path`, then bytes echoed through the tunnel.
+fn upgrade_through(port: u16, path: &str) {
     let mut s = TcpStream::connect(addr(port)).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(10)))
         .expect("timeout");
     s.write_all(
-        b"GET /ws HTTP/1.1\r\nhost: ws.example\r\nconnection: Upgrade\r\nupgrade: websocket\r\nsec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        format!("GET {path} HTTP/1.1\r\nhost: ws.example\r\nconnection: Upgrade\r\nupgrade: websocket\r\nsec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+            .as_bytes(),
     )
     .expect("write");
     let mut head = Vec::new();
@@ -375,7 +390,7 @@ fn websocket_upgrades_pass_through() {
         head.push(byte[0]);
     }
     let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
-    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.starts_with("http/1.1 101"), "{path}: {head}");
     assert!(head.contains("upgrade: websocket"), "{head}");
     s.write_all(b"ping over the tunnel").expect("write");
     let mut echoed = [0u8; 20];
@@ -1014,12 +1029,11 @@ fn oversized_requests_get_431_and_414() {
         let stream = tokio::net::TcpStream::connect(addr(port))
             .await
             .expect("connect");
-        let (mut tx, conn) = hyper::client::conn::http2::Builder::new(
-            hyper_util::rt::TokioExecutor::new(),
-        )
-        .handshake(hyper_util::rt::TokioIo::new(stream))
-        .await
-        .expect("h2 handshake");
+        let (mut tx, conn) =
+            hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                .handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .expect("h2 handshake");
         tokio::spawn(conn);
         let mut statuses = Vec::new();
         for headers in [101, 1] {

@@ -184,7 +184,13 @@ pub async fn proxy(
         return Ok(finish_local(redirect, &response_mods));
     }
     let (service, tls) = usable(backend, &view)?;
-    let protocol = protocol_for(service, plan.grpc);
+    // An `Upgrade` goes over HTTP/1.1 whatever the Service speaks (HTTP/2 has none), so
+    // its request keeps a Host header.
+    let protocol = if upgrade.is_some() {
+        Protocol::Http1
+    } else {
+        protocol_for(service, plan.grpc)
+    };
 
     let (mut parts, body) = req.into_parts();
     forward::strip_hop_by_hop(&mut parts.headers, upgrade.is_some());
