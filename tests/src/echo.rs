@@ -534,6 +534,9 @@ pub enum Misbehaviour {
     /// Reads the request and never answers; the connection stays open until the backend
     /// is dropped (a mirror or backend that hangs).
     NeverAnswer,
+    /// `Content-Length: 100000` and 1000 bytes of body, then nothing more while the
+    /// connection stays open (a backend stalled mid-body).
+    StallAfterHead,
 }
 
 /// A backend that breaks its responses.
@@ -571,12 +574,21 @@ impl RawBackend {
                         }
                     }
                     counter.fetch_add(1, Ordering::SeqCst);
-                    if matches!(how, Misbehaviour::NeverAnswer) {
-                        // Read whatever else comes, answer nothing, until the peer closes.
+                    let filler = vec![b'x'; 1000];
+                    if matches!(how, Misbehaviour::StallAfterHead) {
+                        let _ = stream
+                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100000\r\n\r\n")
+                            .await;
+                        let _ = stream.write_all(&filler).await;
+                    }
+                    if matches!(
+                        how,
+                        Misbehaviour::NeverAnswer | Misbehaviour::StallAfterHead
+                    ) {
+                        // Read whatever else comes, send nothing more, until the peer closes.
                         while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {}
                         return;
                     }
-                    let filler = vec![b'x'; 1000];
                     match how {
                         Misbehaviour::DieMidBodyWithLength => {
                             let _ = stream
@@ -593,7 +605,9 @@ impl RawBackend {
                             let _ = stream.write_all(&filler).await;
                             let _ = stream.write_all(b"\r\n").await;
                         }
-                        Misbehaviour::ResetBeforeResponse | Misbehaviour::NeverAnswer => {}
+                        Misbehaviour::ResetBeforeResponse
+                        | Misbehaviour::NeverAnswer
+                        | Misbehaviour::StallAfterHead => {}
                     }
                     let _ = stream.flush().await;
                     // Linger 0: close with RST, like a crashed process's socket.

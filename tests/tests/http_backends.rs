@@ -83,6 +83,38 @@ fn request_and_backend_request_timeouts_answer_504() {
     );
 }
 
+/// Both timeouts run until the whole response has been received: a backend that sends
+/// its head and then stalls mid-body has the client's response cut off (truncated, never
+/// a clean end) at `timeouts.request` or at `timeouts.backendRequest`.
+#[test]
+fn timeouts_cut_off_a_body_that_stalls_after_the_head() {
+    let mut infra = Infra::new();
+    let stalls = RawBackend::start(Misbehaviour::StallAfterHead);
+    infra
+        .yaml
+        .push_str(&service(INFRA, "stalls", &[stalls.addr], None));
+    let port = listener_port();
+    let spec = "  rules:\n  - matches: [{path: {type: PathPrefix, value: /request}}]\n    timeouts: {request: 700ms}\n    backendRefs: [{name: stalls, port: 8080}]\n  - matches: [{path: {type: PathPrefix, value: /backend}}]\n    timeouts: {request: 30s, backendRequest: 700ms}\n    backendRefs: [{name: stalls, port: 8080}]\n";
+    let _gw = infra.serve(&[&same_namespace_gateway(port), &route("stalls", spec)]);
+    for req in [
+        Req::get("/request"),
+        Req::get("/backend"),
+        Req::get("/request").h2(),
+        Req::get("/backend").h2(),
+    ] {
+        let started = std::time::Instant::now();
+        let reply = send(addr(port), &req).expect("response head, then an end");
+        let took = started.elapsed();
+        assert_eq!(reply.status, 200, "{req:?}");
+        assert!(reply.body_error.is_some(), "{req:?}: ended cleanly");
+        assert_eq!(reply.body.len(), 1000, "{req:?}: what the backend sent");
+        assert!(
+            took >= Duration::from_millis(600) && took < Duration::from_secs(10),
+            "{req:?}: cut off after {took:?}"
+        );
+    }
+}
+
 /// HTTPRouteRetry: retries on the listed codes up to `attempts` retries, then the last
 /// answer; codes that are not listed are not retried.
 #[test]

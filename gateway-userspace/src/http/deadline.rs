@@ -36,6 +36,11 @@ impl<F> Deadline<F> {
             sleep: at.map(|at| Box::pin(tokio::time::sleep_until(at))),
         }
     }
+
+    /// The deadline, if there is one.
+    pub fn at(&self) -> Option<Instant> {
+        self.sleep.as_ref().map(|s| s.deadline())
+    }
 }
 
 impl<F: Future> Future for Deadline<F> {

@@ -228,8 +228,18 @@ pub async fn proxy(
     for m in &response_mods {
         filter::modify_headers(&mut parts.headers, m);
     }
+    // The body is bounded by whichever comes first: the request's deadline or the
+    // backend request's (both cover the whole response).
+    let backend_at = parts
+        .extensions
+        .remove::<BackendDeadline>()
+        .map(|BackendDeadline(at)| at);
     let mut body = RespBody::upstream(body);
-    if let Some(at) = deadline {
+    let body_at = match (deadline, backend_at) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    if let Some(at) = body_at {
         body = body.with_deadline(at);
     }
     Ok(Response::from_parts(parts, body))
@@ -450,7 +460,8 @@ async fn exchange(
             // Its own statement: a `?` temporary would stay in the state next to the
             // future being awaited.
             let sent = attempt(ctx, target, Request::from_parts(parts, body), plan)?;
-            attempted(sent.await)
+            let at = sent.at();
+            attempted(sent.await, at)
         }
         Some(retry) => Box::pin(with_retries(ctx, target, parts, body, plan, retry)).await,
     }
@@ -482,7 +493,10 @@ async fn with_retries(
             },
         };
         let result = match attempt(ctx, target, req, plan) {
-            Ok(sent) => attempted(sent.await),
+            Ok(sent) => {
+                let at = sent.at();
+                attempted(sent.await, at)
+            }
             Err(err) => Err(err),
         };
         if last {
@@ -546,15 +560,28 @@ fn attempt(
     Ok(Deadline::new(at, Endpoint::send(&endpoint, req, guard)))
 }
 
-/// What an [`attempt`] gave.
+/// What an [`attempt`] under the backend-request deadline `at` gave. A response carries
+/// `at` on ([`BackendDeadline`]): `timeouts.backendRequest` runs until the full response
+/// has been received, so it goes on bounding the body.
 fn attempted(
     out: Result<Result<Response<UpstreamBody>, UpstreamError>, Elapsed>,
+    at: Option<tokio::time::Instant>,
 ) -> Result<Response<UpstreamBody>, ProxyError> {
     match out {
-        Ok(result) => result.map_err(Into::into),
+        Ok(Ok(mut resp)) => {
+            if let Some(at) = at {
+                resp.extensions_mut().insert(BackendDeadline(at));
+            }
+            Ok(resp)
+        }
+        Ok(Err(err)) => Err(err.into()),
         Err(Elapsed) => Err(ProxyError::BackendTimeout),
     }
 }
+
+/// When the attempt that gave a response must have received all of it.
+#[derive(Clone, Copy, Debug)]
+struct BackendDeadline(tokio::time::Instant);
 
 /// `Upgrade` (WebSocket): a dedicated backend connection; on 101 both upgraded streams are
 /// spliced.
