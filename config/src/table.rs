@@ -372,9 +372,10 @@ pub struct HttpMatch {
 /// `timeouts` of a rule; `None` = no timeout (absent or `0s`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Timeouts {
-    /// Whole request.
+    /// The whole exchange, to the end of the response body.
     pub request: Option<Duration>,
-    /// Each backend attempt.
+    /// Each backend attempt, from its first byte sent until its whole response has been
+    /// received.
     pub backend_request: Option<Duration>,
 }
 
@@ -449,7 +450,8 @@ pub struct GrpcRule {
     /// Sum of weights.
     pub total_weight: u32,
     /// Set when the rule uses something unsupported (an `ExtensionRef` filter): the
-    /// dataplane answers 500 with this reason.
+    /// dataplane answers with this reason, as 500 would be mapped for gRPC clients
+    /// (`grpc-status: 13`, INTERNAL).
     pub invalid: Option<Box<str>>,
 }
 

@@ -73,6 +73,8 @@ pub struct Seen {
     pub host: Option<String>,
     /// The request target as received (absolute form included).
     pub target: String,
+    /// The body's length, once read to its end; `None` when it ended in an error.
+    pub body: Option<usize>,
 }
 
 /// An echo backend.
@@ -199,7 +201,7 @@ impl Echo {
         self.state.requests.load(Ordering::Relaxed)
     }
 
-    /// Every request so far, in arrival order.
+    /// Every request so far, in the order their bodies ended.
     pub fn seen(&self) -> Vec<Seen> {
         self.state
             .seen
@@ -255,16 +257,15 @@ async fn answer(
     tls: Option<&serde_json::Value>,
 ) -> Response<Full<Bytes>> {
     state.requests.fetch_add(1, Ordering::Relaxed);
-    if let Ok(mut seen) = state.seen.lock() {
-        seen.push(Seen {
-            version: format!("{:?}", req.version()),
-            host: req
-                .headers()
-                .get(header::HOST)
-                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()),
-            target: req.uri().to_string(),
-        });
-    }
+    let mut record = Seen {
+        version: format!("{:?}", req.version()),
+        host: req
+            .headers()
+            .get(header::HOST)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()),
+        target: req.uri().to_string(),
+        body: None,
+    };
     let query = query_params(req.uri().query().unwrap_or(""));
     if let Some(delay) = query.get("delay").and_then(|d| parse_delay(d)) {
         tokio::time::sleep(delay).await;
@@ -351,12 +352,12 @@ async fn answer(
     let mut req = req;
     let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     // Read the request body to the end (gRPC messages, POST bodies).
-    let body_len = req
-        .into_body()
-        .collect()
-        .await
-        .map(|b| b.to_bytes().len())
-        .unwrap_or(0);
+    let body = req.into_body().collect().await.map(|b| b.to_bytes().len());
+    record.body = body.as_ref().ok().copied();
+    if let Ok(mut all) = state.seen.lock() {
+        all.push(record);
+    }
+    let body_len = body.unwrap_or(0);
     let mut json = json;
     json["bodyLength"] = body_len.into();
 

@@ -234,7 +234,7 @@ fn grpc_backend_filters_follow_their_backend_and_mirrors_speak_http2() {
     );
     let mirror = infra.echo("grpc-infra-backend-v3");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while mirror.requests() < calls && std::time::Instant::now() < deadline {
+    while mirror.seen().len() < calls && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     let seen = mirror.seen();
@@ -242,6 +242,7 @@ fn grpc_backend_filters_follow_their_backend_and_mirrors_speak_http2() {
     for s in seen {
         assert_eq!(s.version, "HTTP/2.0", "the copy of a gRPC call");
         assert!(s.target.ends_with(&format!("/{SERVICE}/Echo")), "{s:?}");
+        assert_eq!(s.body, Some(5), "the whole message, ended cleanly: {s:?}");
     }
 }
 

@@ -550,16 +550,30 @@ fn request_mirror_sends_a_copy_and_answers_from_the_primary() {
     );
     assert_eq!(reply.backend().as_deref(), Some("infra-backend-v1"));
     assert_eq!(reply.json()["bodyLength"], 100_000);
+    let over_h2 = get(
+        port,
+        Req::get("/mirror")
+            .method("POST")
+            .body(vec![b'b'; 50_000])
+            .h2(),
+    );
+    assert_eq!(over_h2.json()["bodyLength"], 50_000);
     for _ in 0..3 {
         get(port, Req::get("/mirror"));
         get(port, Req::get("/never"));
     }
     let mirrored = infra.echo("infra-backend-v2");
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while mirrored.requests() < 4 && std::time::Instant::now() < deadline {
+    while mirrored.seen().len() < 5 && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert_eq!(mirrored.requests(), 4);
+    let mut bodies: Vec<Option<usize>> = mirrored.seen().iter().map(|s| s.body).collect();
+    bodies.sort();
+    // Every copy whole: both bodies, and the three bodiless GETs.
+    assert_eq!(
+        bodies,
+        [Some(0), Some(0), Some(0), Some(50_000), Some(100_000)]
+    );
     assert_eq!(infra.echo("infra-backend-v3").requests(), 0);
 }
 

@@ -3,7 +3,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use gateway_common::{
-    FlowKey, FlowValue, FAMILY_IPV4, FLOW_ORIGIN_EGRESS, IPPROTO_TCP, IPPROTO_UDP,
+    FlowKey, FlowValue, FAMILY_IPV4, FAMILY_IPV6, FLOW_ORIGIN_EGRESS, IPPROTO_TCP, IPPROTO_UDP,
 };
 use serde::Serialize;
 
@@ -128,7 +128,7 @@ impl Flow {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct FlowQuery {
     /// `tcp`, `udp`, `icmp`, `icmpv6` or a protocol number.
-    pub protocol: Option<String>,
+    pub protocol: Option<ProtocolQuery>,
     /// Either end's address.
     pub addr: Option<IpAddr>,
     /// Either end's port.
@@ -147,15 +147,37 @@ pub struct FlowQueryError {
     pub reason: &'static str,
 }
 
-/// A `protocol=` value as flows name it: a name, or a number (named when it has one).
-fn query_protocol(value: &str) -> Option<String> {
+/// A `protocol=` filter: a name as flows give it, or an IP protocol number.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProtocolQuery {
+    Name(String),
+    Number(u8),
+}
+
+impl ProtocolQuery {
+    fn matches(&self, flow: &Flow) -> bool {
+        match self {
+            ProtocolQuery::Name(name) => flow.protocol == *name,
+            // A number matches the flows whose protocol it is, named or not (6 is `tcp`;
+            // 1 is `icmp` over IPv4 and plain `1` over IPv6).
+            ProtocolQuery::Number(n) => {
+                let family = if flow.family == "ipv4" {
+                    FAMILY_IPV4
+                } else {
+                    FAMILY_IPV6
+                };
+                flow.protocol == protocol_name(family, *n)
+            }
+        }
+    }
+}
+
+/// A `protocol=` value: `tcp`, `udp`, `icmp`, `icmpv6` (any case) or a number 0-255.
+fn query_protocol(value: &str) -> Option<ProtocolQuery> {
     let value = value.to_ascii_lowercase();
     match value.as_str() {
-        "tcp" | "udp" | "icmp" | "icmpv6" => Some(value),
-        number => {
-            let n: u8 = number.parse().ok()?;
-            Some(protocol_name(FAMILY_IPV4, n))
-        }
+        "tcp" | "udp" | "icmp" | "icmpv6" => Some(ProtocolQuery::Name(value)),
+        number => number.parse().ok().map(ProtocolQuery::Number),
     }
 }
 
@@ -232,7 +254,7 @@ impl FlowQuery {
     }
 
     fn matches(&self, flow: &Flow) -> bool {
-        self.protocol.as_ref().is_none_or(|p| *p == flow.protocol)
+        self.protocol.as_ref().is_none_or(|p| p.matches(flow))
             && self
                 .addr
                 .is_none_or(|a| flow.src_addr == a || flow.dst_addr == a)
@@ -425,6 +447,22 @@ mod tests {
         assert_eq!(ports(&q("addr=10.0.0.9&port=443").apply(sample())), [40000]);
         assert_eq!(ports(&q("protocol=17").apply(sample())), [5353]);
         assert_eq!(ports(&q("protocol=6&top=1").apply(sample())), [40000]);
+    }
+
+    #[test]
+    fn a_protocol_number_matches_its_flows_in_either_family() {
+        let mut v4 = flow(1, [10, 0, 0, 1], [10, 0, 0, 9], (7, 0), (1, 1));
+        v4.src_port = 1;
+        let mut v6 = v4.clone();
+        v6.family = "ipv6";
+        v6.protocol = protocol_name(FAMILY_IPV6, 1);
+        v6.src_port = 2;
+        let q = |s: &str| FlowQuery::parse(s).expect("valid query");
+        let flows = || vec![v4.clone(), v6.clone()];
+        let mut by_number = ports(&q("protocol=1").apply(flows()));
+        by_number.sort_unstable();
+        assert_eq!(by_number, [1, 2]);
+        assert_eq!(ports(&q("protocol=ICMP").apply(flows())), [1]);
     }
 
     #[test]

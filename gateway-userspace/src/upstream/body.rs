@@ -48,8 +48,8 @@ enum ReqKind {
 }
 
 /// The sending side of a mirror's body copy. Dropped before the client's body ended
-/// (the real request failed or was given up), it cuts its mirror off, so that the mirror
-/// never takes a short body for a whole one.
+/// (its last frame passed, or its end), because the real request failed or was given up,
+/// it cuts its mirror off, so that the mirror never takes a short body for a whole one.
 pub struct Tap {
     tx: mpsc::Sender<Bytes>,
     cut_off: Arc<AtomicBool>,
@@ -134,10 +134,15 @@ impl Body for ReqBody {
         match &mut self.get_mut().kind {
             ReqKind::Empty => Poll::Ready(None),
             ReqKind::Incoming(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
-            ReqKind::Tee { body, taps } => match ready!(Pin::new(body).poll_frame(cx)) {
+            ReqKind::Tee { body, taps } => match ready!(Pin::new(&mut *body).poll_frame(cx)) {
                 Some(Ok(frame)) => {
                     if let Some(data) = frame.data_ref() {
                         feed(taps, data);
+                    }
+                    // A sender may stop at `is_end_stream` without asking for the end
+                    // (hyper's HTTP/2 client does): the copies are whole once it is true.
+                    if body.is_end_stream() {
+                        finish(taps);
                     }
                     Poll::Ready(Some(Ok(frame)))
                 }
