@@ -1796,57 +1796,34 @@ impl<'m> Compiler<'m> {
     /// kind, so the reference is to an unsupported Group/Kind (`InvalidKind`). The filter
     /// is not skipped: its rule answers with an error (`HttpRule::invalid`).
     fn extension_ref(&self, r: &RouteIn<'m>) -> Option<String> {
+        // The HTTPRoute and GRPCRoute types differ but have the same field names: the
+        // first extensionRef of a rule's filters or its backendRefs' filters.
+        macro_rules! first_extension_ref {
+            ($rules:expr) => {
+                $rules.iter().flatten().find_map(|rule| {
+                    let backend_filters = rule
+                        .backend_refs
+                        .iter()
+                        .flatten()
+                        .flat_map(|b| b.filters.iter().flatten())
+                        .filter_map(|f| f.extension_ref.as_ref());
+                    rule.filters
+                        .iter()
+                        .flatten()
+                        .filter_map(|f| f.extension_ref.as_ref())
+                        .map(|e| (&e.group, &e.kind, &e.name))
+                        .chain(backend_filters.map(|e| (&e.group, &e.kind, &e.name)))
+                        .next()
+                        .map(|(g, k, n)| {
+                            format!("ExtensionRef filter {g}/{k} {n}: the kind is not supported")
+                        })
+                })
+            };
+        }
         let m = self.ix.m;
-        let describe = |g: &str, k: &str, n: &str| {
-            format!("ExtensionRef filter {g}/{k} {n}: the kind is not supported")
-        };
         match r.kind {
-            RouteKind::Http => {
-                for rule in m.http_routes[r.idx].obj.spec.rules.iter().flatten() {
-                    let rule_refs = rule.filters.iter().flatten().filter_map(|f| {
-                        f.extension_ref
-                            .as_ref()
-                            .map(|e| describe(&e.group, &e.kind, &e.name))
-                    });
-                    let backend_refs = rule
-                        .backend_refs
-                        .iter()
-                        .flatten()
-                        .flat_map(|b| b.filters.iter().flatten())
-                        .filter_map(|f| {
-                            f.extension_ref
-                                .as_ref()
-                                .map(|e| describe(&e.group, &e.kind, &e.name))
-                        });
-                    if let Some(d) = rule_refs.chain(backend_refs).next() {
-                        return Some(d);
-                    }
-                }
-                None
-            }
-            RouteKind::Grpc => {
-                for rule in m.grpc_routes[r.idx].obj.spec.rules.iter().flatten() {
-                    let rule_refs = rule.filters.iter().flatten().filter_map(|f| {
-                        f.extension_ref
-                            .as_ref()
-                            .map(|e| describe(&e.group, &e.kind, &e.name))
-                    });
-                    let backend_refs = rule
-                        .backend_refs
-                        .iter()
-                        .flatten()
-                        .flat_map(|b| b.filters.iter().flatten())
-                        .filter_map(|f| {
-                            f.extension_ref
-                                .as_ref()
-                                .map(|e| describe(&e.group, &e.kind, &e.name))
-                        });
-                    if let Some(d) = rule_refs.chain(backend_refs).next() {
-                        return Some(d);
-                    }
-                }
-                None
-            }
+            RouteKind::Http => first_extension_ref!(m.http_routes[r.idx].obj.spec.rules),
+            RouteKind::Grpc => first_extension_ref!(m.grpc_routes[r.idx].obj.spec.rules),
             RouteKind::Tls => None,
         }
     }
