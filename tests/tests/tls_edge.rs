@@ -457,6 +457,18 @@ fn http_to_https_redirects_use_the_https_default_port_and_can_be_followed() {
     assert_eq!(reply.seen_path().as_deref(), Some("/a/b?c=d"));
 }
 
+/// `leaf`'s certificate chain with the key of another certificate: a Secret that parses
+/// but whose key does not sign for its certificate.
+fn with_another_key(ca: &Ca, leaf: &Leaf) -> Leaf {
+    let other = ca.server(&["other.example.com"]);
+    Leaf {
+        chain: leaf.chain.clone(),
+        chain_pem: leaf.chain_pem.clone(),
+        key: other.key,
+        key_pem: other.key_pem,
+    }
+}
+
 /// GatewayInvalidTLSConfiguration: a nonexistent Secret, a wrong group, a wrong kind and
 /// a malformed Secret each leave the HTTPS listener unprogrammed (nothing listens on
 /// its port, no handshake succeeds) while the Gateway's HTTP listener serves; and a key
@@ -467,13 +479,7 @@ fn invalid_certificate_references_leave_the_https_listener_unserved() {
     let ca = Ca::new("ca");
     let infra = Infra::new();
     let good = ca.server(&["example.com", "*.example.com"]);
-    let other = ca.server(&["other.example.com"]);
-    let mismatched = Leaf {
-        chain: good.chain.clone(),
-        chain_pem: good.chain_pem.clone(),
-        key: other.key.clone(),
-        key_pem: other.key_pem.clone(),
-    };
+    let mismatched = with_another_key(&ca, &good);
     let cases = [
         (
             "nonexistent-secret",
@@ -585,14 +591,7 @@ fn conditions(status: &serde_json::Value) -> Vec<(String, String, String, String
 fn check_reports_a_mismatched_key_as_the_running_daemon_does() {
     let ca = Ca::new("ca");
     let infra = Infra::new();
-    let good = ca.server(&["example.com"]);
-    let other = ca.server(&["other.example.com"]);
-    let mismatched = Leaf {
-        chain: good.chain.clone(),
-        chain_pem: good.chain_pem.clone(),
-        key: other.key.clone(),
-        key_pem: other.key_pem.clone(),
-    };
+    let mismatched = with_another_key(&ca, &ca.server(&["example.com"]));
     let (http, https) = (listener_port(), listener_port());
     let docs = [
         mismatched.secret(INFRA, "mismatched-certificate"),
