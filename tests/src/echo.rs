@@ -538,6 +538,9 @@ pub enum Misbehaviour {
     /// `Content-Length: 100000` and 1000 bytes of body, then nothing more while the
     /// connection stays open (a backend stalled mid-body).
     StallAfterHead,
+    /// A whole chunked body of 10 bytes (`0123456789`) under a `Content-Length: 3` that
+    /// chunked overrides; the connection stays open.
+    ChunkedWithLength,
 }
 
 /// A backend that breaks its responses.
@@ -582,9 +585,16 @@ impl RawBackend {
                             .await;
                         let _ = stream.write_all(&filler).await;
                     }
+                    if matches!(how, Misbehaviour::ChunkedWithLength) {
+                        let _ = stream
+                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\na\r\n0123456789\r\n0\r\n\r\n")
+                            .await;
+                    }
                     if matches!(
                         how,
-                        Misbehaviour::NeverAnswer | Misbehaviour::StallAfterHead
+                        Misbehaviour::NeverAnswer
+                            | Misbehaviour::StallAfterHead
+                            | Misbehaviour::ChunkedWithLength
                     ) {
                         // Read whatever else comes, send nothing more, until the peer closes.
                         while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {}
@@ -608,7 +618,8 @@ impl RawBackend {
                         }
                         Misbehaviour::ResetBeforeResponse
                         | Misbehaviour::NeverAnswer
-                        | Misbehaviour::StallAfterHead => {}
+                        | Misbehaviour::StallAfterHead
+                        | Misbehaviour::ChunkedWithLength => {}
                     }
                     let _ = stream.flush().await;
                     // Linger 0: close with RST, like a crashed process's socket.

@@ -83,6 +83,33 @@ fn request_and_backend_request_timeouts_answer_504() {
     );
 }
 
+/// A response framed by both Content-Length and chunked: chunked wins (RFC 9112 §6.3),
+/// the client gets the whole body without the stale Content-Length, over HTTP/1.1 and
+/// HTTP/2, and the suspect connection is not reused.
+#[test]
+fn chunked_framing_wins_over_a_content_length_that_is_not_passed_on() {
+    let mut infra = Infra::new();
+    let both = RawBackend::start(Misbehaviour::ChunkedWithLength);
+    infra
+        .yaml
+        .push_str(&service(INFRA, "both", &[both.addr], None));
+    let port = listener_port();
+    let spec = "  rules:\n  - backendRefs: [{name: both, port: 8080}]\n";
+    let _gw = infra.serve(&[&same_namespace_gateway(port), &route("framing", spec)]);
+    for req in [Req::get("/"), Req::get("/").h2(), Req::get("/")] {
+        let reply = send(addr(port), &req).expect("response");
+        assert_eq!(reply.status, 200, "{req:?}");
+        assert_eq!(reply.body_error, None, "{req:?}");
+        assert_eq!(&reply.body[..], b"0123456789", "{req:?}");
+        assert_ne!(
+            reply.header("content-length").as_deref(),
+            Some("3"),
+            "{req:?}"
+        );
+    }
+    assert_eq!(both.requests(), 3);
+}
+
 /// Both timeouts run until the whole response has been received: a backend that sends
 /// its head and then stalls mid-body has the client's response cut off (truncated, never
 /// a clean end) at `timeouts.request` or at `timeouts.backendRequest`.

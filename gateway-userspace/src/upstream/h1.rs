@@ -461,45 +461,56 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, H1Error> {
     let mut headers = HeaderMap::with_capacity(count);
     let mut length: Option<u64> = None;
     let mut te: Option<bool> = None;
-    let mut close = version == Version::HTTP_10;
+    let (mut close_token, mut keep_alive_token) = (false, false);
     for &[ns, ne, vs, ve] in spans.iter().take(count) {
         let name = HeaderName::from_bytes(&head[ns..ne])
             .map_err(|_| H1Error::Invalid("invalid header name"))?;
         let raw = &head[vs..ve];
         if name == header::CONTENT_LENGTH {
-            let n = std::str::from_utf8(raw)
-                .ok()
-                .and_then(|s| s.trim().parse::<u64>().ok())
+            // Digits only (RFC 9110 §8.6): no sign, no other spaces than around it.
+            let digits = raw.trim_ascii();
+            let n = (!digits.is_empty() && digits.iter().all(u8::is_ascii_digit))
+                .then(|| std::str::from_utf8(digits).ok()?.parse::<u64>().ok())
+                .flatten()
                 .ok_or(H1Error::Invalid("invalid Content-Length"))?;
             if length.is_some_and(|l| l != n) {
                 return Err(H1Error::Invalid("conflicting Content-Length"));
             }
             length = Some(n);
         } else if name == header::TRANSFER_ENCODING {
-            // Only the last coding counts: chunked must be last to frame the body.
-            let chunked = raw
-                .rsplit(|&b| b == b',')
-                .next()
-                .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-            te = Some(chunked);
+            // Chunked alone frames a body this proxy can pass on; any other coding (gzip,
+            // ...) would reach the client undecoded once the hop-by-hop header is gone.
+            let chunked_only = raw
+                .split(|&b| b == b',')
+                .all(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            te = Some(te.unwrap_or(true) && chunked_only);
         } else if name == header::CONNECTION {
             for token in raw.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-                if token.eq_ignore_ascii_case(b"close") {
-                    close = true;
-                } else if token.eq_ignore_ascii_case(b"keep-alive") && version == Version::HTTP_10 {
-                    close = false;
-                }
+                close_token |= token.eq_ignore_ascii_case(b"close");
+                keep_alive_token |= token.eq_ignore_ascii_case(b"keep-alive");
             }
         }
         let value = HeaderValue::from_maybe_shared(head.slice(vs..ve))
             .map_err(|_| H1Error::Invalid("invalid header value"))?;
         headers.append(name, value);
     }
-    // RFC 9112 §6.3: Transfer-Encoding overrides Content-Length, and a coding other than
-    // chunked last means the body runs to the end of the connection.
+    // `close` wins over `keep-alive`; HTTP/1.0 closes unless it asks to keep alive.
+    let mut close = close_token || (version == Version::HTTP_10 && !keep_alive_token);
+    // RFC 9112 §6.1, §6.3: Transfer-Encoding overrides Content-Length. A coding other
+    // than chunked last cannot be passed on (the header is hop-by-hop, and HTTP/2 has
+    // none), so such a response is refused. With both headers, or chunked from an
+    // HTTP/1.0 server, the framing is suspect: Content-Length is not passed on and the
+    // connection is not reused.
     let framing = match (te, length) {
-        (Some(true), _) => Framing::Chunked(Chunk::Size),
-        (Some(false), _) | (None, None) => Framing::Eof,
+        (Some(false), _) => return Err(H1Error::Invalid("transfer coding other than chunked")),
+        (Some(true), l) => {
+            if l.is_some() || version == Version::HTTP_10 {
+                headers.remove(header::CONTENT_LENGTH);
+                close = true;
+            }
+            Framing::Chunked(Chunk::Size)
+        }
+        (None, None) => Framing::Eof,
         (None, Some(0)) => Framing::Done,
         (None, Some(n)) => Framing::Length(n),
     };
@@ -532,8 +543,9 @@ enum Chunk {
     Data(u64),
     /// Expecting the CRLF after a chunk's data.
     DataEnd,
-    /// After the last chunk: trailer fields up to an empty line.
-    Trailers,
+    /// After the last chunk: trailer fields up to an empty line (this many bytes of
+    /// them read so far).
+    Trailers(usize),
 }
 
 /// A backend's response body, read from the connection as it is polled. The connection
@@ -674,7 +686,9 @@ fn decode_chunk(buf: &mut BytesMut, state: &mut Chunk) -> Result<Decoded, H1Erro
                     .iter()
                     .position(|&b| b == b';' || b == b' ' || b == b'\t')
                     .map_or(line, |i| &line[..i]);
-                if digits.is_empty() || digits.len() > 15 {
+                // After the size only whitespace, then extensions (`;...`), may follow.
+                let rest = line[digits.len()..].trim_ascii_start();
+                if digits.is_empty() || digits.len() > 15 || !(rest.is_empty() || rest[0] == b';') {
                     return Err(H1Error::Invalid("invalid chunk size"));
                 }
                 let mut size: u64 = 0;
@@ -689,7 +703,7 @@ fn decode_chunk(buf: &mut BytesMut, state: &mut Chunk) -> Result<Decoded, H1Erro
                 }
                 buf.advance(eol + 1);
                 *state = if size == 0 {
-                    Chunk::Trailers
+                    Chunk::Trailers(0)
                 } else {
                     Chunk::Data(size)
                 };
@@ -726,13 +740,14 @@ fn decode_chunk(buf: &mut BytesMut, state: &mut Chunk) -> Result<Decoded, H1Erro
                 }
                 *state = Chunk::Size;
             }
-            Chunk::Trailers => {
+            Chunk::Trailers(read) => {
                 // Trailer fields are read and dropped: HTTP/1.1 clients rarely ask for
-                // them and nothing here routes on them.
-                let Some(eol) = buf.iter().position(|&b| b == b'\n') else {
-                    if buf.len() > MAX_TRAILERS {
-                        return Err(H1Error::Invalid("trailer section too large"));
-                    }
+                // them and nothing here routes on them. The whole section is bounded.
+                let eol = buf.iter().position(|&b| b == b'\n');
+                if read + eol.unwrap_or(buf.len()) > MAX_TRAILERS {
+                    return Err(H1Error::Invalid("trailer section too large"));
+                }
+                let Some(eol) = eol else {
                     return Ok(Decoded::More);
                 };
                 let empty = eol == 0 || (eol == 1 && buf[0] == b'\r');
@@ -740,6 +755,7 @@ fn decode_chunk(buf: &mut BytesMut, state: &mut Chunk) -> Result<Decoded, H1Erro
                 if empty {
                     return Ok(Decoded::End);
                 }
+                *state = Chunk::Trailers(read + eol + 1);
             }
         }
     }
@@ -843,6 +859,43 @@ mod tests {
         assert!(decode_all(b"zz\r\n", 64).is_err());
         assert!(decode_all(b"5\r\nhelloXX", 64).is_err());
         assert!(decode_all(b"ffffffffffffffffff\r\n", 64).is_err());
+        assert!(decode_all(b"5 6\r\nhello\r\n", 64).is_err());
+        assert!(decode_all(b"5 junk\r\nhello\r\n", 64).is_err());
+        let (out, _) = decode_all(b"5 ;ext\r\nhello\r\n", 64).expect("space, then extension");
+        assert_eq!(out, b"hello");
+    }
+
+    #[test]
+    fn the_trailer_section_is_bounded_as_a_whole() {
+        let mut wire = b"0\r\n".to_vec();
+        while wire.len() <= MAX_TRAILERS + 64 {
+            wire.extend_from_slice(b"a: b\r\n");
+        }
+        assert!(
+            decode_all(&wire, 4096).is_err(),
+            "endless short trailer lines"
+        );
+    }
+
+    #[test]
+    fn framing_fields_are_checked_strictly() {
+        for head in [
+            &b"HTTP/1.1 200 OK\r\ncontent-length: +5\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\ncontent-length: 5 5\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntransfer-encoding: gzip\r\n\r\n",
+        ] {
+            let mut buf = BytesMut::from(head);
+            assert!(
+                parse_head(&mut buf).is_err(),
+                "{}",
+                String::from_utf8_lossy(head)
+            );
+        }
+        let mut buf = BytesMut::from(&b"HTTP/1.1 200 OK\r\ncontent-length:  7 \r\n\r\n"[..]);
+        let head = parse_head(&mut buf).expect("valid").expect("complete");
+        assert_eq!(head.framing, Framing::Length(7));
     }
 
     #[test]
@@ -861,11 +914,30 @@ mod tests {
     #[test]
     fn transfer_encoding_overrides_content_length_and_close_ends_reuse() {
         let mut buf = BytesMut::from(
-            &b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\ntransfer-encoding: gzip, chunked\r\nconnection: close\r\n\r\n"[..],
+            &b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n"[..],
         );
         let head = parse_head(&mut buf).expect("valid").expect("complete");
         assert_eq!(head.framing, Framing::Chunked(Chunk::Size));
-        assert!(head.close);
+        assert!(
+            head.headers.get(header::CONTENT_LENGTH).is_none(),
+            "Content-Length is not passed on next to chunked"
+        );
+        assert!(head.close, "suspect framing: the connection is not reused");
+        let mut buf = BytesMut::from(
+            &b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nconnection: keep-alive, close\r\n\r\n"[..],
+        );
+        let head = parse_head(&mut buf).expect("valid").expect("complete");
+        assert!(head.close, "close wins over keep-alive");
+        let mut buf = BytesMut::from(
+            &b"HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ntransfer-encoding: chunked\r\n\r\n"[..],
+        );
+        let head = parse_head(&mut buf).expect("valid").expect("complete");
+        assert!(head.close, "chunked from an HTTP/1.0 server");
+        let mut buf = BytesMut::from(
+            &b"HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ncontent-length: 0\r\n\r\n"[..],
+        );
+        let head = parse_head(&mut buf).expect("valid").expect("complete");
+        assert!(!head.close, "HTTP/1.0 keep-alive");
         let mut buf = BytesMut::from(&b"HTTP/1.0 200 OK\r\n\r\n"[..]);
         let head = parse_head(&mut buf).expect("valid").expect("complete");
         assert_eq!(head.framing, Framing::Eof);
