@@ -1197,7 +1197,10 @@ impl<'m> Compiler<'m> {
                     ));
                     continue;
                 }
-                let usage = if self.policies[pi].accepted.ok {
+                // A policy with any invalid CA reference carries no traffic either:
+                // "Connections using an invalid CACertificateRef MUST fail" (5xx).
+                let st = &self.policies[pi];
+                let usage = if st.accepted.ok && st.resolved.ok {
                     PolicyUse::Valid(pi)
                 } else {
                     PolicyUse::Invalid(pi)
@@ -1240,7 +1243,34 @@ impl<'m> Compiler<'m> {
             system: false,
             ancestors: BTreeSet::new(),
         };
-        match (&v.well_known_ca_certificates, refs.is_empty()) {
+        // subjectAltNames entries must carry the field their type names (the CRD's CEL
+        // rules, which files do not go through): one that does not would otherwise be
+        // left out, and an empty list falls back to checking the hostname.
+        for (i, s) in v.subject_alt_names.iter().flatten().enumerate() {
+            let (present, ty, field) = match s.r#type {
+                BackendTlsPolicyValidationSubjectAltNamesType::Hostname => {
+                    (s.hostname.as_deref(), "Hostname", "hostname")
+                }
+                BackendTlsPolicyValidationSubjectAltNamesType::Uri => {
+                    (s.uri.as_deref(), "URI", "uri")
+                }
+            };
+            if present.is_none_or(str::is_empty) {
+                st.accepted = Cond::new(
+                    "Accepted",
+                    false,
+                    "Invalid",
+                    format!("validation.subjectAltNames[{i}]: type {ty} without its {field}"),
+                );
+                return st;
+            }
+        }
+        // An empty wellKnownCACertificates is unspecified.
+        let well_known = v
+            .well_known_ca_certificates
+            .as_ref()
+            .filter(|w| !w.is_empty());
+        match (well_known, refs.is_empty()) {
             (Some(w), true) if w == "System" => {
                 st.system = true;
                 return st;

@@ -762,8 +762,10 @@ fn backend_tls_policy_reasons_conflicts_and_profiles() {
         ("BackendTLSPolicy caCertificateRefs and wellKnownCACertificates both given", vec![policy("p", T, svc, "{caCertificateRefs: [{group: '', kind: ConfigMap, name: ca}], wellKnownCACertificates: System, hostname: a.com}")], "p", ("False", "Invalid"), ("True", "ResolvedRefs"), "exclusive"),
         ("BackendTLSPolicy neither caCertificateRefs nor wellKnownCACertificates", vec![policy("p", T, svc, "{hostname: a.com}")], "p", ("False", "Invalid"), ("True", "ResolvedRefs"), "required"),
         ("BackendTLSPolicy Secret ca.crt as the CA (extension)", vec![policy("p", T, svc, "{caCertificateRefs: [{group: '', kind: Secret, name: ca-secret}], hostname: abc.example.com}")], "p", ("True", "Accepted"), ("True", "ResolvedRefs"), ""),
-        ("BackendTLSPolicy one valid and one nonexistent CA ref: not ALL invalid, still accepted", vec![policy("p", T, svc, "{caCertificateRefs: [{group: '', kind: ConfigMap, name: ca}, {group: '', kind: ConfigMap, name: nope}], hostname: abc.example.com}")], "p", ("True", "Accepted"), ("False", "InvalidCACertificateRef"), "ConfigMap infra/nope not found"),
-        ("BackendTLSPolicy one valid and one wrong-kind CA ref", vec![policy("p", T, svc, "{caCertificateRefs: [{group: '', kind: Service, name: web}, {group: '', kind: Secret, name: ca-secret}], hostname: abc.example.com}")], "p", ("True", "Accepted"), ("False", "InvalidKind"), "/Service is not a ConfigMap or Secret"),
+        ("BackendTLSPolicy one valid and one nonexistent CA ref: not ALL invalid, still accepted, but its traffic fails", vec![policy("p", T, svc, "{caCertificateRefs: [{group: '', kind: ConfigMap, name: ca}, {group: '', kind: ConfigMap, name: nope}], hostname: abc.example.com}")], "p", ("True", "Accepted"), ("False", "InvalidCACertificateRef"), "ConfigMap infra/nope not found"),
+        ("BackendTLSPolicy a subjectAltNames entry without its value", vec![policy("p", T, svc, "{caCertificateRefs: [{group: '', kind: ConfigMap, name: ca}], hostname: abc.example.com, subjectAltNames: [{type: URI, hostname: abc.example.com}]}")], "p", ("False", "Invalid"), ("True", "ResolvedRefs"), "subjectAltNames[0]: type URI without its uri"),
+        ("BackendTLSPolicy an empty wellKnownCACertificates is unspecified (extension)", vec![policy("p", T, svc, "{caCertificateRefs: [{group: '', kind: ConfigMap, name: ca}], wellKnownCACertificates: '', hostname: abc.example.com}")], "p", ("True", "Accepted"), ("True", "ResolvedRefs"), ""),
+        ("BackendTLSPolicy one valid and one wrong-kind CA ref: its traffic fails", vec![policy("p", T, svc, "{caCertificateRefs: [{group: '', kind: Service, name: web}, {group: '', kind: Secret, name: ca-secret}], hostname: abc.example.com}")], "p", ("True", "Accepted"), ("False", "InvalidKind"), "/Service is not a ConfigMap or Secret"),
     ];
     for (scenario, policies, which, accepted, resolved, message) in cases {
         let mut docs: Vec<&str> = vec![INFRA, GW, &route, &ca, &bad_ca, &ca_secret];
@@ -832,6 +834,8 @@ fn backend_tls_policy_reasons_conflicts_and_profiles() {
                 assert!(matches!(&p.roots, TrustRoots::Certificates(c) if c.len() == 1));
             }
             (BackendTls::Invalid, "False", _) => {}
+            // Accepted, but a CA reference is invalid: connections fail (5xx).
+            (BackendTls::Invalid, "True", s) if s.ends_with("its traffic fails") => {}
             (other, _, _) => panic!("{scenario}: unexpected backend TLS {other:?}"),
         }
     }

@@ -377,7 +377,9 @@ impl Verifier {
                     refused_ca.set(Some(i));
                     Err(webpki::Error::UnknownIssuer)
                 }
-                _ => Ok(()),
+                Some(_) => Ok(()),
+                // An anchor that is not one of ours cannot have its dates checked: refuse.
+                None => Err(webpki::Error::UnknownIssuer),
             };
         let path = ee
             .verify_for_usage(
