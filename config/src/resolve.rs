@@ -1243,6 +1243,11 @@ impl<'m> Compiler<'m> {
             system: false,
             ancestors: BTreeSet::new(),
         };
+        // A policy refused as written (`Accepted: False`, `Invalid`).
+        let invalid = |mut st: PState, why: String| {
+            st.accepted = Cond::new("Accepted", false, "Invalid", why);
+            st
+        };
         // subjectAltNames entries must carry the field their type names (the CRD's CEL
         // rules, which files do not go through): one that does not would otherwise be
         // left out, and an empty list falls back to checking the hostname.
@@ -1256,13 +1261,10 @@ impl<'m> Compiler<'m> {
                 }
             };
             if present.is_none_or(str::is_empty) {
-                st.accepted = Cond::new(
-                    "Accepted",
-                    false,
-                    "Invalid",
+                return invalid(
+                    st,
                     format!("validation.subjectAltNames[{i}]: type {ty} without its {field}"),
                 );
-                return st;
             }
         }
         // An empty wellKnownCACertificates is unspecified.
@@ -1276,31 +1278,22 @@ impl<'m> Compiler<'m> {
                 return st;
             }
             (Some(w), true) => {
-                st.accepted = Cond::new(
-                    "Accepted",
-                    false,
-                    "Invalid",
+                return invalid(
+                    st,
                     format!("wellKnownCACertificates {w:?} is not supported"),
-                );
-                return st;
+                )
             }
             (Some(_), false) => {
-                st.accepted = Cond::new(
-                    "Accepted",
-                    false,
-                    "Invalid",
-                    "caCertificateRefs and wellKnownCACertificates are exclusive",
-                );
-                return st;
+                return invalid(
+                    st,
+                    "caCertificateRefs and wellKnownCACertificates are exclusive".into(),
+                )
             }
             (None, true) => {
-                st.accepted = Cond::new(
-                    "Accepted",
-                    false,
-                    "Invalid",
-                    "caCertificateRefs or wellKnownCACertificates is required",
-                );
-                return st;
+                return invalid(
+                    st,
+                    "caCertificateRefs or wellKnownCACertificates is required".into(),
+                )
             }
             (None, false) => {}
         }
@@ -2344,11 +2337,11 @@ impl<'m> Compiler<'m> {
                 .filter_map(|m| compile_grpc_match(m).ok())
                 .collect();
             let mut invalid = None;
-            let fs = grpc_filters(rule.filters.as_deref().unwrap_or(&[])).unwrap_or_default();
+            let fs = as_rule_filters(rule.filters.as_deref().unwrap_or(&[])).unwrap_or_default();
             let filters = self.http_filters(&fs, (RouteKind::Grpc, ns), gi, &mut invalid);
             let mut backends = Vec::new();
             for b in rule.backend_refs.iter().flatten() {
-                let bfs = grpc_filters(b.filters.as_deref().unwrap_or(&[])).unwrap_or_default();
+                let bfs = as_rule_filters(b.filters.as_deref().unwrap_or(&[])).unwrap_or_default();
                 let bf = self.http_filters(&bfs, (RouteKind::Grpc, ns), gi, &mut invalid);
                 let bi = BackendRefIn {
                     group: b.group.as_deref(),
@@ -2772,16 +2765,8 @@ fn filter_problem(f: &HttpRouteRulesFilters) -> Option<String> {
 fn backend_filters(
     b: &gateway_api::experimental::httproutes::HttpRouteRulesBackendRefs,
 ) -> Result<Vec<HttpRouteRulesFilters>, String> {
-    b.filters
-        .iter()
-        .flatten()
-        .enumerate()
-        .map(|(i, f)| {
-            serde_json::to_value(f)
-                .and_then(serde_json::from_value)
-                .map_err(|e| format!("backendRefs filter {i} of {}: {e}", b.name))
-        })
-        .collect()
+    as_rule_filters(b.filters.as_deref().unwrap_or(&[]))
+        .map_err(|(i, e)| format!("backendRefs filter {i} of {}: {e}", b.name))
 }
 
 /// Why a GRPCRoute rule is invalid: a match that does not compile (bad regex), or a
@@ -2794,7 +2779,7 @@ fn grpc_rule_problem(rule: &GrpcRouteRules) -> Option<String> {
         }
     }
     fn filters<F: serde::Serialize>(fs: Option<&[F]>, at: &str) -> Option<String> {
-        let fs = match grpc_filters(fs.unwrap_or(&[])) {
+        let fs = match as_rule_filters(fs.unwrap_or(&[])) {
             Ok(fs) => fs,
             Err((i, e)) => return Some(format!("{at}filters[{i}]: {e}")),
         };
@@ -2861,10 +2846,10 @@ fn compile_grpc_match(m: &GrpcRouteRulesMatches) -> Result<GrpcMatch, String> {
     })
 }
 
-/// GRPCRoute filters (rule or backendRef) as HTTPRoute filters: the GRPCRoute filter
-/// types are a subset with the same fields. The error is the index and reason of the
-/// first that does not convert.
-fn grpc_filters<F: serde::Serialize>(
+/// Filters of another type with the same fields (an HTTPRoute backendRef's, a GRPCRoute
+/// rule's or backendRef's, whose types are a subset) as HTTPRoute rule filters. The error
+/// is the index and reason of the first that does not convert.
+fn as_rule_filters<F: serde::Serialize>(
     fs: &[F],
 ) -> Result<Vec<HttpRouteRulesFilters>, (usize, String)> {
     fs.iter()
