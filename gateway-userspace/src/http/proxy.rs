@@ -211,7 +211,7 @@ pub async fn proxy(
         protocol,
         tls,
     };
-    let resp = Deadline::new(
+    let (resp, backend_at) = Deadline::new(
         deadline,
         exchange(ctx, &target, parts, body, &plan, upgrade),
     )
@@ -230,10 +230,6 @@ pub async fn proxy(
     }
     // The body is bounded by whichever comes first: the request's deadline or the
     // backend request's (both cover the whole response).
-    let backend_at = parts
-        .extensions
-        .remove::<BackendDeadline>()
-        .map(|BackendDeadline(at)| at);
     let mut body = RespBody::upstream(body);
     let body_at = match (deadline, backend_at) {
         (Some(a), Some(b)) => Some(a.min(b)),
@@ -439,7 +435,8 @@ fn no_endpoints(service: &ServicePort) -> ProxyError {
 }
 
 /// Sends the request to an endpoint of `service`, with `timeouts.backendRequest` per attempt
-/// and the rule's `retry` when repeating the request is safe (it has no body).
+/// and the rule's `retry` when repeating the request is safe (it has no body). An upgrade's
+/// answer has no body deadline: the tunnel lives as long as its two ends.
 async fn exchange(
     ctx: &WorkerCtx,
     target: &Target<'_>,
@@ -447,10 +444,12 @@ async fn exchange(
     body: ReqBody,
     plan: &Plan<'_>,
     upgrade: Option<hyper::upgrade::OnUpgrade>,
-) -> Result<Response<UpstreamBody>, ProxyError> {
+) -> Result<Answer, ProxyError> {
     // The rare paths are boxed: inline, their states would size every request's future.
     if let Some(client) = upgrade {
-        return Box::pin(exchange_upgrade(ctx, target, parts, body, client)).await;
+        return Box::pin(exchange_upgrade(ctx, target, parts, body, client))
+            .await
+            .map(|resp| (resp, None));
     }
     let retry = plan
         .retry
@@ -476,7 +475,7 @@ async fn with_retries(
     body: ReqBody,
     plan: &Plan<'_>,
     retry: &Retry,
-) -> Result<Response<UpstreamBody>, ProxyError> {
+) -> Result<Answer, ProxyError> {
     let idempotent = matches!(
         parts.method,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
@@ -505,7 +504,7 @@ async fn with_retries(
         // A response means the backend had the request: repeated only when the method
         // is idempotent (RFC 9110 §9.2.2), as after any failure once the request was sent.
         let again = match &result {
-            Ok(resp) => retry.codes.contains(&resp.status().as_u16()) && idempotent,
+            Ok((resp, _)) => retry.codes.contains(&resp.status().as_u16()) && idempotent,
             // An endpoint at its connection limit already made the request wait: a retry
             // would only wait again (Envoy does not retry such overflows either).
             Err(ProxyError::Upstream(UpstreamError::PoolFull { .. })) => false,
@@ -560,28 +559,21 @@ fn attempt(
     Ok(Deadline::new(at, Endpoint::send(&endpoint, req, guard)))
 }
 
-/// What an [`attempt`] under the backend-request deadline `at` gave. A response carries
-/// `at` on ([`BackendDeadline`]): `timeouts.backendRequest` runs until the full response
-/// has been received, so it goes on bounding the body.
+/// A backend's response, and when its body must be whole: the deadline of the attempt
+/// that gave it (`timeouts.backendRequest` runs until the full response has been
+/// received).
+type Answer = (Response<UpstreamBody>, Option<tokio::time::Instant>);
+
+/// What an [`attempt`] under the backend-request deadline `at` gave.
 fn attempted(
     out: Result<Result<Response<UpstreamBody>, UpstreamError>, Elapsed>,
     at: Option<tokio::time::Instant>,
-) -> Result<Response<UpstreamBody>, ProxyError> {
+) -> Result<Answer, ProxyError> {
     match out {
-        Ok(Ok(mut resp)) => {
-            if let Some(at) = at {
-                resp.extensions_mut().insert(BackendDeadline(at));
-            }
-            Ok(resp)
-        }
-        Ok(Err(err)) => Err(err.into()),
+        Ok(result) => Ok((result?, at)),
         Err(Elapsed) => Err(ProxyError::BackendTimeout),
     }
 }
-
-/// When the attempt that gave a response must have received all of it.
-#[derive(Clone, Copy, Debug)]
-struct BackendDeadline(tokio::time::Instant);
 
 /// `Upgrade` (WebSocket): a dedicated backend connection; on 101 both upgraded streams are
 /// spliced.
