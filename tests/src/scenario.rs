@@ -19,7 +19,7 @@ use hyper_util::{
 };
 
 use crate::{
-    echo::{runtime, Echo},
+    echo::{runtime, Echo, Misbehaviour, RawBackend},
     free_port, http_get,
     tls::Leaf,
     Gatewayd,
@@ -106,6 +106,13 @@ impl Infra {
     /// Adds a started echo backend (e.g. [`Echo::start_tls_with`]) behind a new Service.
     pub fn add_echo(&mut self, ns: &str, name: &str, echo: Echo) -> SocketAddr {
         self.add_started(ns, name, echo, None)
+    }
+
+    /// Starts a backend that misbehaves as `how` behind a new Service `ns/name`.
+    pub fn add_raw(&mut self, ns: &str, name: &str, how: Misbehaviour) -> RawBackend {
+        let raw = RawBackend::start(how);
+        self.yaml.push_str(&service(ns, name, &[raw.addr], None));
+        raw
     }
 
     /// Adds a started echo backend behind a new Service whose port has `app_protocol`.

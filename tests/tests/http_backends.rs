@@ -10,7 +10,7 @@ use std::{
 };
 
 use gateway_tests::{
-    echo::{Misbehaviour, RawBackend},
+    echo::Misbehaviour,
     free_port, http_get, read_responses,
     scenario::{
         check_all, listener_port, same_namespace_gateway, send, service, Expect, Infra, Req,
@@ -89,10 +89,7 @@ fn request_and_backend_request_timeouts_answer_504() {
 #[test]
 fn chunked_framing_wins_over_a_content_length_that_is_not_passed_on() {
     let mut infra = Infra::new();
-    let both = RawBackend::start(Misbehaviour::ChunkedWithLength);
-    infra
-        .yaml
-        .push_str(&service(INFRA, "both", &[both.addr], None));
+    let both = infra.add_raw(INFRA, "both", Misbehaviour::ChunkedWithLength);
     let port = listener_port();
     let spec = "  rules:\n  - backendRefs: [{name: both, port: 8080}]\n";
     let _gw = infra.serve(&[&same_namespace_gateway(port), &route("framing", spec)]);
@@ -116,10 +113,7 @@ fn chunked_framing_wins_over_a_content_length_that_is_not_passed_on() {
 #[test]
 fn timeouts_cut_off_a_body_that_stalls_after_the_head() {
     let mut infra = Infra::new();
-    let stalls = RawBackend::start(Misbehaviour::StallAfterHead);
-    infra
-        .yaml
-        .push_str(&service(INFRA, "stalls", &[stalls.addr], None));
+    let _stalls = infra.add_raw(INFRA, "stalls", Misbehaviour::StallAfterHead);
     let port = listener_port();
     let spec = "  rules:\n  - matches: [{path: {type: PathPrefix, value: /request}}]\n    timeouts: {request: 700ms}\n    backendRefs: [{name: stalls, port: 8080}]\n  - matches: [{path: {type: PathPrefix, value: /backend}}]\n    timeouts: {request: 30s, backendRequest: 700ms}\n    backendRefs: [{name: stalls, port: 8080}]\n";
     let _gw = infra.serve(&[&same_namespace_gateway(port), &route("stalls", spec)]);
@@ -184,11 +178,8 @@ fn retries_follow_codes_and_attempts() {
 #[test]
 fn retries_repeat_only_what_is_safe_to_repeat() {
     let mut infra = Infra::new();
-    let reset = RawBackend::start(Misbehaviour::ResetBeforeResponse);
+    let reset = infra.add_raw(INFRA, "resetting", Misbehaviour::ResetBeforeResponse);
     let refused: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-    infra
-        .yaml
-        .push_str(&service(INFRA, "resetting", &[reset.addr], None));
     infra
         .yaml
         .push_str(&service(INFRA, "refusing", &[refused], None));
@@ -315,13 +306,10 @@ fn endpoint_failures_map_to_503_and_502() {
     // Nothing listens there: a port from below the ephemeral range, so no other socket
     // of the test run can be using it as its source port.
     let refused: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-    let reset = RawBackend::start(Misbehaviour::ResetBeforeResponse);
     infra
         .yaml
         .push_str(&service(INFRA, "refusing", &[refused], None));
-    infra
-        .yaml
-        .push_str(&service(INFRA, "resetting", &[reset.addr], None));
+    let _reset = infra.add_raw(INFRA, "resetting", Misbehaviour::ResetBeforeResponse);
     infra.yaml.push_str(&format!(
         "---\napiVersion: v1\nkind: Service\nmetadata: {{name: no-endpoints, namespace: {INFRA}}}\nspec: {{ports: [{{name: http, port: 8080}}]}}\n"
     ));
@@ -343,17 +331,12 @@ fn endpoint_failures_map_to_503_and_502() {
 #[test]
 fn a_backend_dying_mid_body_truncates_the_client_response() {
     let mut infra = Infra::new();
-    let with_length = RawBackend::start(Misbehaviour::DieMidBodyWithLength);
-    let chunked = RawBackend::start(Misbehaviour::DieMidBodyChunked);
-    infra.yaml.push_str(&service(
+    let _with_length = infra.add_raw(
         INFRA,
         "dies-with-length",
-        &[with_length.addr],
-        None,
-    ));
-    infra
-        .yaml
-        .push_str(&service(INFRA, "dies-chunked", &[chunked.addr], None));
+        Misbehaviour::DieMidBodyWithLength,
+    );
+    let _chunked = infra.add_raw(INFRA, "dies-chunked", Misbehaviour::DieMidBodyChunked);
     let port = listener_port();
     let spec = "  rules:\n  - matches: [{path: {type: PathPrefix, value: /length}}]\n    backendRefs: [{name: dies-with-length, port: 8080}]\n  - matches: [{path: {type: PathPrefix, value: /chunked}}]\n    backendRefs: [{name: dies-chunked, port: 8080}]\n";
     let _gw = infra.serve(&[&same_namespace_gateway(port), &route("dying", spec)]);

@@ -4,8 +4,8 @@
 use std::{net::SocketAddr, time::Duration};
 
 use gateway_tests::{
-    echo::{Misbehaviour, RawBackend},
-    scenario::{listener_port, same_namespace_gateway, send, service, Infra, Reply, Req, INFRA},
+    echo::Misbehaviour,
+    scenario::{listener_port, same_namespace_gateway, send, Infra, Reply, Req, INFRA},
 };
 
 fn route(name: &str, spec: &str) -> String {
@@ -617,10 +617,7 @@ fn request_mirror_copies_its_fraction_of_the_requests() {
 #[test]
 fn a_mirror_that_never_answers_does_not_hold_up_the_client() {
     let mut infra = Infra::new();
-    let hanging = RawBackend::start(Misbehaviour::NeverAnswer);
-    infra
-        .yaml
-        .push_str(&service(INFRA, "hanging", &[hanging.addr], None));
+    let hanging = infra.add_raw(INFRA, "hanging", Misbehaviour::NeverAnswer);
     let port = listener_port();
     let spec = "  rules:\n  - filters:\n    - type: RequestMirror\n      requestMirror: {backendRef: {name: hanging, port: 8080}}\n    backendRefs: [{name: infra-backend-v1, port: 8080}]\n";
     let _gw = infra.serve(&[
