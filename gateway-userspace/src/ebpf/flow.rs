@@ -147,28 +147,22 @@ pub struct FlowQueryError {
     pub reason: &'static str,
 }
 
-/// A `protocol=` filter: a name as flows give it, or an IP protocol number.
+/// A `protocol=` filter: the name a matching flow has, per family (they differ only for
+/// a number: 1 is `icmp` over IPv4 and plain `1` over IPv6), worked out once per query.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ProtocolQuery {
-    Name(String),
-    Number(u8),
+pub struct ProtocolQuery {
+    ipv4: String,
+    ipv6: String,
 }
 
 impl ProtocolQuery {
     fn matches(&self, flow: &Flow) -> bool {
-        match self {
-            ProtocolQuery::Name(name) => flow.protocol == *name,
-            // A number matches the flows whose protocol it is, named or not (6 is `tcp`;
-            // 1 is `icmp` over IPv4 and plain `1` over IPv6).
-            ProtocolQuery::Number(n) => {
-                let family = if flow.family == "ipv4" {
-                    FAMILY_IPV4
-                } else {
-                    FAMILY_IPV6
-                };
-                flow.protocol == protocol_name(family, *n)
-            }
-        }
+        let name = if flow.family == "ipv4" {
+            &self.ipv4
+        } else {
+            &self.ipv6
+        };
+        flow.protocol == *name
     }
 }
 
@@ -176,8 +170,14 @@ impl ProtocolQuery {
 fn query_protocol(value: &str) -> Option<ProtocolQuery> {
     let value = value.to_ascii_lowercase();
     match value.as_str() {
-        "tcp" | "udp" | "icmp" | "icmpv6" => Some(ProtocolQuery::Name(value)),
-        number => number.parse().ok().map(ProtocolQuery::Number),
+        "tcp" | "udp" | "icmp" | "icmpv6" => Some(ProtocolQuery {
+            ipv4: value.clone(),
+            ipv6: value,
+        }),
+        number => number.parse().ok().map(|n| ProtocolQuery {
+            ipv4: protocol_name(FAMILY_IPV4, n),
+            ipv6: protocol_name(FAMILY_IPV6, n),
+        }),
     }
 }
 
